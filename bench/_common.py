@@ -1,0 +1,70 @@
+"""Helpers shared by the benchmark scripts: an emulator in its own process, corpora, tables."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+
+__all__ = ["emulator_process", "machine_line", "markdown_table", "synthetic_corpus"]
+
+_WORDS = (
+    "embedding retrieval vector search model token batch index query document language "
+    "system data cloud service account limit request latency memory network python store "
+    "chunk hybrid sparse dense recall rank answer question context window policy price "
+    "river mountain garden kitchen travel music history science market energy health"
+).split()
+
+
+@contextlib.contextmanager
+def emulator_process(*flags: str) -> Iterator[str]:
+    """Run ``empirio serve`` in a separate process (its own GIL); yield its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "empirio", "serve", "--port", "0", *flags],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url:
+            raise RuntimeError("the emulator did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def synthetic_corpus(
+    n: int, *, seed: int = 0, mean_words: int = 60, spread: float = 1.0
+) -> list[str]:
+    """``n`` distinct texts whose lengths follow a log-normal spread around ``mean_words``."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        words = max(3, int(rng.lognormvariate(0, spread) * mean_words / 1.65))
+        out.append(f"doc {i}: " + " ".join(rng.choice(_WORDS) for _ in range(words)))
+    return out
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_line() -> str:
+    """Where and when a table was made."""
+    import os
+
+    return (
+        f"{time.strftime('%Y-%m-%d')}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} cores, {platform.machine()}"
+    )

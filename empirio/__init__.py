@@ -1,0 +1,83 @@
+"""text-embedding-v4 through EmpirioLabs: the shared core of the LangChain and LlamaIndex
+integrations.
+
+    from empirio import EmbeddingClient
+
+    client = EmbeddingClient(dimensions=512)          # key from EMPIRIOLABS_API_KEY
+    result = client.embed(["first text", "second text"])
+    result.dense.shape                                 # (2, 512), float32, unit rows
+    client.usage.cost_usd
+"""
+
+from ._client import EmbeddingClient
+from ._config import (
+    ALLOWED_DIMENSIONS,
+    DEFAULT_BASE_URL,
+    DEFAULT_MODEL,
+    DEFAULT_QUERY_INSTRUCTION,
+    PRICE_PER_MILLION_TOKENS_USD,
+    format_query,
+)
+from ._errors import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    EmpirioError,
+    InsufficientCreditsError,
+    InternalServerError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    RequestTooLargeError,
+    TruncationWarning,
+    UnsupportedFeatureError,
+)
+from ._plan import InstructionMode, Kind, Output, Overflow
+from ._result import EmbeddingResult, Usage
+from ._tokens import MAX_INPUT_TOKENS, SAFE_INPUT_TOKENS, QwenTokenizer, get_tokenizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALLOWED_DIMENSIONS",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_MODEL",
+    "DEFAULT_QUERY_INSTRUCTION",
+    "MAX_INPUT_TOKENS",
+    "PRICE_PER_MILLION_TOKENS_USD",
+    "SAFE_INPUT_TOKENS",
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "EmbeddingClient",
+    "EmbeddingResult",
+    "EmpirioError",
+    "InstructionMode",
+    "InsufficientCreditsError",
+    "InternalServerError",
+    "InvalidInputError",
+    "Kind",
+    "NotFoundError",
+    "Output",
+    "Overflow",
+    "PermissionDeniedError",
+    "QwenTokenizer",
+    "RateLimitError",
+    "RequestTooLargeError",
+    "TruncationWarning",
+    "UnsupportedFeatureError",
+    "Usage",
+    "format_query",
+    "get_tokenizer",
+]

@@ -1,0 +1,143 @@
+"""Constants of the service and resolution of settings from arguments and the environment."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+__all__ = [
+    "ALLOWED_DIMENSIONS",
+    "FROM_ENV",
+    "RPM_ENV",
+    "TPM_ENV",
+    "FromEnv",
+    "API_BASE_ENV",
+    "API_KEY_ENV",
+    "BASE_URL_ENV",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_DIMENSIONS",
+    "DEFAULT_MAX_BATCH",
+    "DEFAULT_MODEL",
+    "DEFAULT_QUERY_INSTRUCTION",
+    "DEFAULT_RPM",
+    "DEFAULT_TPM",
+    "PRICE_PER_MILLION_TOKENS_USD",
+    "format_query",
+    "is_loopback_url",
+    "resolve_api_key",
+    "resolve_base_url",
+    "resolve_rate",
+    "validate_dimensions",
+]
+
+DEFAULT_MODEL = "text-embedding-v4"
+DEFAULT_BASE_URL = "https://api.empiriolabs.ai/v1"
+API_KEY_ENV = "EMPIRIOLABS_API_KEY"
+#: The name the vendor's own LangChain package reads; ``BASE_URL_ENV`` is accepted too.
+API_BASE_ENV = "EMPIRIOLABS_API_BASE"
+BASE_URL_ENV = "EMPIRIOLABS_BASE_URL"
+#: Account limits for accounts with other limits than the default; "none" turns pacing off.
+RPM_ENV = "EMPIRIOLABS_RPM"
+TPM_ENV = "EMPIRIOLABS_TPM"
+
+ALLOWED_DIMENSIONS: tuple[int, ...] = (64, 128, 256, 512, 768, 1024, 1536, 2048)
+DEFAULT_DIMENSIONS = 1024
+#: Inputs per request that Alibaba and EmpirioLabs document.
+DEFAULT_MAX_BATCH = 10
+#: EmpirioLabs' default account limits (shared by all keys of an account).
+DEFAULT_RPM = 50
+DEFAULT_TPM = 2_000_000
+PRICE_PER_MILLION_TOKENS_USD = 0.07
+
+#: Qwen3-Embedding's default task for queries.
+DEFAULT_QUERY_INSTRUCTION = (
+    "Given a web search query, retrieve relevant passages that answer the query"
+)
+
+
+def format_query(text: str, instruction: str) -> str:
+    """Qwen3-Embedding's query prompt: ``Instruct: {task}\\nQuery:{text}``, no space after ``:``."""
+    return f"Instruct: {instruction}\nQuery:{text}"
+
+
+def validate_dimensions(dimensions: int) -> int:
+    """Return ``dimensions`` if the model offers it, else raise ``ValueError`` listing them."""
+    if isinstance(dimensions, bool) or not isinstance(dimensions, int):
+        raise ValueError(
+            f"dimensions must be an int, one of {list(ALLOWED_DIMENSIONS)}; got {dimensions!r}"
+        )
+    if dimensions not in ALLOWED_DIMENSIONS:
+        raise ValueError(
+            f"dimensions={dimensions} is not offered by text-embedding-v4; "
+            f"choose one of {list(ALLOWED_DIMENSIONS)}"
+        )
+    return dimensions
+
+
+def resolve_api_key(api_key: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The explicit key, else ``EMPIRIOLABS_API_KEY``, else ``None``."""
+    env = os.environ if environ is None else environ
+    return api_key if api_key else (env.get(API_KEY_ENV) or None)
+
+
+def resolve_base_url(base_url: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """The explicit URL, else ``EMPIRIOLABS_API_BASE``, else ``EMPIRIOLABS_BASE_URL``, else the
+    EmpirioLabs endpoint; without a trailing slash."""
+    env = os.environ if environ is None else environ
+    url = base_url or env.get(API_BASE_ENV) or env.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    return url.rstrip("/")
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when ``url``'s host is this machine (localhost, 127.0.0.0/8 or ::1)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class FromEnv(enum.Enum):
+    """Marks a setting whose default comes from the environment."""
+
+    TOKEN = "from the environment"
+
+    def __repr__(self) -> str:
+        return "FROM_ENV"
+
+
+FROM_ENV = FromEnv.TOKEN
+
+
+def resolve_rate(
+    value: float | None | FromEnv,
+    env_name: str,
+    default: float,
+    environ: Mapping[str, str] | None = None,
+) -> float | None:
+    """An explicit rate, else the variable ``env_name`` (a number, or ``none``/``off``/``0`` for
+    no limit), else ``default``.
+
+    Raises:
+        ValueError: the variable is set to something else.
+    """
+    if value is not FROM_ENV:
+        return value
+    env = os.environ if environ is None else environ
+    raw = env.get(env_name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("none", "off", "0", "unlimited"):
+        return None
+    try:
+        rate = float(raw)
+    except ValueError:
+        raise ValueError(f"{env_name}={raw!r} is not a number or 'none'") from None
+    if not rate > 0:
+        raise ValueError(f"{env_name} must be positive or 'none'; got {raw!r}")
+    return rate

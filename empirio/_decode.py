@@ -1,0 +1,137 @@
+"""Reading responses, pure: bytes in, vectors or a typed error out. No I/O, no httpx."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import ValidationError
+
+from ._errors import (
+    APIResponseValidationError,
+    APIStatusError,
+    UnsupportedFeatureError,
+    status_error,
+)
+from ._retry import parse_retry_after
+from ._wire import EmbeddingResponse, ErrorEnvelope, decode_base64
+
+__all__ = ["Decoded", "batch_limit_from", "decode_error", "decode_success"]
+
+# "...batch size is invalid, it should not be larger than 10..." (seen upstream), and kin.
+_BATCH_LIMIT_RE = re.compile(
+    r"(?:batch size|inputs?|input\.contents|array).*?(?:not be larger than|at most|"
+    r"maximum(?: of)?|exceed(?:s|ed)?|no more than|up to|<=)\s*(\d+)",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A successful response, checked against the request that caused it.
+
+    Attributes:
+        dense: ``(n, dimensions)`` float32 rows in input order, or ``None``.
+        sparse: ``{token_id: weight}`` per input in input order, or ``None``.
+        tokens: billed tokens (``usage.total_tokens``).
+        request_id: the response's id, if any.
+    """
+
+    dense: npt.NDArray[np.float32] | None
+    sparse: list[dict[int, float]] | None
+    tokens: int
+    request_id: str | None
+
+
+def decode_success(
+    body: bytes, *, n_inputs: int, dimensions: int, dense: bool, sparse: bool
+) -> Decoded:
+    """Parse and check a 2xx body.
+
+    Checks that there is one item per input with indices ``0..n-1`` (any order; sorted here),
+    that dense vectors (float lists or base64 ``<f4``) have ``dimensions`` components, and that
+    sparse data is present when asked for.
+
+    Raises:
+        APIResponseValidationError: the body breaks the contract.
+        UnsupportedFeatureError: sparse output was asked for but the endpoint sent none.
+    """
+    try:
+        resp = EmbeddingResponse.model_validate_json(body)
+    except ValidationError as exc:
+        raise APIResponseValidationError(
+            f"the response is not a valid embeddings response: {exc.errors()[0]['msg']}"
+        ) from None
+    items = sorted(resp.data, key=lambda d: d.index)
+    if [d.index for d in items] != list(range(n_inputs)):
+        raise APIResponseValidationError(
+            f"the response has {len(items)} embeddings with indices "
+            f"{[d.index for d in items][:12]}, expected indices 0..{n_inputs - 1}"
+        )
+    out_dense = None
+    if dense:
+        out_dense = np.empty((n_inputs, dimensions), dtype=np.float32)
+        for row, item in enumerate(items):
+            emb = item.embedding
+            if emb is None:
+                raise APIResponseValidationError(f"embedding {row} has no dense vector")
+            if isinstance(emb, str):
+                try:
+                    out_dense[row] = decode_base64(emb, dimensions)
+                except ValueError as exc:
+                    raise APIResponseValidationError(f"embedding {row}: {exc}") from None
+            else:
+                if len(emb) != dimensions:
+                    raise APIResponseValidationError(
+                        f"embedding {row} has {len(emb)} components, expected {dimensions}"
+                    )
+                out_dense[row] = emb
+    out_sparse = None
+    if sparse:
+        if any(item.sparse_embedding is None for item in items):
+            raise UnsupportedFeatureError(
+                "the endpoint returned no sparse vectors (output_type='dense&sparse' was "
+                "ignored): this endpoint does not support sparse output"
+            )
+        out_sparse = []
+        for item in items:
+            vec: dict[int, float] = {}
+            for s in item.sparse_embedding or ():
+                vec[s.index] = vec.get(s.index, 0.0) + s.value
+            out_sparse.append(vec)
+    return Decoded(out_dense, out_sparse, resp.usage.total_tokens, resp.id)
+
+
+def decode_error(
+    status: int, body: bytes, headers: Mapping[str, str], now_epoch: float
+) -> APIStatusError:
+    """The typed error for a non-2xx response; tolerant of bodies that are not JSON."""
+    message, code, request_id = "", None, headers.get("x-request-id")
+    try:
+        env = ErrorEnvelope.model_validate_json(body)
+        message = env.error.message
+        code = None if env.error.code is None else str(env.error.code)
+        request_id = env.request_id or request_id
+    except ValidationError:
+        message = body[:300].decode("utf-8", errors="replace").strip()
+    return status_error(
+        status,
+        message or f"HTTP {status} with no message",
+        code=code,
+        request_id=request_id,
+        retry_after=parse_retry_after(headers, now_epoch),
+    )
+
+
+def batch_limit_from(error: APIStatusError) -> int | None:
+    """The per-request input limit a 400 names ("should not be larger than 10"), if any."""
+    if error.status_code != 400:
+        return None
+    m = _BATCH_LIMIT_RE.search(error.message)
+    if m is None:
+        return None
+    n = int(m.group(1))
+    return n if n >= 1 else None

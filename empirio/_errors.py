@@ -1,0 +1,205 @@
+"""The error tree. Every failure the client raises is an :class:`EmpirioError`::
+
+    EmpirioError
+    ├── InvalidInputError (also ValueError)      bad input, found before anything is sent
+    ├── ConfigurationError (also ValueError)     bad settings, found at construction
+    ├── UnsupportedFeatureError                  e.g. the endpoint returns no sparse vectors
+    ├── APIError                                 something went wrong talking to the service
+    │   ├── APIConnectionError                   no response: refused, reset, dropped
+    │   │   └── APITimeoutError                  no response in time
+    │   ├── APIResponseValidationError           a 2xx whose body breaks the contract
+    │   └── APIStatusError                       a non-2xx answer
+    │       ├── BadRequestError                  400
+    │       ├── AuthenticationError              401
+    │       ├── InsufficientCreditsError         402
+    │       ├── PermissionDeniedError            403
+    │       ├── NotFoundError                    404
+    │       ├── RequestTooLargeError             413
+    │       ├── RateLimitError                   429
+    │       └── InternalServerError              5xx
+
+Messages never contain the API key or the texts. Errors raised while a call is under way carry
+``inputs``: the positions, in the caller's list, of the texts in the request that failed.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "EmpirioError",
+    "InsufficientCreditsError",
+    "InternalServerError",
+    "InvalidInputError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RequestTooLargeError",
+    "TruncationWarning",
+    "UnsupportedFeatureError",
+    "status_error",
+]
+
+
+class EmpirioError(Exception):
+    """Base of every error this library raises."""
+
+    #: Positions in the caller's input of the texts whose request failed (empty if unknown).
+    inputs: tuple[int, ...] = ()
+
+
+class InvalidInputError(EmpirioError, ValueError):
+    """Input the service would reject; raised before any request is sent.
+
+    Attributes:
+        indices: positions of the offending texts in the caller's list.
+    """
+
+    def __init__(self, message: str, indices: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.indices = indices
+        self.inputs = indices
+
+
+class ConfigurationError(EmpirioError, ValueError):
+    """Settings that cannot work, found when the client is built."""
+
+
+class UnsupportedFeatureError(EmpirioError):
+    """The endpoint does not offer what was asked for (for example sparse output)."""
+
+
+class APIError(EmpirioError):
+    """Talking to the service failed."""
+
+    def __init__(self, message: str, *, inputs: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.inputs = inputs
+
+
+class APIConnectionError(APIError):
+    """No response arrived: the connection was refused, reset or closed early."""
+
+
+class APITimeoutError(APIConnectionError):
+    """No response arrived within the timeout."""
+
+
+class APIResponseValidationError(APIError):
+    """A successful response whose body breaks the contract (count, index, length, base64)."""
+
+
+class APIStatusError(APIError):
+    """The service answered with a non-2xx status.
+
+    Attributes:
+        status_code: the HTTP status.
+        code: the error envelope's ``code`` (e.g. ``rate_limit_exceeded``), if any.
+        request_id: the service's request id, for support tickets.
+        retry_after: seconds the service asked us to wait, if it said.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        code: str | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+        inputs: tuple[int, ...] = (),
+    ) -> None:
+        super().__init__(message, inputs=inputs)
+        self.status_code = status_code
+        self.code = code
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        parts = [f"HTTP {self.status_code}"]
+        if self.code:
+            parts.append(f"code={self.code}")
+        if self.request_id:
+            parts.append(f"request_id={self.request_id}")
+        if self.inputs:
+            shown = ", ".join(map(str, self.inputs[:10]))
+            more = ", ..." if len(self.inputs) > 10 else ""
+            parts.append(f"inputs=[{shown}{more}]")
+        return f"{self.message} ({'; '.join(parts)})"
+
+
+class BadRequestError(APIStatusError):
+    """400: the service rejected the request's content."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: the key is missing or wrong."""
+
+
+class InsufficientCreditsError(APIStatusError):
+    """402: the account has no credits left."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the key may not use this model or endpoint."""
+
+
+class NotFoundError(APIStatusError):
+    """404: unknown model or path."""
+
+
+class RequestTooLargeError(APIStatusError):
+    """413: the request body is too large."""
+
+
+class RateLimitError(APIStatusError):
+    """429: the account's request or token rate was exceeded (retried automatically)."""
+
+
+class InternalServerError(APIStatusError):
+    """5xx: trouble on the service's side (retried automatically)."""
+
+
+_BY_STATUS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    402: InsufficientCreditsError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    413: RequestTooLargeError,
+    429: RateLimitError,
+}
+
+
+def status_error(
+    status_code: int,
+    message: str,
+    *,
+    code: str | None = None,
+    request_id: str | None = None,
+    retry_after: float | None = None,
+    inputs: tuple[int, ...] = (),
+) -> APIStatusError:
+    """The :class:`APIStatusError` subclass for ``status_code``."""
+    cls = _BY_STATUS.get(status_code)
+    if cls is None:
+        cls = InternalServerError if status_code >= 500 else APIStatusError
+    return cls(
+        message,
+        status_code=status_code,
+        code=code,
+        request_id=request_id,
+        retry_after=retry_after,
+        inputs=inputs,
+    )
+
+
+class TruncationWarning(UserWarning):
+    """Texts longer than the model's input limit were cut (``overflow="truncate"``)."""

@@ -1,0 +1,95 @@
+"""What a call returns: vectors and usage."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ._config import PRICE_PER_MILLION_TOKENS_USD
+
+__all__ = ["EmbeddingResult", "Usage", "UsageMeter"]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Requests and tokens, and what they cost.
+
+    Attributes:
+        requests: requests that succeeded (each is billed).
+        input_tokens: tokens billed, as the service reported them.
+        retries: attempts that were repeated (5xx, 429, lost connections).
+        rate_limited: 429 answers received.
+        failed_requests: attempts that ended in an error or with no response (not billed).
+    """
+
+    requests: int = 0
+    input_tokens: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    failed_requests: int = 0
+
+    @property
+    def cost_usd(self) -> float:
+        """Estimated cost in US dollars at $0.07 per million input tokens."""
+        return self.input_tokens * PRICE_PER_MILLION_TOKENS_USD / 1_000_000
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.requests + other.requests,
+            self.input_tokens + other.input_tokens,
+            self.retries + other.retries,
+            self.rate_limited + other.rate_limited,
+            self.failed_requests + other.failed_requests,
+        )
+
+    def __str__(self) -> str:
+        return (
+            f"{self.requests} requests, {self.input_tokens:,} tokens, "
+            f"${self.cost_usd:.6f} (retries {self.retries}, 429s {self.rate_limited})"
+        )
+
+
+class UsageMeter:
+    """A running :class:`Usage`, safe to add to from several threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._usage = Usage()
+
+    def add(self, delta: Usage) -> None:
+        with self._lock:
+            self._usage = self._usage + delta
+
+    @property
+    def usage(self) -> Usage:
+        with self._lock:
+            return self._usage
+
+    def reset(self) -> None:
+        with self._lock:
+            self._usage = Usage()
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    """Vectors for a run of texts, in the caller's order.
+
+    Attributes:
+        dense: float32 array of shape ``(n, dimensions)``, unit rows; ``None`` for sparse-only.
+        sparse: one ``{token_id: weight}`` per text; ``None`` unless sparse output was asked for.
+        usage: what producing these cost.
+        offset: position of the first text in the caller's input (non-zero in ``iter_embed``).
+    """
+
+    dense: npt.NDArray[np.float32] | None
+    sparse: list[dict[int, float]] | None
+    usage: Usage
+    offset: int = 0
+
+    def __len__(self) -> int:
+        if self.dense is not None:
+            return int(self.dense.shape[0])
+        return len(self.sparse or ())

@@ -1,0 +1,83 @@
+"""Retry policy, pure: which failures to retry and how long to wait before the next attempt.
+
+Backoff is ``min(0.5 * 2**n, 8) * U(0.75, 1)`` seconds for retry ``n`` (0-based): full jitter
+spreads clients apart, and the 0.75 floor keeps the wait from collapsing to nothing. A server
+that says how long to wait (``retry-after-ms`` or ``Retry-After``, up to 120 s) is obeyed instead.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["MAX_RETRY_AFTER", "RetryPolicy", "is_retryable_status", "parse_retry_after"]
+
+#: The longest server-requested wait we honour, in seconds; longer requests are capped.
+MAX_RETRY_AFTER = 120.0
+
+
+def is_retryable_status(status: int) -> bool:
+    """408 (timeout), 409 (conflict), 429 (rate limit) and every 5xx are worth another try."""
+    return status in (408, 409, 429) or status >= 500
+
+
+def parse_retry_after(headers: Mapping[str, str], now_epoch: float) -> float | None:
+    """Seconds the server asks us to wait, from ``retry-after-ms`` or ``Retry-After``.
+
+    Args:
+        headers: response headers, keys lower-case.
+        now_epoch: the current Unix time in seconds, for HTTP-date values.
+
+    Returns:
+        The wait in seconds, clamped to ``[0, 120]``, or ``None`` when absent or unreadable.
+    """
+    value: float | None = None
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            value = float(ms) / 1000.0
+        except ValueError:
+            value = None
+    raw = headers.get("retry-after")
+    if value is None and raw is not None:
+        try:
+            value = float(raw)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(raw)
+            except (TypeError, ValueError):
+                return None
+            value = when.timestamp() - now_epoch
+    if value is None or value != value:  # NaN
+        return None
+    return min(max(value, 0.0), MAX_RETRY_AFTER)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How many times to retry, and how long to wait between attempts.
+
+    Attributes:
+        max_retries: retries after the first attempt (0 = never retry).
+        base: wait before the first retry, in seconds, before jitter.
+        cap: the longest computed wait, in seconds, before jitter.
+    """
+
+    max_retries: int = 10
+    base: float = 0.5
+    cap: float = 8.0
+
+    def backoff(self, retry: int, u: float) -> float:
+        """Computed wait before retry number ``retry`` (0-based); ``u`` is uniform in [0, 1)."""
+        return min(self.base * 2.0**retry, self.cap) * (0.75 + 0.25 * u)
+
+    def delay(self, retry: int, retry_after: float | None, u: float) -> float:
+        """The wait before retry ``retry``: the server's word if it gave one, else backoff."""
+        if retry_after is not None:
+            return retry_after
+        return self.backoff(retry, u)
+
+    def gives_up(self, retries_done: int) -> bool:
+        """True when ``retries_done`` retries have used the allowance."""
+        return retries_done >= self.max_retries

@@ -1,0 +1,74 @@
+"""Running the emulator: in a background thread for tests and notebooks, or in the foreground."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from ._app import EmulatorConfig, create_app
+
+__all__ = ["serve"]
+
+
+@contextlib.contextmanager
+def serve(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    config: EmulatorConfig | None = None,
+    startup_timeout: float = 30.0,
+    **options: Any,
+) -> Iterator[str]:
+    """Run the emulator in a background thread; yield its base URL (``http://127.0.0.1:PORT/v1``).
+
+    Args:
+        host: address to bind; loopback by default, so nothing outside this machine can reach it.
+        port: port to bind; 0 picks a free one.
+        config: a ready :class:`EmulatorConfig`; otherwise ``options`` are its fields
+            (``api_key``, ``rpm``, ``tpm``, ``latency_ms``, ``fail_rate``, ``drop_rate``,
+            ``retry_after``, ``max_batch``, ``strict_burst``, ``seed``, ...).
+        startup_timeout: seconds to wait for the server to accept connections.
+
+    The server stops, and its port is released, when the ``with`` block ends.
+    """
+    import uvicorn  # the server extra; imported here so the client never needs it
+
+    app = create_app(config, **options)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound_port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=30,
+            # The emulator drops connections on purpose; uvicorn must not answer them itself.
+            timeout_graceful_shutdown=2,
+        )
+    )
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="empirio-emulator", daemon=True
+    )
+    thread.start()
+    try:
+        waited = 0.0
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the emulator failed to start; see the log above")
+            if waited >= startup_timeout:
+                raise RuntimeError(f"the emulator did not start within {startup_timeout} s")
+            threading.Event().wait(0.01)
+            waited += 0.01
+        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        yield f"http://{shown}:{bound_port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

@@ -1,0 +1,57 @@
+"""Shared fixtures. Everything networked talks to the emulator on 127.0.0.1 over real sockets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from empirio.emulator import serve
+
+#: Fewer collected tests than this means a broken import or a renamed folder, not success.
+MIN_TESTS = 40
+
+
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    selected = config.getoption("-k") or config.getoption("-m") or config.args != ["tests"]
+    if not selected and len(items) < MIN_TESTS and not config.getoption("collectonly"):
+        raise pytest.UsageError(
+            f"only {len(items)} tests were collected, expected at least {MIN_TESTS}: "
+            "a test module failed to import or was not found"
+        )
+
+
+@pytest.fixture(scope="session")
+def emulator_url() -> Iterator[str]:
+    """A shared emulator with no limits and no faults."""
+    with serve(seed=0) as url:
+        yield url
+
+
+@pytest.fixture
+def make_emulator() -> Iterator[Any]:
+    """Start emulators with given options; all are stopped when the test ends."""
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+
+        def start(**options: Any) -> str:
+            return stack.enter_context(serve(**options))
+
+        yield start
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(headers={"Authorization": "Bearer test-key"}, timeout=30) as client:
+        yield client
+
+
+def stats(base_url: str) -> dict[str, Any]:
+    """The emulator's counters."""
+    root = base_url.removesuffix("/v1")
+    return dict(httpx.get(f"{root}/_emulator/stats", timeout=10).json())

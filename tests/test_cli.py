@@ -1,0 +1,81 @@
+"""The command line: ``empirio embed`` and ``empirio demo`` against the emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def run(
+    *args: str, stdin: str = "", env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "EMPIRIOLABS_API_KEY"}
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "empirio", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_embed_to_npy(tmp_path: Path) -> None:
+    out = tmp_path / "v.npy"
+    r = run(
+        "embed", "--emulator", "--dimensions", "64", "-o", str(out), stdin="first\nsecond\nfirst\n"
+    )
+    assert r.returncode == 0, r.stderr
+    m = np.load(out)
+    assert m.shape == (3, 64)
+    np.testing.assert_array_equal(m[0], m[2])
+    assert "1 requests" in r.stderr
+
+
+def test_embed_to_jsonl_with_sparse(tmp_path: Path) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("the wind\n\nthe sea\n", encoding="utf-8")
+    r = run(
+        "embed",
+        str(src),
+        "--emulator",
+        "--skip-blank",
+        "--output-type",
+        "both",
+        "--dimensions",
+        "128",
+        "--no-progress",
+    )
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["index"] for row in rows] == [0, 1]
+    assert len(rows[0]["embedding"]) == 128
+    assert rows[0]["sparse"]
+
+
+def test_embed_blank_line_fails_clearly() -> None:
+    r = run("embed", "--emulator", stdin="a\n\nb\n")
+    assert r.returncode == 1
+    assert "positions [1]" in r.stderr
+
+
+def test_embed_without_a_key_says_how_to_set_it() -> None:
+    r = run("embed", "--base-url", "http://127.0.0.1:9/v1", stdin="a\n")
+    assert r.returncode != 0
+    assert "EMPIRIOLABS_API_KEY" in r.stderr
+
+
+def test_demo_runs_on_the_emulator_without_a_key() -> None:
+    r = run("demo")
+    assert r.returncode == 0, r.stderr
+    assert "LOCAL EMULATOR" in r.stdout
+    assert "query: How do I change my password?" in r.stdout
+    first_hit = r.stdout.split("query: How do I change my password?")[1].splitlines()[1]
+    assert "reset your password" in first_hit
+    assert "estimated $" in r.stdout

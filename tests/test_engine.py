@@ -1,0 +1,224 @@
+"""The scheduling core with a fake clock: ordering, retries, splitting, fatal errors, and a
+property: under any sequence of failures every piece is delivered exactly once."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from empirio import (
+    APIConnectionError,
+    AuthenticationError,
+    BadRequestError,
+    InternalServerError,
+    RateLimitError,
+    RequestTooLargeError,
+)
+from empirio._decode import Decoded
+from empirio._engine import Attempt, BatchLimit, Engine
+from empirio._errors import EmpirioError
+from empirio._pace import Concurrency, Pacer
+from empirio._plan import PlannedRequest
+from empirio._retry import RetryPolicy
+
+
+def req(rid: int, n: int = 10, first: int = 0) -> PlannedRequest:
+    pieces = tuple(range(first, first + n))
+    return PlannedRequest(rid, 0, pieces, tuple(f"t{i}" for i in pieces), (5,) * n, pieces)
+
+
+def ok(a: Attempt) -> Decoded:
+    n = len(a.request)
+    return Decoded(np.zeros((n, 4), np.float32), None, 5 * n, None)
+
+
+def engine(
+    concurrency: int = 4, batch: int = 10, rpm: float | None = None, retries: int = 5
+) -> Engine:
+    return Engine(
+        pacer=Pacer(rpm, None),
+        concurrency=Concurrency(concurrency),
+        policy=RetryPolicy(max_retries=retries),
+        batch_limit=BatchLimit(batch),
+        rng=random.Random(0),
+    )
+
+
+def test_sends_in_order_up_to_the_concurrency_limit() -> None:
+    e = engine(concurrency=2)
+    e.add([req(0), req(1), req(2)])
+    step = e.step(0.0)
+    assert [a.request.id for a in step.sends] == [0, 1]
+    assert e.step(0.0).sends == ()
+    e.complete(step.sends[0], ok(step.sends[0]), 0.1)
+    assert [a.request.id for a in e.step(0.1).sends] == [2]
+
+
+def test_a_5xx_is_retried_after_backoff_and_then_succeeds() -> None:
+    e = engine()
+    e.add([req(0)])
+    (a,) = e.step(0.0).sends
+    assert e.complete(a, InternalServerError("boom", status_code=503), 1.0) is None
+    step = e.step(1.0)
+    assert step.sends == ()
+    assert step.wake_at is not None
+    assert 1.0 + 0.375 <= step.wake_at <= 1.5
+    (b,) = e.step(step.wake_at).sends
+    assert (b.request, b.retries) == (a.request, 1)
+    assert e.complete(b, ok(b), 2.0) is not None
+    assert e.idle
+    assert e.stats.retries == 1
+
+
+def test_retry_after_is_obeyed_and_429_pauses_everything_and_halves_concurrency() -> None:
+    e = engine(concurrency=4)
+    e.add([req(i) for i in range(6)])
+    sends = e.step(0.0).sends
+    assert len(sends) == 4
+    e.complete(sends[0], RateLimitError("slow", status_code=429, retry_after=7.0), 1.0)
+    assert e.concurrency.allowed == 2
+    assert e.step(1.0).sends == ()  # paused, although a slot is free
+    assert e.step(7.9).sends == ()
+    e.complete(sends[1], ok(sends[1]), 8.0)
+    e.complete(sends[2], ok(sends[2]), 8.0)
+    e.complete(sends[3], ok(sends[3]), 8.0)
+    after = e.step(8.0).sends
+    # The retry goes first, then fresh work; three successes grew the limit from 2 to 3.
+    assert [a.request.id for a in after] == [0, 4, 5]
+    assert e.concurrency.allowed == 3
+    assert e.stats.throttled == 1
+
+
+def test_connection_errors_are_retried_until_the_allowance_runs_out() -> None:
+    e = engine(retries=2)
+    e.add([req(0, 3)])
+    t = 0.0
+    for _ in range(3):
+        step = e.step(t)
+        while not step.sends:
+            assert step.wake_at is not None
+            t = step.wake_at
+            step = e.step(t)
+        (a,) = step.sends
+        e.complete(a, APIConnectionError("reset"), t)
+    assert isinstance(e.failed, APIConnectionError)
+    assert e.failed.inputs == (0, 1, 2)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        AuthenticationError("bad key", status_code=401),
+        BadRequestError("Range of input length should be [1, 8192]", status_code=400),
+    ],
+)
+def test_other_errors_are_fatal_at_once(error: EmpirioError) -> None:
+    e = engine()
+    e.add([req(0), req(1)])
+    a, _b = e.step(0.0).sends
+    e.complete(a, error, 0.1)
+    assert e.failed is error
+    assert e.step(0.2).sends == ()
+    e.abandon()
+    assert e.concurrency.in_flight == 0
+
+
+def test_a_named_batch_limit_splits_and_is_kept() -> None:
+    e = engine(batch=10)
+    e.add([req(0, 10), req(1, 10, first=10)])
+    a, b = e.step(0.0).sends
+    msg = (
+        "<400> InternalError.Algo.InvalidParameter: Value error, batch size is invalid, "
+        "it should not be larger than 4.: input.contents"
+    )
+    e.complete(a, BadRequestError(msg, status_code=400), 0.1)
+    assert e.failed is None
+    assert e.batch_limit.size == 4
+    e.complete(b, BadRequestError(msg, status_code=400), 0.1)
+    sent = []
+    while not e.idle:
+        step = e.step(1.0)
+        for s in step.sends:
+            sent.append(s.request.pieces)
+            e.complete(s, ok(s), 1.0)
+    assert all(len(p) <= 4 for p in sent)
+    assert sorted(i for p in sent for i in p) == list(range(20))
+    assert e.stats.retries == 0
+
+
+def test_413_halves_the_request() -> None:
+    e = engine()
+    e.add([req(0, 8)])
+    (a,) = e.step(0.0).sends
+    e.complete(a, RequestTooLargeError("too big", status_code=413), 0.1)
+    sizes = [len(s.request) for s in e.step(0.1).sends]
+    assert sizes == [4, 4]
+
+
+def test_pacing_delays_sends() -> None:
+    e = engine(rpm=60)
+    e.add([req(0), req(1)])
+    step = e.step(0.0)
+    assert len(step.sends) == 1
+    assert step.wake_at == pytest.approx(1.0)
+
+
+OUTCOMES = st.sampled_from(["ok", "ok", "ok", "500", "drop", "429", "limit"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 10), min_size=1, max_size=25),
+    script=st.lists(OUTCOMES, max_size=200),
+    concurrency=st.integers(1, 6),
+)
+def test_every_piece_is_delivered_exactly_once_whatever_fails(
+    sizes: list[int], script: list[str], concurrency: int
+) -> None:
+    e = engine(concurrency=concurrency, retries=1000)
+    first, requests = 0, []
+    for rid, n in enumerate(sizes):
+        requests.append(req(rid, n, first))
+        first += n
+    e.add(requests)
+    outcomes = iter(script)
+    delivered: list[int] = []
+    in_flight: list[Attempt] = []
+    t = 0.0
+    for _ in range(10_000):
+        if e.idle:
+            break
+        step = e.step(t)
+        in_flight.extend(step.sends)
+        if not in_flight:
+            assert step.wake_at is not None
+            t = step.wake_at
+            continue
+        a = in_flight.pop(0)
+        kind = next(outcomes, "ok")
+        t += 0.01
+        outcome: Decoded | EmpirioError
+        if kind == "ok":
+            outcome = ok(a)
+        elif kind == "500":
+            outcome = InternalServerError("x", status_code=500)
+        elif kind == "drop":
+            outcome = APIConnectionError("dropped")
+        elif kind == "429":
+            outcome = RateLimitError("x", status_code=429, retry_after=0.5)
+        elif len(a.request) > 3:
+            outcome = BadRequestError(
+                "batch size is invalid, it should not be larger than 3", status_code=400
+            )
+        else:  # a service names its limit only to requests above it
+            outcome = InternalServerError("x", status_code=502)
+        if e.complete(a, outcome, t) is not None:
+            delivered.extend(a.request.pieces)
+    assert e.failed is None
+    assert e.idle
+    assert sorted(delivered) == list(range(first))  # each piece exactly once
+    assert e.concurrency.in_flight == 0
