@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from _common import emulator_process, machine_line, markdown_table, synthetic_corpus
 
 

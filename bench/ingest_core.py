@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import emulator_process, machine_line, markdown_table, synthetic_corpus
 from empirio import EmbeddingClient, get_tokenizer
+
+from _common import emulator_process, machine_line, markdown_table, synthetic_corpus
 
 
 def run(label: str, texts: list[str], rpm: int, tpm: int, latency_ms: int) -> tuple[object, ...]:

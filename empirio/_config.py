@@ -10,10 +10,6 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "ALLOWED_DIMENSIONS",
-    "FROM_ENV",
-    "RPM_ENV",
-    "TPM_ENV",
-    "FromEnv",
     "API_BASE_ENV",
     "API_KEY_ENV",
     "BASE_URL_ENV",
@@ -24,7 +20,11 @@ __all__ = [
     "DEFAULT_QUERY_INSTRUCTION",
     "DEFAULT_RPM",
     "DEFAULT_TPM",
+    "FROM_ENV",
     "PRICE_PER_MILLION_TOKENS_USD",
+    "RPM_ENV",
+    "TPM_ENV",
+    "FromEnv",
     "format_query",
     "is_loopback_url",
     "resolve_api_key",
@@ -115,7 +115,7 @@ FROM_ENV = FromEnv.TOKEN
 
 
 def resolve_rate(
-    value: float | None | FromEnv,
+    value: float | FromEnv | None,
     env_name: str,
     default: float,
     environ: Mapping[str, str] | None = None,

@@ -64,8 +64,10 @@ def run_demo(*, dimensions: int = 512, force_emulator: bool = False) -> int:
         ) as client:
             docs = client.embed([d["text"] for d in corpus], output="both")
             queries = client.embed(list(QUERIES), kind="query", output="both")
-            assert docs.dense is not None and queries.dense is not None
-            assert docs.sparse is not None and queries.sparse is not None
+            assert docs.dense is not None
+            assert queries.dense is not None
+            assert docs.sparse is not None
+            assert queries.sparse is not None
             dense_scores = queries.dense @ docs.dense.T
             for qi, query in enumerate(QUERIES):
                 sparse_scores = np.array(
