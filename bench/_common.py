@@ -42,13 +42,15 @@ def emulator_process(*flags: str) -> Iterator[str]:
 
 
 def synthetic_corpus(
-    n: int, *, seed: int = 0, mean_words: int = 60, spread: float = 1.0
+    n: int, *, seed: int = 0, mean_words: int = 60, spread: float = 1.0, max_words: int = 7500
 ) -> list[str]:
-    """``n`` distinct texts whose lengths follow a log-normal spread around ``mean_words``."""
+    """``n`` distinct texts whose lengths (in words, about one Qwen token each) follow a
+    log-normal spread with mean about ``mean_words``, capped at ``max_words``."""
     rng = random.Random(seed)
+    mu = -spread * spread / 2  # makes the log-normal factor's mean 1
     out = []
     for i in range(n):
-        words = max(3, int(rng.lognormvariate(0, spread) * mean_words / 1.65))
+        words = min(max_words, max(3, int(rng.lognormvariate(mu, spread) * mean_words)))
         out.append(f"doc {i}: " + " ".join(rng.choice(_WORDS) for _ in range(words)))
     return out
 
