@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
@@ -68,6 +69,7 @@ from ._plan import (
 from ._result import EmbeddingResult, Usage, UsageMeter
 from ._retry import RetryPolicy
 from ._tokens import QwenTokenizer, get_tokenizer
+from ._views import ViewCache
 
 __all__ = ["EmbeddingClient"]
 
@@ -212,6 +214,9 @@ class EmbeddingClient:
         allow_insecure: allow sending the key over plain ``http://`` to a non-loopback host.
         http_client: an ``httpx.Client`` to use (not closed by this client).
         async_http_client: an ``httpx.AsyncClient`` to use (not closed by this client).
+        share_views: fetch dense and sparse together and keep the view not asked for until it
+            is asked for, so a dense and a sparse caller of the same texts (hybrid search) pay
+            for one request per text. See :meth:`enable_shared_views`.
 
     Raises:
         ConfigurationError: a setting is invalid or the key is missing.
@@ -239,6 +244,7 @@ class EmbeddingClient:
         allow_insecure: bool = False,
         http_client: httpx.Client | None = None,
         async_http_client: httpx.AsyncClient | None = None,
+        share_views: bool = False,
     ) -> None:
         raw_key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         key = resolve_api_key(raw_key)
@@ -313,6 +319,7 @@ class EmbeddingClient:
         self._user_http = http_client
         self._user_async_http = async_http_client
         self._http: httpx.Client | None = None
+        self._views: ViewCache | None = ViewCache() if share_views else None
         self._async_http: list[
             tuple[asyncio.AbstractEventLoop, httpx.AsyncClient, AsyncGenerator[None, None]]
         ] = []
@@ -346,6 +353,18 @@ class EmbeddingClient:
     def usage(self) -> Usage:
         """Requests, tokens and estimated cost of everything this client has done."""
         return self._meter.usage
+
+    def enable_shared_views(self) -> None:
+        """From now on, ``embed(output="dense")`` and ``embed(output="sparse")`` fetch both views
+        in one request and keep the other until asked for (hybrid search bills once)."""
+        with self._lock:
+            if self._views is None:
+                self._views = ViewCache()
+
+    @property
+    def shares_views(self) -> bool:
+        """Whether dense and sparse calls share requests (see :meth:`enable_shared_views`)."""
+        return self._views is not None
 
     @property
     def effective_batch_size(self) -> int:
@@ -496,6 +515,9 @@ class EmbeddingClient:
                         max_keepalive_connections=self.max_concurrency + 2,
                     ),
                 )
+                # Framework objects are rarely closed by their users: release the connections
+                # when this client is collected (async ones close as their loop shuts down).
+                weakref.finalize(self, self._http.close)
             return self._http
 
     def _send_sync(self, attempt: Attempt, call: _Call) -> Decoded | EmpirioError:
@@ -583,6 +605,11 @@ class EmbeddingClient:
         """
         call = self._check_call(kind, output)
         checked = check_texts(texts)
+        shared = self._shared_lookup(checked, call)
+        if shared is not None:
+            parked, missing = shared
+            fetched = self.embed(missing, kind=kind, output="both", show_progress=show_progress)
+            return self._shared_merge(checked, call, parked, missing, fetched)
         if not checked:
             return self._empty(call)
         plan = self._plan(checked, call, 0, 0, 0)
@@ -615,6 +642,46 @@ class EmbeddingClient:
             check_texts(texts)  # cheap, and finds a blank text before anything is sent
         with self._progress(total, show_progress) as bar:
             yield from self._drive_sync(self._plans(texts, call, segment_size), call, bar, ahead=2)
+
+    def _shared_lookup(self, texts: list[str], call: _Call) -> tuple[list[Any], list[str]] | None:
+        """With shared views and one view asked for: the parked values of that view (``None``
+        where there is none) and the distinct texts still to fetch. Else ``None``."""
+        views = self._views
+        if views is None or call.output == "both" or not texts:
+            return None
+        parked = views.take(call.output, call.kind, texts)
+        missing = list(dict.fromkeys(t for t, v in zip(texts, parked, strict=True) if v is None))
+        return parked, missing
+
+    def _shared_merge(
+        self,
+        texts: list[str],
+        call: _Call,
+        parked: list[Any],
+        missing: list[str],
+        fetched: EmbeddingResult,
+    ) -> EmbeddingResult:
+        """Combine parked values with freshly fetched ones; park the view not asked for."""
+        views = self._views
+        assert views is not None
+        other_dense = fetched.dense if call.output == "sparse" else None
+        other_sparse = fetched.sparse if call.output == "dense" else None
+        views.park(call.kind, missing, other_dense, other_sparse)
+        row = {t: i for i, t in enumerate(missing)}
+        if call.output == "dense":
+            assert fetched.dense is not None
+            fresh_dense = fetched.dense
+            dense = np.empty((len(texts), self.dimensions), dtype=np.float32)
+            for i, (t, v) in enumerate(zip(texts, parked, strict=True)):
+                dense[i] = fresh_dense[row[t]] if v is None else v
+            return EmbeddingResult(dense, None, fetched.usage)
+        assert fetched.sparse is not None
+        fresh_sparse = fetched.sparse
+        sparse = [
+            dict(fresh_sparse[row[t]] if v is None else v)
+            for t, v in zip(texts, parked, strict=True)
+        ]
+        return EmbeddingResult(None, sparse, fetched.usage)
 
     def _empty(self, call: _Call) -> EmbeddingResult:
         dense = np.empty((0, self.dimensions), dtype=np.float32) if call.dense else None
@@ -707,6 +774,13 @@ class EmbeddingClient:
         """:meth:`embed`, natively async: requests run as tasks on the running loop."""
         call = self._check_call(kind, output)
         checked = check_texts(texts)
+        shared = self._shared_lookup(checked, call)
+        if shared is not None:
+            parked, missing = shared
+            fetched = await self.aembed(
+                missing, kind=kind, output="both", show_progress=show_progress
+            )
+            return self._shared_merge(checked, call, parked, missing, fetched)
         if not checked:
             return self._empty(call)
         plan = self._plan(checked, call, 0, 0, 0)

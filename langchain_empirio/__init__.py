@@ -1,3 +1,27 @@
-"""LangChain integration for text-embedding-v4 (see issue 4)."""
+"""LangChain integration for Alibaba's text-embedding-v4 through EmpirioLabs.
 
-__all__: list[str] = []
+from langchain_empirio import EmpirioEmbeddings
+
+embeddings = EmpirioEmbeddings(dimensions=512)
+sparse = embeddings.sparse()   # EmpirioSparseEmbeddings, for langchain-qdrant hybrid search
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .embeddings import EmpirioEmbeddings
+
+if TYPE_CHECKING:
+    from .sparse import EmpirioSparseEmbeddings
+
+__all__ = ["EmpirioEmbeddings", "EmpirioSparseEmbeddings"]
+
+
+def __getattr__(name: str) -> Any:
+    # The sparse class needs langchain-qdrant, an optional extra: import it only when asked.
+    if name == "EmpirioSparseEmbeddings":
+        from .sparse import EmpirioSparseEmbeddings
+
+        return EmpirioSparseEmbeddings
+    raise AttributeError(f"module 'langchain_empirio' has no attribute {name!r}")

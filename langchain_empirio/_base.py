@@ -1,0 +1,132 @@
+"""Fields and client building shared by the dense and sparse LangChain classes."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import httpx
+from langchain_core.utils import from_env, secret_from_env
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
+
+from empirio import DEFAULT_MODEL, DEFAULT_QUERY_INSTRUCTION, EmbeddingClient
+from empirio._config import (
+    API_BASE_ENV,
+    API_KEY_ENV,
+    DEFAULT_RPM,
+    DEFAULT_TPM,
+    FROM_ENV,
+    RPM_ENV,
+    TPM_ENV,
+    resolve_rate,
+    validate_dimensions,
+)
+from empirio._plan import InstructionMode, Overflow
+
+__all__ = ["EmpirioSettings"]
+
+
+class EmpirioSettings(BaseModel):
+    """Settings of text-embedding-v4 over EmpirioLabs, as LangChain-style pydantic fields.
+
+    Every option of :class:`empirio.EmbeddingClient` is here; see its docstring for details.
+    Pass ``client=`` to share one :class:`~empirio.EmbeddingClient` (its pacing, usage and
+    connections) between several objects; the other fields are then ignored.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        arbitrary_types_allowed=True,
+        protected_namespaces=(),
+        # A failed validation would otherwise print every argument, the key included.
+        hide_input_in_errors=True,
+    )
+
+    model: str = DEFAULT_MODEL
+    """Model id."""
+    dimensions: int = 1024
+    """Output dimensions: 64, 128, 256, 512, 768, 1024, 1536 or 2048."""
+    api_key: SecretStr | None = Field(default_factory=secret_from_env(API_KEY_ENV, default=None))
+    """API key; default from ``EMPIRIOLABS_API_KEY``."""
+    base_url: str | None = Field(default_factory=from_env(API_BASE_ENV, default=None))
+    """Endpoint; default from ``EMPIRIOLABS_API_BASE`` (then ``EMPIRIOLABS_BASE_URL``)."""
+    batch_size: int = 10
+    """Most inputs per request (10 at EmpirioLabs)."""
+    max_concurrency: int = 8
+    """Most requests in flight."""
+    rpm: float | None = Field(default_factory=lambda: resolve_rate(FROM_ENV, RPM_ENV, DEFAULT_RPM))
+    """Account requests per minute, paced client-side; ``None`` = unpaced. Default
+    ``EMPIRIOLABS_RPM`` or 50."""
+    tpm: float | None = Field(default_factory=lambda: resolve_rate(FROM_ENV, TPM_ENV, DEFAULT_TPM))
+    """Account tokens per minute; ``None`` = unpaced. Default ``EMPIRIOLABS_TPM`` or 2,000,000."""
+    max_retries: int = 10
+    """Retries per request for 408/409/429/5xx and lost connections."""
+    timeout: float = 60.0
+    """Seconds to wait for each response."""
+    overflow: Overflow = "truncate"
+    """Texts over 8,191 tokens: ``"truncate"``, ``"chunk"`` or ``"error"``."""
+    instruction_mode: InstructionMode = "prompt"
+    """How queries get their instruction: ``"prompt"``, ``"api"`` or ``"none"``."""
+    query_instruction: str = DEFAULT_QUERY_INSTRUCTION
+    """Task description for queries."""
+    user: str | None = None
+    """End-user id passed through to the service."""
+    encoding_format: Literal["base64", "float"] = "base64"
+    """Wire format of vectors."""
+    show_progress_bar: bool = False
+    """Show a tqdm bar for long calls."""
+    allow_insecure: bool = False
+    """Allow the key over plain http to a non-loopback host."""
+    http_client: httpx.Client | None = Field(default=None, exclude=True)
+    """An httpx.Client to use."""
+    http_async_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
+    """An httpx.AsyncClient to use."""
+    client: EmbeddingClient | None = Field(default=None, exclude=True)
+    """An existing client to share."""
+
+    _client: EmbeddingClient = PrivateAttr()
+
+    @field_validator("dimensions")
+    @classmethod
+    def _check_dimensions(cls, value: int) -> int:
+        return validate_dimensions(value)
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Built here rather than in a validator: a failing validator's error carries every
+        # argument, the key among them, and ConfigurationError (a ValueError) says it clearly.
+        if self.client is not None:
+            self._client = self.client
+            return
+        self._client = EmbeddingClient(
+            api_key=self.api_key,
+            base_url=self.base_url,
+            model=self.model,
+            dimensions=self.dimensions,
+            batch_size=self.batch_size,
+            max_concurrency=self.max_concurrency,
+            rpm=self.rpm,
+            tpm=self.tpm,
+            max_retries=self.max_retries,
+            timeout=self.timeout,
+            overflow=self.overflow,
+            instruction_mode=self.instruction_mode,
+            query_instruction=self.query_instruction,
+            user=self.user,
+            encoding_format=self.encoding_format,
+            show_progress=self.show_progress_bar,
+            allow_insecure=self.allow_insecure,
+            http_client=self.http_client,
+            async_http_client=self.http_async_client,
+        )
+
+    @property
+    def empirio_client(self) -> EmbeddingClient:
+        """The :class:`empirio.EmbeddingClient` doing the work (usage, token counts, ...)."""
+        return self._client
+
+    def _sibling_fields(self) -> dict[str, Any]:
+        """Fields for a sibling object that shares this one's client."""
+        fields = self.model_dump(exclude={"client", "http_client", "http_async_client"})
+        fields["api_key"] = self.api_key
+        fields["client"] = self._client
+        return fields

@@ -1,0 +1,75 @@
+"""``EmpirioEmbeddings``: LangChain ``Embeddings`` for text-embedding-v4."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from langchain_core.embeddings import Embeddings
+
+from ._base import EmpirioSettings
+
+if TYPE_CHECKING:
+    from .sparse import EmpirioSparseEmbeddings
+
+__all__ = ["EmpirioEmbeddings"]
+
+
+class EmpirioEmbeddings(EmpirioSettings, Embeddings):
+    """text-embedding-v4 dense embeddings for LangChain.
+
+    Batching, exact token limits, pacing to the account's limits, retries and concurrency are
+    done by :class:`empirio.EmbeddingClient`; this class only maps LangChain's interface onto it.
+    Queries get the task instruction, documents never do.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_core.vectorstores import InMemoryVectorStore
+            from langchain_empirio import EmpirioEmbeddings
+
+            embeddings = EmpirioEmbeddings(dimensions=512)  # key from EMPIRIOLABS_API_KEY
+            store = InMemoryVectorStore.from_texts(["cats purr", "dogs bark"], embeddings)
+            store.similarity_search("which animal purrs?", k=1)
+
+    For hybrid search, ``embeddings.sparse()`` gives the sparse view from the same requests.
+    """
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed documents (no instruction). Returns one list of floats per text, in order."""
+        if not texts:
+            return []
+        dense = self._client.embed(texts, kind="document").dense
+        assert dense is not None
+        return dense.tolist()  # type: ignore[no-any-return]
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed a search query (with the query instruction)."""
+        dense = self._client.embed([text], kind="query").dense
+        assert dense is not None
+        return dense[0].tolist()  # type: ignore[no-any-return]
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """:meth:`embed_documents`, natively async."""
+        if not texts:
+            return []
+        dense = (await self._client.aembed(texts, kind="document")).dense
+        assert dense is not None
+        return dense.tolist()  # type: ignore[no-any-return]
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """:meth:`embed_query`, natively async."""
+        dense = (await self._client.aembed([text], kind="query")).dense
+        assert dense is not None
+        return dense[0].tolist()  # type: ignore[no-any-return]
+
+    def sparse(self) -> EmpirioSparseEmbeddings:
+        """The sparse view of the same model, sharing this object's client.
+
+        Both views of a text then come from one ``dense&sparse`` request: whichever object asks
+        first fetches both and the other is served from that response, so hybrid ingestion is
+        billed once. Needs the ``qdrant`` extra (langchain-qdrant).
+        """
+        from .sparse import EmpirioSparseEmbeddings
+
+        self._client.enable_shared_views()
+        return EmpirioSparseEmbeddings(**self._sibling_fields())
