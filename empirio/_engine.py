@@ -33,7 +33,10 @@ from ._pace import Concurrency, Pacer
 from ._plan import PlannedRequest
 from ._retry import RetryPolicy, is_retryable_status
 
-__all__ = ["Attempt", "BatchLimit", "Engine", "Step"]
+__all__ = ["SLOT_POLL_S", "Attempt", "BatchLimit", "Engine", "Step"]
+
+#: How often a call waits for a concurrency slot held by other calls, in seconds.
+SLOT_POLL_S = 0.01
 
 
 @dataclass(slots=True)
@@ -167,6 +170,10 @@ class Engine:
         # concurrency limit will be taken when a request in flight completes.
         if self._due and self._due[0][0] > now and (wake is None or self._due[0][0] < wake):
             wake = self._due[0][0]
+        # Work waiting while every slot is held by *other* calls sharing the limit: nothing of
+        # ours will complete to wake us, so look again shortly.
+        if wake is None and not sends and not self._in_flight and not self.idle:
+            wake = now + SLOT_POLL_S
         return Step(tuple(sends), wake)
 
     def complete(

@@ -9,20 +9,14 @@ from langchain_core.utils import from_env, secret_from_env
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
 
 from empirio import DEFAULT_MODEL, DEFAULT_QUERY_INSTRUCTION, EmbeddingClient
-from empirio._config import (
-    API_BASE_ENV,
-    API_KEY_ENV,
-    DEFAULT_RPM,
-    DEFAULT_TPM,
-    FROM_ENV,
-    RPM_ENV,
-    TPM_ENV,
-    resolve_rate,
-    validate_dimensions,
-)
+from empirio._config import API_BASE_ENV, API_KEY_ENV, validate_dimensions
+from empirio._options import build_client, default_rpm, default_tpm
 from empirio._plan import InstructionMode, Overflow
 
 __all__ = ["EmpirioSettings"]
+
+# Client options whose LangChain field has another name (LangChain's own conventions).
+_RENAMES = {"show_progress": "show_progress_bar", "async_http_client": "http_async_client"}
 
 
 class EmpirioSettings(BaseModel):
@@ -54,10 +48,10 @@ class EmpirioSettings(BaseModel):
     """Most inputs per request (10 at EmpirioLabs)."""
     max_concurrency: int = 8
     """Most requests in flight."""
-    rpm: float | None = Field(default_factory=lambda: resolve_rate(FROM_ENV, RPM_ENV, DEFAULT_RPM))
+    rpm: float | None = Field(default_factory=default_rpm)
     """Account requests per minute, paced client-side; ``None`` = unpaced. Default
     ``EMPIRIOLABS_RPM`` or 50."""
-    tpm: float | None = Field(default_factory=lambda: resolve_rate(FROM_ENV, TPM_ENV, DEFAULT_TPM))
+    tpm: float | None = Field(default_factory=default_tpm)
     """Account tokens per minute; ``None`` = unpaced. Default ``EMPIRIOLABS_TPM`` or 2,000,000."""
     max_retries: int = 10
     """Retries per request for 408/409/429/5xx and lost connections."""
@@ -97,27 +91,7 @@ class EmpirioSettings(BaseModel):
         if self.client is not None:
             self._client = self.client
             return
-        self._client = EmbeddingClient(
-            api_key=self.api_key,
-            base_url=self.base_url,
-            model=self.model,
-            dimensions=self.dimensions,
-            batch_size=self.batch_size,
-            max_concurrency=self.max_concurrency,
-            rpm=self.rpm,
-            tpm=self.tpm,
-            max_retries=self.max_retries,
-            timeout=self.timeout,
-            overflow=self.overflow,
-            instruction_mode=self.instruction_mode,
-            query_instruction=self.query_instruction,
-            user=self.user,
-            encoding_format=self.encoding_format,
-            show_progress=self.show_progress_bar,
-            allow_insecure=self.allow_insecure,
-            http_client=self.http_client,
-            async_http_client=self.http_async_client,
-        )
+        self._client = build_client(self, _RENAMES)
 
     @property
     def empirio_client(self) -> EmbeddingClient:

@@ -483,3 +483,21 @@ def test_a_user_http_client_is_used_and_left_open(emulator_url: str) -> None:
 def test_pickling_is_refused_not_leaky(emulator_url: str) -> None:
     with client(emulator_url) as c, pytest.raises(TypeError):
         pickle.dumps(c)  # it holds a lock: nothing serialises the key by accident
+
+
+async def test_many_concurrent_calls_share_the_concurrency_limit(make_emulator: Any) -> None:
+    url = make_emulator(latency_ms=30)
+    async with client(url, max_concurrency=3) as c:
+        parts = await asyncio.gather(*(c.aembed(TEXTS[i : i + 10]) for i in range(0, 130, 10)))
+    assert [len(p) for p in parts] == [10] * 13
+    assert 1 < stats(url)["max_in_flight"] <= 3
+
+
+def test_threads_share_the_concurrency_limit(make_emulator: Any) -> None:
+    import concurrent.futures
+
+    url = make_emulator(latency_ms=30)
+    with client(url, max_concurrency=2) as c, concurrent.futures.ThreadPoolExecutor(6) as pool:
+        parts = list(pool.map(lambda i: c.embed(TEXTS[i : i + 20]), range(0, 120, 20)))
+    assert [len(p) for p in parts] == [20] * 6
+    assert stats(url)["max_in_flight"] <= 2

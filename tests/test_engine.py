@@ -19,7 +19,7 @@ from empirio import (
     RequestTooLargeError,
 )
 from empirio._decode import Decoded
-from empirio._engine import Attempt, BatchLimit, Engine
+from empirio._engine import SLOT_POLL_S, Attempt, BatchLimit, Engine
 from empirio._errors import EmpirioError
 from empirio._pace import Concurrency, Pacer
 from empirio._plan import PlannedRequest
@@ -222,3 +222,28 @@ def test_every_piece_is_delivered_exactly_once_whatever_fails(
     assert e.idle
     assert sorted(delivered) == list(range(first))  # each piece exactly once
     assert e.concurrency.in_flight == 0
+
+
+def test_a_call_blocked_by_other_calls_polls_for_a_slot() -> None:
+    shared = Concurrency(2)
+    first = Engine(
+        pacer=Pacer(None, None),
+        concurrency=shared,
+        policy=RetryPolicy(),
+        batch_limit=BatchLimit(10),
+    )
+    second = Engine(
+        pacer=Pacer(None, None),
+        concurrency=shared,
+        policy=RetryPolicy(),
+        batch_limit=BatchLimit(10),
+    )
+    first.add([req(0), req(1)])
+    second.add([req(2)])
+    held = first.step(0.0).sends
+    assert len(held) == 2
+    step = second.step(0.0)
+    assert step.sends == ()
+    assert step.wake_at == pytest.approx(SLOT_POLL_S)  # not None: nothing of its own to wait on
+    first.complete(held[0], ok(held[0]), 0.005)
+    assert [a.request.id for a in second.step(0.01).sends] == [2]

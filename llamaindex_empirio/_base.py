@@ -1,0 +1,96 @@
+"""Fields and client building shared by the dense and sparse LlamaIndex classes."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import httpx
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, SecretStr, field_validator
+
+from empirio import DEFAULT_MODEL, DEFAULT_QUERY_INSTRUCTION, EmbeddingClient
+from empirio._config import API_BASE_ENV, API_KEY_ENV, validate_dimensions
+from empirio._options import build_client, default_rpm, default_tpm
+from empirio._plan import InstructionMode, Overflow
+
+__all__ = ["EmpirioFields"]
+
+# LlamaIndex calls the model "model_name"; every other client option keeps its name.
+_RENAMES = {"model": "model_name"}
+
+
+def _env_key() -> SecretStr | None:
+    key = os.environ.get(API_KEY_ENV)
+    return SecretStr(key) if key else None
+
+
+class EmpirioFields:
+    """Mixin of pydantic fields for :class:`empirio.EmbeddingClient`'s options, with LlamaIndex's
+    conventions (``model_name``, ``embed_batch_size``). The key is excluded from ``to_dict()`` and
+    ``to_json()``; pass ``client=`` to share one :class:`~empirio.EmbeddingClient`."""
+
+    model_name: str = Field(default=DEFAULT_MODEL, description="Model id.")
+    dimensions: int = Field(default=1024, description="64, 128, 256, 512, 768, 1024, 1536 or 2048.")
+    api_key: SecretStr | None = Field(
+        default_factory=_env_key, exclude=True, description="Default: EMPIRIOLABS_API_KEY."
+    )
+    base_url: str | None = Field(
+        default_factory=lambda: os.environ.get(API_BASE_ENV) or None,
+        description="Default: EMPIRIOLABS_API_BASE, then EMPIRIOLABS_BASE_URL, then EmpirioLabs.",
+    )
+    batch_size: int = Field(default=10, description="Most inputs per request sent.")
+    max_concurrency: int = Field(default=8, description="Most requests in flight.")
+    rpm: float | None = Field(
+        default_factory=default_rpm, description="Account requests/minute; None = unpaced."
+    )
+    tpm: float | None = Field(
+        default_factory=default_tpm, description="Account tokens/minute; None = unpaced."
+    )
+    max_retries: int = Field(default=10, description="Retries per request.")
+    timeout: float = Field(default=60.0, description="Seconds to wait for a response.")
+    overflow: Overflow = Field(default="truncate", description="truncate, chunk or error.")
+    instruction_mode: InstructionMode = Field(default="prompt", description="prompt, api, none.")
+    query_instruction: str = Field(
+        default=DEFAULT_QUERY_INSTRUCTION, description="Task description for queries."
+    )
+    user: str | None = Field(default=None, description="End-user id passed through.")
+    encoding_format: Literal["base64", "float"] = Field(default="base64")
+    show_progress: bool = Field(default=False, description="tqdm bar inside each call.")
+    allow_insecure: bool = Field(default=False, description="Key over plain http allowed.")
+    http_client: httpx.Client | None = Field(default=None, exclude=True)
+    async_http_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
+    client: EmbeddingClient | None = Field(default=None, exclude=True)
+
+    _client: EmbeddingClient = PrivateAttr()
+
+    @field_validator("dimensions")
+    @classmethod
+    def _check_dimensions(cls, value: int) -> int:
+        return validate_dimensions(value)
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Built here, not in a validator: a validator's error would carry every argument.
+        self._client = self.client if self.client is not None else build_client(self, _RENAMES)
+
+    @property
+    def empirio_client(self) -> EmbeddingClient:
+        """The :class:`empirio.EmbeddingClient` doing the work (usage, token counts, ...)."""
+        return self._client
+
+    def _sibling_fields(self) -> dict[str, Any]:
+        dump = getattr(self, "model_dump")  # noqa: B009 - the pydantic model this mixes into
+        fields: dict[str, Any] = dump(
+            exclude={
+                "client",
+                "http_client",
+                "async_http_client",
+                "class_name",
+                "callback_manager",
+                "embeddings_cache",
+                "rate_limiter",
+            }
+        )
+        fields.pop("class_name", None)
+        fields["api_key"] = self.api_key
+        fields["client"] = self._client
+        return fields

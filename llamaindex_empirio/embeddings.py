@@ -1,0 +1,90 @@
+"""``EmpirioEmbedding``: LlamaIndex ``BaseEmbedding`` for text-embedding-v4."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+from llama_index.core.bridge.pydantic import ConfigDict, Field
+
+from ._base import EmpirioFields
+
+if TYPE_CHECKING:
+    from .sparse import EmpirioSparseEmbedding
+
+__all__ = ["EmpirioEmbedding"]
+
+
+class EmpirioEmbedding(EmpirioFields, BaseEmbedding):
+    """text-embedding-v4 dense embeddings for LlamaIndex.
+
+    ``embed_batch_size`` is LlamaIndex's batch: each such batch is handed to
+    :class:`empirio.EmbeddingClient`, which sends it as requests of at most the service's limit,
+    concurrently, paced to the account. Query methods add the task instruction; text methods
+    never do.
+
+    Example:
+        .. code-block:: python
+
+            from llama_index.core import Settings, VectorStoreIndex
+            from llamaindex_empirio import EmpirioEmbedding
+
+            Settings.embed_model = EmpirioEmbedding(dimensions=512)
+            index = VectorStoreIndex.from_documents(documents)
+    """
+
+    model_config = ConfigDict(
+        protected_namespaces=("pydantic_model_",),
+        arbitrary_types_allowed=True,
+        extra="forbid",
+        hide_input_in_errors=True,
+    )
+
+    embed_batch_size: int = Field(
+        default=100,
+        gt=0,
+        le=2048,
+        description="Texts per call into the client (which splits them into requests of 10).",
+    )
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "EmpirioEmbedding"
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        dense = self._client.embed([query], kind="query").dense
+        assert dense is not None
+        return dense[0].tolist()  # type: ignore[no-any-return]
+
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        dense = (await self._client.aembed([query], kind="query")).dense
+        assert dense is not None
+        return dense[0].tolist()  # type: ignore[no-any-return]
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._get_text_embeddings([text])[0]
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        return (await self._aget_text_embeddings([text]))[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        if not texts:
+            return []
+        dense = self._client.embed(texts, kind="document").dense
+        assert dense is not None
+        return dense.tolist()  # type: ignore[no-any-return]
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        if not texts:
+            return []
+        dense = (await self._client.aembed(texts, kind="document")).dense
+        assert dense is not None
+        return dense.tolist()  # type: ignore[no-any-return]
+
+    def sparse(self) -> EmpirioSparseEmbedding:
+        """The sparse view of the same model, sharing this object's client: dense and sparse of
+        a text then come from one request."""
+        from .sparse import EmpirioSparseEmbedding
+
+        self._client.enable_shared_views()
+        return EmpirioSparseEmbedding(**self._sibling_fields())
