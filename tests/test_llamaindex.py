@@ -194,3 +194,29 @@ def test_qdrant_hybrid_offline_with_one_request_per_text(make_emulator: Any) -> 
     hits = retriever.retrieve("How do I reset my password?")
     assert hits[0].node.node_id.endswith("0")
     assert stats(url)["requests"] == 2  # the query's two views, one request
+
+
+def test_instrumentation_events_fire(emulator_url: str) -> None:
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+    from llama_index.core.instrumentation.events import BaseEvent
+
+    seen: list[str] = []
+
+    class Recorder(BaseEventHandler):
+        def handle(self, event: BaseEvent, **kwargs: Any) -> None:
+            seen.append(type(event).__name__)
+
+    root = get_dispatcher()
+    recorder = Recorder()
+    root.add_event_handler(recorder)
+    try:
+        e = make(emulator_url, embed_batch_size=10)
+        e.get_text_embedding_batch(TEXTS[:25])
+        e.get_query_embedding("q")
+        e.sparse().get_query_embedding("q")
+    finally:
+        root.event_handlers.remove(recorder)
+    assert seen.count("EmbeddingStartEvent") == 3 + 1
+    assert seen.count("EmbeddingEndEvent") == 3 + 1
+    assert seen.count("SparseEmbeddingStartEvent") == 1
