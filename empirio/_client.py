@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import json
 import logging
@@ -25,7 +26,6 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 from pydantic import SecretStr
-from tqdm.auto import tqdm
 
 from ._config import (
     DEFAULT_DIMENSIONS,
@@ -499,7 +499,9 @@ class EmbeddingClient:
 
     def _progress(self, total: int | None, show: bool | None) -> Any:
         enabled = self.show_progress if show is None else show
-        return tqdm(total=total, unit="input", desc="Embedding", disable=not enabled)
+        if not enabled:
+            return contextlib.nullcontext(_NoProgress())
+        return _tqdm()(total=total, unit="input", desc="Embedding")
 
     # ------------------------------------------------------------------ sync shell
 
@@ -842,6 +844,22 @@ class EmbeddingClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        return None
+
+
+def _tqdm() -> Any:
+    """tqdm's notebook widget where ipywidgets is installed, else the text bar. Imported only
+    when a bar is wanted: ``tqdm.auto`` warns in notebooks without ipywidgets."""
+    try:
+        import ipywidgets  # noqa: F401
+        from tqdm.auto import tqdm
+    except ImportError:
+        from tqdm.std import tqdm
+    return tqdm
 
 
 async def _close_at_loop_shutdown(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:

@@ -6,7 +6,14 @@ import os
 from typing import Any, Literal
 
 import httpx
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, SecretStr, field_validator
+from llama_index.core.bridge.pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+)
 
 from empirio import DEFAULT_MODEL, DEFAULT_QUERY_INSTRUCTION, EmbeddingClient
 from empirio._config import API_BASE_ENV, API_KEY_ENV, validate_dimensions
@@ -24,10 +31,14 @@ def _env_key() -> SecretStr | None:
     return SecretStr(key) if key else None
 
 
-class EmpirioFields:
+class EmpirioFields(BaseModel):
     """Mixin of pydantic fields for :class:`empirio.EmbeddingClient`'s options, with LlamaIndex's
     conventions (``model_name``, ``embed_batch_size``). The key is excluded from ``to_dict()`` and
     ``to_json()``; pass ``client=`` to share one :class:`~empirio.EmbeddingClient`."""
+
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True, protected_namespaces=("pydantic_model_",)
+    )
 
     model_name: str = Field(default=DEFAULT_MODEL, description="Model id.")
     dimensions: int = Field(default=1024, description="64, 128, 256, 512, 768, 1024, 1536 or 2048.")
@@ -78,8 +89,7 @@ class EmpirioFields:
         return self._client
 
     def _sibling_fields(self) -> dict[str, Any]:
-        dump = getattr(self, "model_dump")  # noqa: B009 - the pydantic model this mixes into
-        fields: dict[str, Any] = dump(
+        fields: dict[str, Any] = self.model_dump(
             exclude={
                 "client",
                 "http_client",

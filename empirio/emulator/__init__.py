@@ -12,6 +12,7 @@ texts are close, but they come from hashed tokens, not from the real model.
 """
 
 from ._app import EmulatorApp, EmulatorConfig, EmulatorStats, create_app, text_key
+from ._auto import start_if_no_key
 from ._embed import FULL_DIMENSIONS, HashEmbedder, SparseWeights
 from ._limits import AccountLimiter, Verdict
 from ._server import serve
@@ -27,5 +28,6 @@ __all__ = [
     "Verdict",
     "create_app",
     "serve",
+    "start_if_no_key",
     "text_key",
 ]

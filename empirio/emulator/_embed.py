@@ -8,7 +8,8 @@ re-normalised prefix and lose a little quality, as Matryoshka embeddings do. Wei
 first, so " the" weighs less than " photosynthesis". Texts that share words are close; texts that
 share none are near orthogonal, in any script.
 
-Queries in Qwen3-Embedding's prompt form ``Instruct: {task}\nQuery:{text}`` embed as the query
+Dense features are taken from the case-folded text. Queries in Qwen3-Embedding's prompt form
+``Instruct: {task}\nQuery:{text}`` embed as the query
 text plus a small pull towards the task, so a query is close to its answer and different tasks
 still give different vectors.
 """
@@ -111,18 +112,23 @@ class HashEmbedder:
         return out
 
     def _bodies(
-        self, texts: Sequence[str], ids: Sequence[Sequence[int]] | None
+        self, texts: Sequence[str], ids: Sequence[Sequence[int]] | None, *, fold: bool
     ) -> tuple[list[tuple[str, str | None]], list[Sequence[int]]]:
-        """Each text split into (query, task), and the token ids of its query part."""
+        """Each text split into (query, task), case-folded if ``fold``, and the token ids of its
+        query part. The caller's ``ids`` are reused where they still apply (the common case)."""
         parts = [split_query(t) for t in texts]
+        if fold:
+            parts = [(q.lower(), None if task is None else task.lower()) for q, task in parts]
+        bodies: list[Sequence[int]] = [] if ids is None else list(ids)
+        redo = [
+            i
+            for i, (q, task) in enumerate(parts)
+            if ids is None or task is not None or q != texts[i]
+        ]
+        fresh = self._tok.encode_batch([parts[i][0] for i in redo])
         if ids is None:
-            return parts, list(self._tok.encode_batch([q for q, _ in parts]))
-        # Reuse the caller's ids where the text is not a prompt (the common case).
-        bodies = list(ids)
-        prompts = [i for i, (_, task) in enumerate(parts) if task is not None]
-        for i, b in zip(
-            prompts, self._tok.encode_batch([parts[i][0] for i in prompts]), strict=True
-        ):
+            return parts, list(fresh)
+        for i, b in zip(redo, fresh, strict=True):
             bodies[i] = b
         return parts, bodies
 
@@ -142,7 +148,8 @@ class HashEmbedder:
         Returns:
             float32 array of shape ``(len(texts), dimensions)``, each row of L2 norm 1.
         """
-        parts, bodies = self._bodies(texts, ids)
+        # Case-folded, as a real model is nearly blind to case: "Refunds" is close to "refunds".
+        parts, bodies = self._bodies(texts, ids, fold=True)
         vecs = self._features(bodies)
         task_rows = [i for i, (_, task) in enumerate(parts) if task]
         if task_rows:
@@ -163,7 +170,7 @@ class HashEmbedder:
         Only tokens with a letter or digit count; weight ``log1p(count) * rarity``, rounded to
         4 places; indices unique and ascending. The query prompt's task is left out.
         """
-        _, bodies = self._bodies(texts, ids)
+        _, bodies = self._bodies(texts, ids, fold=False)
         out = []
         for body in bodies:
             uniq, counts = np.unique(np.asarray(body, dtype=np.int64), return_counts=True)
