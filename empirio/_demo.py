@@ -23,7 +23,7 @@ QUERIES = (
     "How do I change my password?",
     "退票政策是什么？",
     "how do plants make oxygen",
-    "when can I talk to customer support",
+    "when does the support team answer chat messages?",
 )
 
 
