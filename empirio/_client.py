@@ -497,6 +497,23 @@ class EmbeddingClient:
         run.account(request.segment, delta)
         self._meter.add(delta)
 
+    def _next_step(
+        self, engine: Engine, in_flight: bool
+    ) -> tuple[tuple[Attempt, ...], float | None]:
+        """What to send now, and how long to wait for a completion before asking again
+        (``None``: until something completes). Raises the call's fatal error, if any.
+
+        Both shells use this, so they cannot differ in how they read the engine.
+        """
+        with self._lock:
+            step = engine.step(time.monotonic())
+        if engine.failed is not None:
+            raise engine.failed
+        timeout = None if step.wake_at is None else max(0.0, step.wake_at - time.monotonic())
+        if timeout is None and not step.sends and not in_flight:  # pragma: no cover - a bug
+            raise RuntimeError("empirio: nothing in flight and nothing scheduled")
+        return step.sends, timeout
+
     def _progress(self, total: int | None, show: bool | None) -> Any:
         enabled = self.show_progress if show is None else show
         if not enabled:
@@ -557,19 +574,11 @@ class EmbeddingClient:
                 run.fill(engine, ahead)
                 if run.done:
                     return
-                with self._lock:
-                    step = engine.step(time.monotonic())
-                if engine.failed is not None:
-                    raise engine.failed
-                for attempt in step.sends:
+                sends, timeout = self._next_step(engine, bool(futures))
+                for attempt in sends:
                     futures[executor.submit(self._send_sync, attempt, call)] = attempt
-                timeout = (
-                    None if step.wake_at is None else max(0.0, step.wake_at - time.monotonic())
-                )
                 if not futures:
-                    if timeout is None:  # pragma: no cover - would be a scheduler bug
-                        raise RuntimeError("empirio: nothing in flight and nothing scheduled")
-                    time.sleep(timeout)
+                    time.sleep(timeout or 0.0)
                     continue
                 done, _ = concurrent.futures.wait(
                     futures, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED
@@ -738,19 +747,11 @@ class EmbeddingClient:
                 run.fill(engine, ahead)
                 if run.done:
                     return
-                with self._lock:
-                    step = engine.step(time.monotonic())
-                if engine.failed is not None:
-                    raise engine.failed
-                for attempt in step.sends:
+                sends, timeout = self._next_step(engine, bool(tasks))
+                for attempt in sends:
                     tasks[asyncio.ensure_future(self._send_async(attempt, call))] = attempt
-                timeout = (
-                    None if step.wake_at is None else max(0.0, step.wake_at - time.monotonic())
-                )
                 if not tasks:
-                    if timeout is None:  # pragma: no cover - would be a scheduler bug
-                        raise RuntimeError("empirio: nothing in flight and nothing scheduled")
-                    await asyncio.sleep(timeout)
+                    await asyncio.sleep(timeout or 0.0)
                     continue
                 done, _ = await asyncio.wait(
                     tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED

@@ -10,6 +10,15 @@ import pytest
 
 from empirio.emulator import serve
 
+#: A small corpus for retrieval tests: each text answers one obvious question.
+CORPUS = [
+    "To reset your password, open Settings, choose Security and click Forgot password.",
+    "Refunds for cancelled tickets are issued to the original payment card.",
+    "Our support team answers chat messages every day from 8 am to 10 pm.",
+    "Photosynthesis turns sunlight, water and carbon dioxide into sugar and oxygen.",
+    "The cat sat on the mat and purred quietly all afternoon.",
+]
+
 #: Fewer collected tests than this means a broken import or a renamed folder, not success.
 MIN_TESTS = 40
 

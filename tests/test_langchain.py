@@ -18,16 +18,9 @@ from langchain_tests.unit_tests import EmbeddingsUnitTests
 from empirio._options import CLIENT_OPTIONS
 from langchain_empirio import EmpirioEmbeddings, EmpirioSparseEmbeddings
 
-from .conftest import stats
+from .conftest import CORPUS, stats
 
 KEY = "sk-langchain-test-key-0123456789"
-CORPUS = [
-    "To reset your password, open Settings, choose Security and click Forgot password.",
-    "Refunds for cancelled tickets are issued to the original payment card.",
-    "Our support team answers chat messages every day from 8 am to 10 pm.",
-    "Photosynthesis turns sunlight, water and carbon dioxide into sugar and oxygen.",
-    "The cat sat on the mat and purred quietly all afternoon.",
-]
 
 
 def make(url: str, **kw: Any) -> EmpirioEmbeddings:

@@ -17,16 +17,9 @@ from empirio import get_tokenizer
 from empirio._options import CLIENT_OPTIONS
 from llamaindex_empirio import EmpirioEmbedding, EmpirioSparseEmbedding
 
-from .conftest import stats
+from .conftest import CORPUS, stats
 
 KEY = "sk-llamaindex-test-key-0123456789"
-CORPUS = [
-    "To reset your password, open Settings, choose Security and click Forgot password.",
-    "Refunds for cancelled tickets are issued to the original payment card.",
-    "Our support team answers chat messages every day from 8 am to 10 pm.",
-    "Photosynthesis turns sunlight, water and carbon dioxide into sugar and oxygen.",
-    "The cat sat on the mat and purred quietly all afternoon.",
-]
 TEXTS = [f"passage {i} on subject {i % 9}: " + "detail " * (i % 11) for i in range(250)]
 
 
