@@ -54,6 +54,14 @@ THEIRS = [
 ]
 
 
+def python_number(code: str) -> float:
+    """Run ``code`` in a fresh interpreter (in bench/) and read the number it prints."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=HERE, text=True, capture_output=True, check=True
+    )
+    return float(done.stdout.strip())
+
+
 def stats(url: str) -> dict[str, Any]:
     return dict(httpx.get(url.removesuffix("/v1") + "/_emulator/stats", timeout=30).json())
 
@@ -196,15 +204,7 @@ def client_cpu(n: int) -> str:
                     "r1 = resource.getrusage(resource.RUSAGE_SELF)\n"
                     "print((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime))\n"
                 )
-                ours = float(
-                    subprocess.run(
-                        [sys.executable, "-c", code],
-                        cwd=HERE,
-                        text=True,
-                        capture_output=True,
-                        check=True,
-                    ).stdout.strip()
-                )
+                ours = python_number(code)
                 bodies = [
                     httpx.post(
                         f"{url}/embeddings",
@@ -274,15 +274,7 @@ def memory(n: int) -> str:
                 "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
             )
             t0 = time.perf_counter()
-            rss = float(
-                subprocess.run(
-                    [sys.executable, "-c", code],
-                    cwd=HERE,
-                    text=True,
-                    capture_output=True,
-                    check=True,
-                ).stdout.strip()
-            )
+            rss = python_number(code)
             rows.append([label, f"{rss:,.0f}", f"{time.perf_counter() - t0:.0f}"])
     table = markdown_table(["how", "peak RSS MiB", "wall s"], rows)
     return (

@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import ClassVar, Literal
 
 import httpx
 from langchain_core.utils import from_env, secret_from_env
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr
 
 from empirio import DEFAULT_MODEL, DEFAULT_QUERY_INSTRUCTION, EmbeddingClient
-from empirio._config import API_BASE_ENV, API_KEY_ENV, validate_dimensions
-from empirio._options import build_client, default_rpm, default_tpm
+from empirio._config import API_BASE_ENV, API_KEY_ENV
+from empirio._options import ClientFields, default_rpm, default_tpm
 from empirio._plan import InstructionMode, Overflow
 
 __all__ = ["EmpirioSettings"]
 
-# Client options whose LangChain field has another name (LangChain's own conventions).
-_RENAMES = {"show_progress": "show_progress_bar", "async_http_client": "http_async_client"}
 
-
-class EmpirioSettings(BaseModel):
+class EmpirioSettings(ClientFields):
     """Settings of text-embedding-v4 over EmpirioLabs, as LangChain-style pydantic fields.
 
     Every option of :class:`empirio.EmbeddingClient` is here; see its docstring for details.
     Pass ``client=`` to share one :class:`~empirio.EmbeddingClient` (its pacing, usage and
     connections) between several objects; the other fields are then ignored.
     """
+
+    # Client options whose LangChain field has another name (LangChain's own conventions).
+    _renames: ClassVar[Mapping[str, str]] = {
+        "show_progress": "show_progress_bar",
+        "async_http_client": "http_async_client",
+    }
 
     model_config = ConfigDict(
         extra="forbid",
@@ -77,30 +81,3 @@ class EmpirioSettings(BaseModel):
     """An httpx.AsyncClient to use."""
     client: EmbeddingClient | None = Field(default=None, exclude=True)
     """An existing client to share."""
-
-    _client: EmbeddingClient = PrivateAttr()
-
-    @field_validator("dimensions")
-    @classmethod
-    def _check_dimensions(cls, value: int) -> int:
-        return validate_dimensions(value)
-
-    def model_post_init(self, context: Any, /) -> None:
-        # Built here rather than in a validator: a failing validator's error carries every
-        # argument, the key among them, and ConfigurationError (a ValueError) says it clearly.
-        if self.client is not None:
-            self._client = self.client
-            return
-        self._client = build_client(self, _RENAMES)
-
-    @property
-    def empirio_client(self) -> EmbeddingClient:
-        """The :class:`empirio.EmbeddingClient` doing the work (usage, token counts, ...)."""
-        return self._client
-
-    def _sibling_fields(self) -> dict[str, Any]:
-        """Fields for a sibling object that shares this one's client."""
-        fields = self.model_dump(exclude={"client", "http_client", "http_async_client"})
-        fields["api_key"] = self.api_key
-        fields["client"] = self._client
-        return fields

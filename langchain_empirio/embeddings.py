@@ -71,5 +71,4 @@ class EmpirioEmbeddings(EmpirioSettings, Embeddings):
         """
         from .sparse import EmpirioSparseEmbeddings
 
-        self._client.enable_shared_views()
         return EmpirioSparseEmbeddings(**self._sibling_fields())

@@ -75,5 +75,4 @@ class EmpirioSparseEmbeddings(EmpirioSettings, SparseEmbeddings):
         """The dense view, sharing this object's client (one request per text for both)."""
         from .embeddings import EmpirioEmbeddings
 
-        self._client.enable_shared_views()
         return EmpirioEmbeddings(**self._sibling_fields())

@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import ClassVar, Literal
 
 import httpx
-from llama_index.core.bridge.pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    SecretStr,
-    field_validator,
-)
+from llama_index.core.bridge.pydantic import ConfigDict, Field, SecretStr
 
 from empirio import DEFAULT_MODEL, DEFAULT_QUERY_INSTRUCTION, EmbeddingClient
-from empirio._config import API_BASE_ENV, API_KEY_ENV, validate_dimensions
-from empirio._options import build_client, default_rpm, default_tpm
+from empirio._config import API_BASE_ENV, API_KEY_ENV
+from empirio._options import ClientFields, default_rpm, default_tpm
 from empirio._plan import InstructionMode, Overflow
 
 __all__ = ["EmpirioFields"]
-
-# LlamaIndex calls the model "model_name"; every other client option keeps its name.
-_RENAMES = {"model": "model_name"}
 
 
 def _env_key() -> SecretStr | None:
@@ -31,7 +22,7 @@ def _env_key() -> SecretStr | None:
     return SecretStr(key) if key else None
 
 
-class EmpirioFields(BaseModel):
+class EmpirioFields(ClientFields):
     """Mixin of pydantic fields for :class:`empirio.EmbeddingClient`'s options, with LlamaIndex's
     conventions (``model_name``, ``embed_batch_size``). The key is excluded from ``to_dict()`` and
     ``to_json()``; pass ``client=`` to share one :class:`~empirio.EmbeddingClient`."""
@@ -39,6 +30,13 @@ class EmpirioFields(BaseModel):
     model_config = ConfigDict(
         arbitrary_types_allowed=True, protected_namespaces=("pydantic_model_",)
     )
+    # LlamaIndex calls the model "model_name"; every other client option keeps its name.
+    _renames: ClassVar[Mapping[str, str]] = {"model": "model_name"}
+    _not_copied: ClassVar[frozenset[str]] = ClientFields._not_copied | {
+        "callback_manager",
+        "embeddings_cache",
+        "rate_limiter",
+    }
 
     model_name: str = Field(default=DEFAULT_MODEL, description="Model id.")
     dimensions: int = Field(default=1024, description="64, 128, 256, 512, 768, 1024, 1536 or 2048.")
@@ -71,36 +69,3 @@ class EmpirioFields(BaseModel):
     http_client: httpx.Client | None = Field(default=None, exclude=True)
     async_http_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
     client: EmbeddingClient | None = Field(default=None, exclude=True)
-
-    _client: EmbeddingClient = PrivateAttr()
-
-    @field_validator("dimensions")
-    @classmethod
-    def _check_dimensions(cls, value: int) -> int:
-        return validate_dimensions(value)
-
-    def model_post_init(self, context: Any, /) -> None:
-        # Built here, not in a validator: a validator's error would carry every argument.
-        self._client = self.client if self.client is not None else build_client(self, _RENAMES)
-
-    @property
-    def empirio_client(self) -> EmbeddingClient:
-        """The :class:`empirio.EmbeddingClient` doing the work (usage, token counts, ...)."""
-        return self._client
-
-    def _sibling_fields(self) -> dict[str, Any]:
-        fields: dict[str, Any] = self.model_dump(
-            exclude={
-                "client",
-                "http_client",
-                "async_http_client",
-                "class_name",
-                "callback_manager",
-                "embeddings_cache",
-                "rate_limiter",
-            }
-        )
-        fields.pop("class_name", None)
-        fields["api_key"] = self.api_key
-        fields["client"] = self._client
-        return fields

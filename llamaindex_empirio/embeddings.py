@@ -86,5 +86,4 @@ class EmpirioEmbedding(EmpirioFields, BaseEmbedding):
         a text then come from one request."""
         from .sparse import EmpirioSparseEmbedding
 
-        self._client.enable_shared_views()
         return EmpirioSparseEmbedding(**self._sibling_fields())

@@ -101,5 +101,4 @@ class EmpirioSparseEmbedding(EmpirioFields, BaseSparseEmbedding):
         """The dense view, sharing this object's client (one request per text for both)."""
         from .embeddings import EmpirioEmbedding
 
-        self._client.enable_shared_views()
         return EmpirioEmbedding(**self._sibling_fields())
