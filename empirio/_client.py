@@ -24,7 +24,6 @@ from typing import Any, Literal, TypeVar, cast
 
 import httpx
 import numpy as np
-import numpy.typing as npt
 from pydantic import SecretStr
 
 from ._config import (
@@ -892,5 +891,3 @@ def _check_choice(
     if value not in choices:
         raise error(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
-
-_ = npt  # numpy.typing is used in annotations of the result types
