@@ -890,4 +890,3 @@ def _check_choice(
 ) -> None:
     if value not in choices:
         raise error(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-
