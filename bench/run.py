@@ -347,7 +347,9 @@ def main() -> None:
         print(parts[-1], flush=True)
     if limits and latency:
         plot(limits, latency)
-    (OUT / "summary.md").write_text("\n".join(parts))
+    # A partial run (--only) must not overwrite the full run's tables.
+    name = "summary.md" if args.only == "12345" else "summary-partial.md"
+    (OUT / name).write_text("\n".join(parts))
 
 
 if __name__ == "__main__":

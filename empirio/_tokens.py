@@ -75,7 +75,6 @@ _ADDED_TOKENS = (
     "</think>",
 )
 _N_RANKS = 151_643
-_THREADED_BATCH = 256
 END_OF_TEXT_ID = _N_RANKS
 
 
@@ -132,13 +131,13 @@ class QwenTokenizer:
         return list(self._enc.encode(unicodedata.normalize("NFC", text), allowed_special="all"))
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text; a large batch is spread over threads."""
-        normal = [unicodedata.normalize("NFC", t) for t in texts]
-        if len(normal) < _THREADED_BATCH:
-            # tiktoken's encode_batch starts a thread pool per call: slower for a few texts.
-            enc = self._enc.encode
-            return [enc(t, allowed_special="all") for t in normal]
-        return [list(ids) for ids in self._enc.encode_batch(normal, allowed_special="all")]
+        """Token ids of each text.
+
+        A plain loop: tiktoken's threaded ``encode_batch`` submits one future per text, which
+        measured 5x the CPU of this loop (and more wall time) on 5,000 texts of 20-60 tokens.
+        """
+        enc = self._enc.encode
+        return [enc(unicodedata.normalize("NFC", t), allowed_special="all") for t in texts]
 
     def count(self, text: str) -> int:
         """Number of Qwen tokens in ``text``, without the end token the service appends."""
