@@ -119,16 +119,14 @@ class HashEmbedder:
         parts = [split_query(t) for t in texts]
         if fold:
             parts = [(q.lower(), None if task is None else task.lower()) for q, task in parts]
-        bodies: list[Sequence[int]] = [] if ids is None else list(ids)
+        # The caller's ids hold where the query part is the whole, unchanged text.
+        bodies: list[Sequence[int]] = list(ids) if ids is not None else [()] * len(parts)
         redo = [
             i
             for i, (q, task) in enumerate(parts)
             if ids is None or task is not None or q != texts[i]
         ]
-        fresh = self._tok.encode_batch([parts[i][0] for i in redo])
-        if ids is None:
-            return parts, list(fresh)
-        for i, b in zip(redo, fresh, strict=True):
+        for i, b in zip(redo, self._tok.encode_batch([parts[i][0] for i in redo]), strict=True):
             bodies[i] = b
         return parts, bodies
 
