@@ -89,6 +89,17 @@ class EmbeddingResult:
     usage: Usage
     offset: int = 0
 
+    def dense_rows(self) -> list[list[float]]:
+        """The dense vectors as lists of Python floats, what LangChain and LlamaIndex return.
+
+        Raises:
+            ValueError: the result holds no dense vectors (sparse output only).
+        """
+        if self.dense is None:
+            raise ValueError("this result holds no dense vectors (output='sparse')")
+        rows: list[list[float]] = self.dense.tolist()
+        return rows
+
     def __len__(self) -> int:
         if self.dense is not None:
             return int(self.dense.shape[0])

@@ -38,29 +38,21 @@ class EmpirioEmbeddings(EmpirioSettings, Embeddings):
         """Embed documents (no instruction). Returns one list of floats per text, in order."""
         if not texts:
             return []
-        dense = self._client.embed(texts, kind="document").dense
-        assert dense is not None
-        return dense.tolist()  # type: ignore[no-any-return]
+        return self._client.embed(texts, kind="document").dense_rows()
 
     def embed_query(self, text: str) -> list[float]:
         """Embed a search query (with the query instruction)."""
-        dense = self._client.embed([text], kind="query").dense
-        assert dense is not None
-        return dense[0].tolist()  # type: ignore[no-any-return]
+        return self._client.embed([text], kind="query").dense_rows()[0]
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """:meth:`embed_documents`, natively async."""
         if not texts:
             return []
-        dense = (await self._client.aembed(texts, kind="document")).dense
-        assert dense is not None
-        return dense.tolist()  # type: ignore[no-any-return]
+        return (await self._client.aembed(texts, kind="document")).dense_rows()
 
     async def aembed_query(self, text: str) -> list[float]:
         """:meth:`embed_query`, natively async."""
-        dense = (await self._client.aembed([text], kind="query")).dense
-        assert dense is not None
-        return dense[0].tolist()  # type: ignore[no-any-return]
+        return (await self._client.aembed([text], kind="query")).dense_rows()[0]
 
     def sparse(self) -> EmpirioSparseEmbeddings:
         """The sparse view of the same model, sharing this object's client.

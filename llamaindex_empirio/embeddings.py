@@ -52,14 +52,10 @@ class EmpirioEmbedding(EmpirioFields, BaseEmbedding):
         return "EmpirioEmbedding"
 
     def _get_query_embedding(self, query: str) -> Embedding:
-        dense = self._client.embed([query], kind="query").dense
-        assert dense is not None
-        return dense[0].tolist()  # type: ignore[no-any-return]
+        return self._client.embed([query], kind="query").dense_rows()[0]
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        dense = (await self._client.aembed([query], kind="query")).dense
-        assert dense is not None
-        return dense[0].tolist()  # type: ignore[no-any-return]
+        return (await self._client.aembed([query], kind="query")).dense_rows()[0]
 
     def _get_text_embedding(self, text: str) -> Embedding:
         return self._get_text_embeddings([text])[0]
@@ -70,16 +66,12 @@ class EmpirioEmbedding(EmpirioFields, BaseEmbedding):
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         if not texts:
             return []
-        dense = self._client.embed(texts, kind="document").dense
-        assert dense is not None
-        return dense.tolist()  # type: ignore[no-any-return]
+        return self._client.embed(texts, kind="document").dense_rows()
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         if not texts:
             return []
-        dense = (await self._client.aembed(texts, kind="document")).dense
-        assert dense is not None
-        return dense.tolist()  # type: ignore[no-any-return]
+        return (await self._client.aembed(texts, kind="document")).dense_rows()
 
     def sparse(self) -> EmpirioSparseEmbedding:
         """The sparse view of the same model, sharing this object's client: dense and sparse of

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from llama_index.core.base.embeddings.base_sparse import BaseSparseEmbedding, SparseEmbedding
 from llama_index.core.bridge.pydantic import ConfigDict, Field
 
+from empirio import Kind
+
 from ._base import EmpirioFields
 
 if TYPE_CHECKING:
@@ -53,17 +55,17 @@ class EmpirioSparseEmbedding(EmpirioFields, BaseSparseEmbedding):
     def class_name(cls) -> str:
         return "EmpirioSparseEmbedding"
 
-    def _embed(self, texts: list[str], kind: str) -> list[dict[int, float]]:
+    def _embed(self, texts: list[str], kind: Kind) -> list[dict[int, float]]:
         if not texts:
             return []
-        sparse = self._client.embed(texts, kind=kind, output="sparse").sparse  # type: ignore[arg-type]
+        sparse = self._client.embed(texts, kind=kind, output="sparse").sparse
         assert sparse is not None
         return sparse
 
-    async def _aembed(self, texts: list[str], kind: str) -> list[dict[int, float]]:
+    async def _aembed(self, texts: list[str], kind: Kind) -> list[dict[int, float]]:
         if not texts:
             return []
-        result = await self._client.aembed(texts, kind=kind, output="sparse")  # type: ignore[arg-type]
+        result = await self._client.aembed(texts, kind=kind, output="sparse")
         assert result.sparse is not None
         return result.sparse
 

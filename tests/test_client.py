@@ -501,3 +501,12 @@ def test_threads_share_the_concurrency_limit(make_emulator: Any) -> None:
         parts = list(pool.map(lambda i: c.embed(TEXTS[i : i + 20]), range(0, 120, 20)))
     assert [len(p) for p in parts] == [20] * 6
     assert stats(url)["max_in_flight"] <= 2
+
+
+def test_dense_rows_are_python_floats_and_refused_for_sparse_only(emulator_url: str) -> None:
+    with client(emulator_url, dimensions=64) as c:
+        rows = c.embed(["a", "b"]).dense_rows()
+        assert len(rows) == 2
+        assert all(type(x) is float for x in rows[1])
+        with pytest.raises(ValueError, match="no dense vectors"):
+            c.embed(["a"], output="sparse").dense_rows()
