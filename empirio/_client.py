@@ -587,7 +587,9 @@ class EmbeddingClient:
         finally:
             with self._lock:
                 engine.abandon()
-            executor.shutdown(wait=False, cancel_futures=True)
+            # Queued requests are cancelled; running ones cannot be, so wait for them (at most
+            # the timeout): nothing may go on spending, or hold a socket, after the call ends.
+            executor.shutdown(wait=True, cancel_futures=True)
 
     def embed(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -302,6 +303,8 @@ def test_a_fatal_error_names_the_inputs_of_its_request(make_emulator: Any) -> No
     url = make_emulator()
     with client(url, model="nope") as c, pytest.raises(NotFoundError) as info:
         c.embed(TEXTS[:25])
+    # The requests still in flight when the error came were waited for, not left running.
+    assert not [t for t in threading.enumerate() if t.name.startswith("empirio_")]  # pool workers
     assert info.value.inputs
     assert set(info.value.inputs) <= set(range(25))
     assert "inputs=[" in str(info.value)
