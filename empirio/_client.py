@@ -1,9 +1,19 @@
-"""``EmbeddingClient``: thin sync and async shells around the pure planner and engine.
+"""``EmbeddingClient``: thin sync and async shells around the pure per-call driver.
 
-Everything that decides (planning, pacing, retries, splitting) lives in ``_plan``, ``_pace``,
-``_retry`` and ``_engine``; this module only reads the clock, sleeps, sends HTTP and hands
-outcomes back. The sync shell runs requests on a thread pool, the async shell as tasks on the
-running loop; both are the same loop over :class:`~empirio._engine.Engine`.
+Everything that decides (planning, pacing, retries, splitting, bookkeeping) lives in ``_plan``,
+``_pace``, ``_retry``, ``_engine`` and ``_driver``; this module only reads the clock, sleeps,
+sends HTTP and hands outcomes back. Both shells run the same loop over a
+:class:`~empirio._driver.CallDriver`:
+
+* async: requests run as tasks on the caller's loop, with one ``httpx.AsyncClient`` per loop;
+* sync: the loop runs in the caller's thread (so input is read, and warnings are raised, there),
+  and requests run on a private event loop in a daemon thread. Waiting on futures in slices of
+  at most a second keeps Ctrl-C prompt; an interrupt cancels the requests in flight, which
+  closes their connections at once (a blocking socket read in a worker thread could only be
+  waited out). It also makes a sync call inside a running loop (a notebook cell) safe.
+
+After ``fork`` the child forgets its parent's connections, threads, loops and locks
+(``os.register_at_fork``) and makes its own on first use.
 """
 
 from __future__ import annotations
@@ -11,21 +21,32 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
+import importlib
 import itertools
 import json
 import logging
+import os
 import threading
 import time
 import warnings
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from typing import Any, Literal, TypeVar, cast, get_args
 
 import httpx
 import numpy as np
 from pydantic import SecretStr
 
+from ._budget import Budget, BudgetScope, LocalBudget, budget_for
 from ._config import (
     DEFAULT_DIMENSIONS,
     DEFAULT_MAX_BATCH,
@@ -44,6 +65,7 @@ from ._config import (
     validate_dimensions,
 )
 from ._decode import Decoded, decode_error, decode_success
+from ._driver import Call, CallDriver
 from ._engine import Attempt, BatchLimit, Engine
 from ._errors import (
     APIConnectionError,
@@ -53,15 +75,13 @@ from ._errors import (
     EmpirioError,
     TruncationWarning,
 )
-from ._pace import Concurrency, Pacer
+from ._pace import Concurrency, Limits
 from ._plan import (
     InstructionMode,
     Kind,
     Output,
     Overflow,
-    PlannedRequest,
     SegmentPlan,
-    assemble,
     check_texts,
     plan_segment,
 )
@@ -80,100 +100,14 @@ _KINDS = ("document", "query")
 _OUTPUTS = ("dense", "sparse", "both")
 _OVERFLOWS = ("truncate", "chunk", "error")
 _MODES = ("prompt", "api", "none")
+_SCOPES: tuple[str, ...] = get_args(BudgetScope)
+#: The longest a sync call waits in one piece, in seconds: how soon Ctrl-C is seen on platforms
+#: where a blocking wait is not interrupted by signals.
+_WAIT_SLICE_S = 0.5
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """What one call asks for."""
-
-    kind: Kind
-    output: Output
-
-    @property
-    def dense(self) -> bool:
-        return self.output != "sparse"
-
-    @property
-    def sparse(self) -> bool:
-        return self.output != "dense"
-
-
-class _Segment:
-    """Buffers of one planned segment until every piece has its vector."""
-
-    __slots__ = ("dense", "plan", "remaining", "sparse", "usage")
-
-    def __init__(self, plan: SegmentPlan, call: _Call, dimensions: int) -> None:
-        n = len(plan.pieces)
-        self.plan = plan
-        self.dense = np.empty((n, dimensions), dtype=np.float32) if call.dense else None
-        self.sparse: list[dict[int, float]] | None = [{}] * n if call.sparse else None
-        self.remaining = n
-        self.usage = Usage()
-
-
-class _Run:
-    """Per-call bookkeeping, pure: open segments, store results, release them in order."""
-
-    def __init__(self, call: _Call, dimensions: int, plans: Iterator[SegmentPlan]) -> None:
-        self.call = call
-        self.dimensions = dimensions
-        self.segments: dict[int, _Segment] = {}
-        self.next_out = 0
-        self._plans = plans
-        self._exhausted = False
-
-    def fill(self, engine: Engine, ahead: int) -> None:
-        """Plan segments until ``ahead`` are open (or the input ends) and queue their requests.
-        Planning may raise :class:`InvalidInputError`; nothing of that segment is sent."""
-        while not self._exhausted and len(self.segments) < ahead:
-            plan = next(self._plans, None)
-            if plan is None:
-                self._exhausted = True
-                return
-            self.segments[plan.index] = _Segment(plan, self.call, self.dimensions)
-            engine.add(plan.requests)
-
-    @property
-    def done(self) -> bool:
-        """Every segment planned, sent and handed out."""
-        return self._exhausted and not self.segments
-
-    def store(self, request: PlannedRequest, decoded: Decoded) -> None:
-        seg = self.segments[request.segment]
-        rows = list(request.pieces)
-        if seg.dense is not None and decoded.dense is not None:
-            seg.dense[rows] = decoded.dense
-        if seg.sparse is not None and decoded.sparse is not None:
-            for row, vec in zip(rows, decoded.sparse, strict=True):
-                seg.sparse[row] = vec
-        seg.remaining -= len(rows)
-
-    def account(self, segment: int, delta: Usage) -> None:
-        seg = self.segments.get(segment)
-        if seg is not None:
-            seg.usage = seg.usage + delta
-
-    def ready(self) -> Iterator[EmbeddingResult]:
-        """Finished segments, in input order."""
-        while (seg := self.segments.get(self.next_out)) is not None and seg.remaining == 0:
-            del self.segments[self.next_out]
-            self.next_out += 1
-            dense, sparse = assemble(seg.plan, seg.dense, seg.sparse)
-            yield EmbeddingResult(dense, sparse, seg.usage, seg.plan.offset)
-
-
-class _InlineExecutor:
-    """Runs a submitted call at once; for calls of a single request, where a pool is waste."""
-
-    def submit(self, fn: Callable[..., _T], *args: Any) -> concurrent.futures.Future[_T]:
-        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
-        future.set_result(fn(*args))
-        return future
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        return None
+#: Every client of this process, so that a forked child can make each forget its parent's
+#: connections, threads and locks.
+_CLIENTS: weakref.WeakSet[EmbeddingClient] = weakref.WeakSet()
 
 
 class EmbeddingClient:
@@ -216,6 +150,10 @@ class EmbeddingClient:
         share_views: fetch dense and sparse together and keep the view not asked for until it
             is asked for, so a dense and a sparse caller of the same texts (hybrid search) pay
             for one request per text. See :meth:`enable_shared_views`.
+        share_budget: who shares this client's rate-limit budget (the account's ``rpm`` and
+            ``tpm``): ``"machine"`` (default: every client of this key and endpoint in every
+            process of this machine, through a small SQLite file), ``"process"`` (the clients
+            of this process) or ``"client"`` (this client alone).
 
     Raises:
         ConfigurationError: a setting is invalid or the key is missing.
@@ -244,6 +182,7 @@ class EmbeddingClient:
         http_client: httpx.Client | None = None,
         async_http_client: httpx.AsyncClient | None = None,
         share_views: bool = False,
+        share_budget: BudgetScope = "machine",
     ) -> None:
         raw_key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         key = resolve_api_key(raw_key)
@@ -287,6 +226,7 @@ class EmbeddingClient:
         _check_choice("overflow", overflow, _OVERFLOWS)
         _check_choice("instruction_mode", instruction_mode, _MODES)
         _check_choice("encoding_format", encoding_format, ("base64", "float"))
+        _check_choice("share_budget", share_budget, _SCOPES)
         self.model = model
         self.batch_size = batch_size
         self.max_concurrency = max_concurrency
@@ -301,9 +241,18 @@ class EmbeddingClient:
         self.show_progress = show_progress
         self.allow_insecure = allow_insecure
 
+        self.share_budget: BudgetScope = share_budget
+
         self._tokenizer: QwenTokenizer | None = None
-        self._lock = threading.Lock()  # guards the shared pacing state below
-        self._pacer = Pacer(rpm, tpm)
+        self._lock = threading.Lock()  # guards the state shared by this client's calls, below
+        try:
+            self._limits = Limits(rpm, tpm)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        # An unpaced client needs no shared file: its budget only carries 429 pauses.
+        self._budget: Budget = (
+            budget_for(share_budget, self.base_url, key) if self._limits.paced else LocalBudget()
+        )
         self._concurrency = Concurrency(max_concurrency)
         self._batch_limit = BatchLimit(batch_size)
         self._policy = RetryPolicy(max_retries=max_retries)
@@ -317,11 +266,18 @@ class EmbeddingClient:
         }
         self._user_http = http_client
         self._user_async_http = async_http_client
-        self._http: httpx.Client | None = None
+        self._io: _IOLoop | None = None
+        self._io_finalizer: weakref.finalize[Any, Any] | None = None
         self._views: ViewCache | None = ViewCache() if share_views else None
         self._async_http: list[
             tuple[asyncio.AbstractEventLoop, httpx.AsyncClient, AsyncGenerator[None, None]]
         ] = []
+        # Calls under way: driver -> (its requests on the wire, the loop it runs on or None)
+        self._calls: dict[
+            CallDriver, tuple[Mapping[Any, Attempt], asyncio.AbstractEventLoop | None]
+        ]
+        self._calls = {}
+        _CLIENTS.add(self)
 
     # ------------------------------------------------------------------ public helpers
 
@@ -372,13 +328,13 @@ class EmbeddingClient:
 
     # ------------------------------------------------------------------ planning
 
-    def _check_call(self, kind: str, output: str) -> _Call:
+    def _check_call(self, kind: str, output: str) -> Call:
         _check_choice("kind", kind, _KINDS, error=ValueError)
         _check_choice("output", output, _OUTPUTS, error=ValueError)
-        return _Call(cast(Kind, kind), cast(Output, output))
+        return Call(cast(Kind, kind), cast(Output, output))
 
     def _plan(
-        self, texts: Sequence[str], call: _Call, index: int, offset: int, first_id: int
+        self, texts: Sequence[str], call: Call, index: int, offset: int, first_id: int
     ) -> SegmentPlan:
         plan = plan_segment(
             texts,
@@ -405,7 +361,7 @@ class EmbeddingClient:
             )
         return plan
 
-    def _plans(self, texts: Iterable[str], call: _Call, segment_size: int) -> Iterator[SegmentPlan]:
+    def _plans(self, texts: Iterable[str], call: Call, segment_size: int) -> Iterator[SegmentPlan]:
         """Plan ``texts`` lazily, ``segment_size`` at a time."""
         it = iter(texts)
         offset = first_id = 0
@@ -418,15 +374,87 @@ class EmbeddingClient:
             first_id += len(plan.requests)
             yield plan
 
-    def _new_engine(self) -> Engine:
-        return Engine(
-            pacer=self._pacer,
+    def _new_driver(
+        self,
+        plans: Iterator[SegmentPlan],
+        call: Call,
+        ahead: int,
+        pending: Mapping[Any, Attempt],
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> CallDriver:
+        engine = Engine(
+            budget=self._budget,
+            limits=self._limits,
             concurrency=self._concurrency,
             policy=self._policy,
             batch_limit=self._batch_limit,
         )
+        driver = CallDriver(call, self.dimensions, plans, engine, self._meter, ahead=ahead)
+        with self._lock:
+            self._calls[driver] = (pending, loop)
+        return driver
 
-    def _body(self, texts: Sequence[str], call: _Call) -> bytes:
+    def _busy_elsewhere(self, me: CallDriver, blocked: asyncio.AbstractEventLoop | None) -> int:
+        """Requests other calls of this client have on the wire and can still finish.
+
+        Derived afresh each time rather than kept as a count, so nothing can strand a slot:
+        calls whose loop has closed or is not running (they cannot progress) are not counted,
+        nor those on ``blocked``, the loop a sync call is blocking by running in its thread.
+        Must hold ``self._lock``.
+        """
+        busy = 0
+        for driver, (pending, loop) in list(self._calls.items()):
+            if loop is not None and loop.is_closed():
+                del self._calls[driver]  # died with its loop; its finally never ran
+                continue
+            if driver is me or (loop is not None and (loop is blocked or not loop.is_running())):
+                continue
+            # Sent by the driver (some perhaps not yet handed to a task), less those finished
+            # on the wire and waiting for their call to read them.
+            finished = sum(1 for handle in list(pending) if handle.done())
+            busy += max(0, len(driver.engine.in_flight) - finished)
+        return busy
+
+    def _step(
+        self, driver: CallDriver, blocked: asyncio.AbstractEventLoop | None
+    ) -> tuple[tuple[Attempt, ...], float | None] | None:
+        """The driver's next step: what to send now, and how long to wait for a completion
+        before asking again (``None``: until one completes). ``None`` when the call is over."""
+        with self._lock:
+            step = driver.step(time.monotonic(), self._busy_elsewhere(driver, blocked))
+        if step is None:
+            return None
+        timeout = None if step.wake_at is None else max(0.0, step.wake_at - time.monotonic())
+        return step.sends, timeout
+
+    def _complete(
+        self, driver: CallDriver, attempt: Attempt, outcome: Decoded | EmpirioError, progress: Any
+    ) -> None:
+        with self._lock:
+            finished = driver.complete(attempt, outcome, time.monotonic())
+        if finished:
+            progress.update(finished)
+        elif not isinstance(outcome, Decoded):
+            logger.info(
+                "request of %d inputs failed (%s); attempt %d",
+                len(attempt.request),
+                _describe(outcome),
+                attempt.retries + 1,
+            )
+
+    def _end(self, driver: CallDriver) -> None:
+        with self._lock:
+            self._calls.pop(driver, None)
+            gone = driver.close()
+        if gone:
+            logger.warning(
+                "%d requests (%d tokens) were abandoned in flight; the service may have billed "
+                "them (see usage.abandoned_requests)",
+                len(gone),
+                sum(a.request.tokens for a in gone),
+            )
+
+    def _body(self, texts: Sequence[str], call: Call) -> bytes:
         body: dict[str, Any] = {
             "model": self.model,
             "input": list(texts),
@@ -443,7 +471,7 @@ class EmbeddingClient:
         return json.dumps(body, ensure_ascii=False).encode("utf-8")
 
     def _read(
-        self, status: int, content: bytes, headers: httpx.Headers, n: int, call: _Call
+        self, status: int, content: bytes, headers: httpx.Headers, n: int, call: Call
     ) -> Decoded | EmpirioError:
         if 200 <= status < 300:
             try:
@@ -463,56 +491,6 @@ class EmbeddingClient:
             return APITimeoutError(f"no response from {self.base_url} within {self.timeout} s")
         return APIConnectionError(f"connection to {self.base_url} failed: {type(exc).__name__}")
 
-    def _finish(
-        self,
-        engine: Engine,
-        run: _Run,
-        attempt: Attempt,
-        outcome: Decoded | EmpirioError,
-        progress: Any,
-    ) -> None:
-        """Hand an outcome to the engine, store what succeeded, and count usage."""
-        now = time.monotonic()
-        with self._lock:
-            retries_before = engine.stats.retries
-            decoded = engine.complete(attempt, outcome, now)
-            retried = engine.stats.retries - retries_before
-        request = attempt.request
-        if decoded is not None:
-            run.store(request, decoded)
-            delta = Usage(requests=1, input_tokens=decoded.tokens)
-            progress.update(len(request))
-        else:
-            throttled = isinstance(outcome, APIStatusError) and outcome.status_code == 429
-            delta = Usage(retries=retried, rate_limited=int(throttled), failed_requests=1)
-            if retried:
-                logger.info(
-                    "request of %d inputs failed (%s); retry %d of %d",
-                    len(request),
-                    _describe(outcome),
-                    attempt.retries + 1,
-                    self.max_retries,
-                )
-        run.account(request.segment, delta)
-        self._meter.add(delta)
-
-    def _next_step(
-        self, engine: Engine, in_flight: bool
-    ) -> tuple[tuple[Attempt, ...], float | None]:
-        """What to send now, and how long to wait for a completion before asking again
-        (``None``: until something completes). Raises the call's fatal error, if any.
-
-        Both shells use this, so they cannot differ in how they read the engine.
-        """
-        with self._lock:
-            step = engine.step(time.monotonic())
-        if engine.failed is not None:
-            raise engine.failed
-        timeout = None if step.wake_at is None else max(0.0, step.wake_at - time.monotonic())
-        if timeout is None and not step.sends and not in_flight:  # pragma: no cover - a bug
-            raise RuntimeError("empirio: nothing in flight and nothing scheduled")
-        return step.sends, timeout
-
     def _progress(self, total: int | None, show: bool | None) -> Any:
         enabled = self.show_progress if show is None else show
         if not enabled:
@@ -521,75 +499,51 @@ class EmbeddingClient:
 
     # ------------------------------------------------------------------ sync shell
 
-    def _sync_http(self) -> httpx.Client:
-        if self._user_http is not None:
-            return self._user_http
+    def _io_loop(self) -> _IOLoop:
         with self._lock:
-            if self._http is None:
-                self._http = httpx.Client(
-                    timeout=httpx.Timeout(self.timeout, connect=min(10.0, self.timeout)),
-                    limits=httpx.Limits(
-                        max_connections=self.max_concurrency + 2,
-                        max_keepalive_connections=self.max_concurrency + 2,
-                    ),
-                )
-                # Framework objects are rarely closed by their users: release the connections
-                # when this client is collected (async ones close as their loop shuts down).
-                weakref.finalize(self, self._http.close)
-            return self._http
-
-    def _send_sync(self, attempt: Attempt, call: _Call) -> Decoded | EmpirioError:
-        texts = attempt.request.texts
-        try:
-            r = self._sync_http().post(
-                self._url, content=self._body(texts, call), headers=self._headers
-            )
-        except httpx.HTTPError as exc:
-            return self._transport_error(exc)
-        return self._read(r.status_code, r.content, r.headers, len(texts), call)
+            if self._io is None:
+                self._io = _IOLoop()
+                # Framework objects are rarely closed by their users: stop the thread and close
+                # its connections when this client is collected.
+                self._io_finalizer = weakref.finalize(self, self._io.close)
+            return self._io
 
     def _drive_sync(
-        self,
-        plans: Iterator[SegmentPlan],
-        call: _Call,
-        progress: Any,
-        *,
-        ahead: int,
-        pooled: bool = True,
+        self, plans: Iterator[SegmentPlan], call: Call, progress: Any, *, ahead: int
     ) -> Iterator[EmbeddingResult]:
-        run = _Run(call, self.dimensions, plans)
-        engine = self._new_engine()
-        executor: concurrent.futures.ThreadPoolExecutor | _InlineExecutor
-        if pooled and self.max_concurrency > 1:
-            executor = concurrent.futures.ThreadPoolExecutor(
-                self.max_concurrency, thread_name_prefix="empirio"
-            )
-        else:
-            executor = _InlineExecutor()
-        futures: dict[concurrent.futures.Future[Decoded | EmpirioError], Attempt] = {}
+        io = self._io_loop()
+        if self._user_http is None:
+            # Made before the first pacing decision: an httpx client takes tens of ms to build
+            # (its TLS context), which would delay the first send behind its slot.
+            io.submit(self._async_http_for_loop()).result()
+        pending: dict[concurrent.futures.Future[Decoded | EmpirioError], Attempt] = {}
+        driver = self._new_driver(plans, call, ahead, pending, None)
+        blocked = _running_loop()  # a loop this thread runs cannot progress while we wait
         try:
             while True:
-                yield from run.ready()
-                run.fill(engine, ahead)
-                if run.done:
+                yield from driver.ready()
+                step = self._step(driver, blocked)
+                if step is None:
                     return
-                sends, timeout = self._next_step(engine, bool(futures))
+                sends, timeout = step
                 for attempt in sends:
-                    futures[executor.submit(self._send_sync, attempt, call)] = attempt
-                if not futures:
-                    time.sleep(timeout or 0.0)
+                    pending[io.submit(self._send(attempt, call, sync=True))] = attempt
+                wait = _WAIT_SLICE_S if timeout is None else min(timeout, _WAIT_SLICE_S)
+                if not pending:
+                    time.sleep(wait)
                     continue
                 done, _ = concurrent.futures.wait(
-                    futures, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED
+                    pending, timeout=wait, return_when=concurrent.futures.FIRST_COMPLETED
                 )
                 for future in done:
-                    self._finish(engine, run, futures.pop(future), future.result(), progress)
+                    self._complete(driver, pending.pop(future), future.result(), progress)
         finally:
-            with self._lock:
-                engine.abandon()
-            # Queued requests are cancelled; running ones cannot be, so wait for them (at most
-            # the timeout): nothing may go on spending, or hold a socket, after the call ends.
-            executor.shutdown(wait=True, cancel_futures=True)
+            # Reached with requests in flight only when the caller stopped early, or on Ctrl-C
+            # or another BaseException (a failure waits for them in driver.step): cancelling
+            # them closes their connections now instead of after the timeout.
+            for future in pending:
+                future.cancel()
+            self._end(driver)
 
     def embed(
         self,
@@ -626,9 +580,7 @@ class EmbeddingClient:
             return self._empty(call)
         plan = self._plan(checked, call, 0, 0, 0)
         with self._progress(len(plan.pieces), show_progress) as bar:
-            results = list(
-                self._drive_sync(iter([plan]), call, bar, ahead=1, pooled=len(plan.requests) > 1)
-            )
+            results = list(self._drive_sync(iter([plan]), call, bar, ahead=1))
         return results[0]
 
     def iter_embed(
@@ -655,7 +607,7 @@ class EmbeddingClient:
         with self._progress(total, show_progress) as bar:
             yield from self._drive_sync(self._plans(texts, call, segment_size), call, bar, ahead=2)
 
-    def _shared_lookup(self, texts: list[str], call: _Call) -> tuple[list[Any], list[str]] | None:
+    def _shared_lookup(self, texts: list[str], call: Call) -> tuple[list[Any], list[str]] | None:
         """With shared views and one view asked for: the parked values of that view (``None``
         where there is none) and the distinct texts still to fetch. Else ``None``."""
         views = self._views
@@ -668,7 +620,7 @@ class EmbeddingClient:
     def _shared_merge(
         self,
         texts: list[str],
-        call: _Call,
+        call: Call,
         parked: list[Any],
         missing: list[str],
         fetched: EmbeddingResult,
@@ -695,7 +647,7 @@ class EmbeddingClient:
         ]
         return EmbeddingResult(None, sparse, fetched.usage)
 
-    def _empty(self, call: _Call) -> EmbeddingResult:
+    def _empty(self, call: Call) -> EmbeddingResult:
         dense = np.empty((0, self.dimensions), dtype=np.float32) if call.dense else None
         return EmbeddingResult(dense, [] if call.sparse else None, Usage())
 
@@ -712,6 +664,9 @@ class EmbeddingClient:
             for lp, client, _ in self._async_http:
                 if lp is loop:
                     return client
+            # httpcore imports anyio's asyncio backend on its first connection (about 80 ms);
+            # done here, before pacing starts, it cannot delay a paced send behind its slot.
+            importlib.import_module("anyio._backends._asyncio")
             client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.timeout, connect=min(10.0, self.timeout)),
                 limits=httpx.Limits(
@@ -721,36 +676,50 @@ class EmbeddingClient:
             )
             keeper = _close_at_loop_shutdown(client)
             self._async_http.append((loop, client, keeper))
+            if self._io is not None and self._io.loop is loop:
+                # The loop only holds its async generators weakly: if this client is collected
+                # first, the keeper must still be there for the loop's shutdown to close it.
+                self._io.keepers.append(keeper)
         # Started here, the keeper is registered with this loop; asyncio.run (and any loop that
         # runs shutdown_asyncgens) closes it as the loop ends, and with it the connections.
         await anext(keeper)
         return client
 
-    async def _send_async(self, attempt: Attempt, call: _Call) -> Decoded | EmpirioError:
+    async def _send(self, attempt: Attempt, call: Call, *, sync: bool) -> Decoded | EmpirioError:
+        """Send one attempt on the running loop; ``sync``: for the sync shell (which uses the
+        ``http_client`` it was given, on a worker thread, where it was given one)."""
         texts = attempt.request.texts
+        body = self._body(texts, call)
         try:
-            http = await self._async_http_for_loop()
-            r = await http.post(self._url, content=self._body(texts, call), headers=self._headers)
+            if sync and self._user_http is not None:
+                post = functools.partial(
+                    self._user_http.post, self._url, content=body, headers=self._headers
+                )
+                r = await asyncio.get_running_loop().run_in_executor(None, post)
+            else:
+                http = await self._async_http_for_loop()
+                r = await http.post(self._url, content=body, headers=self._headers)
         except httpx.HTTPError as exc:
             return self._transport_error(exc)
         return self._read(r.status_code, r.content, r.headers, len(texts), call)
 
     async def _drive_async(
-        self, plans: Iterator[SegmentPlan], call: _Call, progress: Any, *, ahead: int
+        self, plans: Iterator[SegmentPlan], call: Call, progress: Any, *, ahead: int
     ) -> AsyncIterator[EmbeddingResult]:
-        run = _Run(call, self.dimensions, plans)
-        engine = self._new_engine()
+        loop = asyncio.get_running_loop()
+        await self._async_http_for_loop()  # before the first pacing decision, as in sync
         tasks: dict[asyncio.Task[Decoded | EmpirioError], Attempt] = {}
+        driver = self._new_driver(plans, call, ahead, tasks, loop)
         try:
             while True:
-                for result in run.ready():
+                for result in driver.ready():
                     yield result
-                run.fill(engine, ahead)
-                if run.done:
+                step = self._step(driver, None)
+                if step is None:
                     return
-                sends, timeout = self._next_step(engine, bool(tasks))
+                sends, timeout = step
                 for attempt in sends:
-                    tasks[asyncio.ensure_future(self._send_async(attempt, call))] = attempt
+                    tasks[asyncio.ensure_future(self._send(attempt, call, sync=False))] = attempt
                 if not tasks:
                     await asyncio.sleep(timeout or 0.0)
                     continue
@@ -758,14 +727,14 @@ class EmbeddingClient:
                     tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
                 for task in done:
-                    self._finish(engine, run, tasks.pop(task), task.result(), progress)
+                    self._complete(driver, tasks.pop(task), task.result(), progress)
         finally:
-            with self._lock:
-                engine.abandon()
+            self._end(driver)
             for task in tasks:
                 task.cancel()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+            if tasks and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # the loop may be closing under us
+                    await asyncio.gather(*tasks, return_exceptions=True)
 
     async def aembed(
         self,
@@ -818,11 +787,28 @@ class EmbeddingClient:
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Close the connections this client opened (not an ``http_client`` you passed)."""
+        """Close the connections this client opened for sync calls, and stop their thread
+        (not an ``http_client`` you passed). The client stays usable: it reopens on demand."""
         with self._lock:
-            http, self._http = self._http, None
-        if http is not None:
-            http.close()
+            io, self._io = self._io, None
+            finalizer, self._io_finalizer = self._io_finalizer, None
+        if finalizer is not None:
+            finalizer.detach()
+        if io is not None:
+            io.close()
+
+    def _after_fork_in_child(self) -> None:
+        """Forget the parent's connections, thread, loops, calls and locks; keep the settings,
+        the usage so far and the budget (which renews its own state, see ``_budget``)."""
+        self._lock = threading.Lock()
+        if self._io_finalizer is not None:
+            self._io_finalizer.detach()  # the parent's thread is not ours to stop
+        self._io, self._io_finalizer = None, None
+        self._async_http = []
+        self._calls = {}
+        self._meter.after_fork()
+        if self._views is not None:
+            self._views.after_fork()
 
     async def aclose(self) -> None:
         """Close the connections this client opened, sync and on the running loop. Those on
@@ -846,6 +832,57 @@ class EmbeddingClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_CLIENTS):
+        client._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class _IOLoop:
+    """A private event loop on a daemon thread, where the sync shell's requests run.
+
+    Daemon, so an interpreter exiting after Ctrl-C never waits for it.
+    """
+
+    def __init__(self) -> None:
+        self.keepers: list[AsyncGenerator[None, None]] = []
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="empirio-io", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            # Closes the loop's httpx.AsyncClient (see _close_at_loop_shutdown), and with it the
+            # connections; done on this thread whoever asked for the stop.
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+    def submit(self, coro: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        """Stop the loop, closing its connections; waits at most a few seconds (not at all
+        when called on the loop's own thread, as a finalizer may be)."""
+        try:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        except RuntimeError:  # closed already
+            return
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout=5.0)
 
 
 class _NoProgress:

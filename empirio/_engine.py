@@ -11,12 +11,17 @@ clock. What it decides:
 
 * Order: retries that are due go first (they hold up the oldest results), then fresh requests in
   plan order.
-* Limits: at most ``Concurrency.allowed`` requests in flight and the :class:`Pacer`'s schedule.
+* Limits: at most ``Concurrency.allowed`` requests in flight, counting those other calls of
+  the same client have on the wire (the shell says how many: a count derived afresh each time,
+  so a call that dies cannot strand slots), and the account's budget
+  (:mod:`empirio._budget`, rules in :mod:`empirio._pace`).
 * Outcomes: a success is returned for storing and is never sent again. A 400 naming a smaller
   batch limit splits the request and lowers the limit for the client's life; a 413 halves it.
   408/409/429/5xx and lost connections are retried with backoff (429 also pauses every send and
-  halves concurrency). Anything else is fatal: :attr:`failed` is set, and the shell cancels the
-  rest and raises it.
+  holds the account's senders and halves concurrency); 429s are retried for at least
+  :data:`~empirio._retry.THROTTLE_WINDOW_S` however many retries that takes. Anything else is
+  fatal: :attr:`failed` is set, nothing more is sent, and the shell raises it once the requests
+  already in flight have ended (their results are kept).
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ._budget import Budget
 from ._decode import Decoded, batch_limit_from
 from ._errors import APIConnectionError, APIStatusError, EmpirioError
-from ._pace import Concurrency, Pacer
+from ._pace import Concurrency, Limits
 from ._plan import PlannedRequest
 from ._retry import RetryPolicy, is_retryable_status
 
-__all__ = ["SLOT_POLL_S", "Attempt", "BatchLimit", "Engine", "Step"]
+__all__ = ["SLOT_POLL_S", "Attempt", "BatchLimit", "Completion", "Engine", "Step"]
 
 #: How often a call waits for a concurrency slot held by other calls, in seconds.
 SLOT_POLL_S = 0.01
@@ -55,12 +61,14 @@ class Attempt:
         request: what is sent.
         retries: retries of this request before this attempt.
         sent_at: when it was sent (engine clock, seconds).
+        first_sent_at: when the request was first sent (``sent_at`` of its first attempt).
     """
 
     seq: int
     request: PlannedRequest
     retries: int
     sent_at: float
+    first_sent_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,38 +79,46 @@ class Step:
     wake_at: float | None
 
 
-@dataclass(slots=True)
-class EngineStats:
-    """Counters of one call."""
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """How an attempt ended, as the engine took it.
 
-    retries: int = 0
-    throttled: int = 0
-    failed_attempts: int = 0
-    splits: int = 0
+    Attributes:
+        decoded: the response, if the attempt succeeded.
+        retried: the request will be sent again (after a retryable failure).
+        throttled: the answer was a 429.
+    """
+
+    decoded: Decoded | None = None
+    retried: bool = False
+    throttled: bool = False
 
 
 class Engine:
     """Schedules one call's requests. Not thread-safe: the shell serialises calls to it (the
-    pacer and concurrency it shares with other calls of the same client are guarded there)."""
+    concurrency it shares with other calls of the same client is guarded there; the budget
+    guards itself)."""
 
     def __init__(
         self,
         *,
-        pacer: Pacer,
+        budget: Budget,
+        limits: Limits,
         concurrency: Concurrency,
         policy: RetryPolicy,
         batch_limit: BatchLimit,
         rng: random.Random | None = None,
     ) -> None:
-        self.pacer = pacer
+        self.budget = budget
+        self.limits = limits
         self.concurrency = concurrency
         self.policy = policy
         self.batch_limit = batch_limit
         self.rng = rng or random.Random()
-        self.stats = EngineStats()
         self.failed: EmpirioError | None = None
-        self._fresh: deque[tuple[PlannedRequest, int]] = deque()
-        self._due: list[tuple[float, int, PlannedRequest, int]] = []  # heap by due time
+        # (request, retries, first_sent_at or None if never sent)
+        self._fresh: deque[tuple[PlannedRequest, int, float | None]] = deque()
+        self._due: list[tuple[float, int, PlannedRequest, int, float | None]] = []  # heap
         self._in_flight: dict[int, Attempt] = {}
         self._seq = 0
         self._next_id = 1 << 40  # ids for split parts, apart from the planner's
@@ -111,7 +127,7 @@ class Engine:
 
     def add(self, requests: Iterable[PlannedRequest]) -> None:
         """Queue fresh requests, after those already queued."""
-        self._fresh.extend((r, 0) for r in requests)
+        self._fresh.extend((r, 0, None) for r in requests)
 
     @property
     def idle(self) -> bool:
@@ -119,52 +135,54 @@ class Engine:
         return not (self._fresh or self._due or self._in_flight)
 
     @property
-    def in_flight(self) -> int:
-        return len(self._in_flight)
+    def in_flight(self) -> tuple[Attempt, ...]:
+        """Attempts sent and not yet completed."""
+        return tuple(self._in_flight.values())
 
     # ------------------------------------------------------------------ decisions
 
-    def _take(self, now: float) -> tuple[PlannedRequest, int] | None:
+    def _take(self, now: float) -> tuple[PlannedRequest, int, float | None] | None:
         if self._due and self._due[0][0] <= now:
-            _, _, request, retries = heapq.heappop(self._due)
-            return request, retries
+            _, _, request, retries, first = heapq.heappop(self._due)
+            return request, retries, first
         if self._fresh:
             return self._fresh.popleft()
         return None
 
-    def _put_back(self, request: PlannedRequest, retries: int) -> None:
-        self._fresh.appendleft((request, retries))
-
     def _split(self, request: PlannedRequest, size: int, retries: int) -> None:
         parts = request.split(size, self._next_id)
         self._next_id += len(parts)
-        self.stats.splits += 1
         for part in reversed(parts):
-            self._put_back(part, retries)
+            self._fresh.appendleft((part, retries, None))
 
-    def step(self, now: float) -> Step:
-        """Start what may start at ``now``; say when to look again."""
+    def step(self, now: float, busy_elsewhere: int = 0) -> Step:
+        """Start what may start at ``now``; say when to look again.
+
+        Args:
+            now: the shell's monotonic clock, in seconds.
+            busy_elsewhere: requests that other calls sharing the concurrency limit have on
+                the wire now.
+        """
         if self.failed is not None:
             return Step((), None)
         sends: list[Attempt] = []
         wake: float | None = None
-        while self.concurrency.in_flight < self.concurrency.allowed:
+        while len(self._in_flight) + busy_elsewhere < self.concurrency.allowed:
             item = self._take(now)
             if item is None:
                 break
-            request, retries = item
+            request, retries, first = item
             if len(request) > self.batch_limit.size:
                 self._split(request, self.batch_limit.size, retries)
                 continue
-            wait = self.pacer.acquire(now, request.tokens)
+            wait = self.budget.acquire(self.limits, now, request.tokens)
             if wait > 0:
-                self._put_back(request, retries)
+                self._fresh.appendleft(item)
                 wake = now + wait
                 break
             self._seq += 1
-            attempt = Attempt(self._seq, request, retries, now)
+            attempt = Attempt(self._seq, request, retries, now, now if first is None else first)
             self._in_flight[attempt.seq] = attempt
-            self.concurrency.in_flight += 1
             sends.append(attempt)
         # A retry that is not yet due needs a wake-up; one that is due but blocked by the
         # concurrency limit will be taken when a request in flight completes.
@@ -176,49 +194,55 @@ class Engine:
             wake = now + SLOT_POLL_S
         return Step(tuple(sends), wake)
 
-    def complete(
-        self, attempt: Attempt, outcome: Decoded | EmpirioError, now: float
-    ) -> Decoded | None:
-        """Record how ``attempt`` ended; return the decoded response if it succeeded."""
+    def complete(self, attempt: Attempt, outcome: Decoded | EmpirioError, now: float) -> Completion:
+        """Record how ``attempt`` ended."""
         if self._in_flight.pop(attempt.seq, None) is None:
-            return None  # abandoned already
-        self.concurrency.in_flight -= 1
+            return Completion()  # abandoned already
         if isinstance(outcome, Decoded):
             self.concurrency.on_success()
-            return outcome
-        self.stats.failed_attempts += 1
+            self.budget.succeeded()
+            return Completion(decoded=outcome)
         request = attempt.request
         if isinstance(outcome, APIStatusError):
             limit = batch_limit_from(outcome)
             if limit is not None and limit < len(request):
                 self.batch_limit.size = min(self.batch_limit.size, limit)
                 self._split(request, self.batch_limit.size, attempt.retries)
-                return None
+                return Completion()
             if outcome.status_code == 413 and len(request) > 1:
                 self._split(request, (len(request) + 1) // 2, attempt.retries)
-                return None
+                return Completion()
+        throttled = isinstance(outcome, APIStatusError) and outcome.status_code == 429
         retryable = isinstance(outcome, APIConnectionError) or (
             isinstance(outcome, APIStatusError) and is_retryable_status(outcome.status_code)
         )
-        if retryable and not self.policy.gives_up(attempt.retries):
+        elapsed = now - attempt.first_sent_at
+        if retryable and not self.policy.gives_up(
+            attempt.retries, throttled=throttled, elapsed=elapsed
+        ):
             retry_after = outcome.retry_after if isinstance(outcome, APIStatusError) else None
             delay = self.policy.delay(attempt.retries, retry_after, self.rng.random())
-            if isinstance(outcome, APIStatusError) and outcome.status_code == 429:
-                self.stats.throttled += 1
+            if throttled:
                 self.concurrency.on_throttle(attempt.sent_at, now)
-                self.pacer.pause_until(now + delay)
-            self.stats.retries += 1
+                self.budget.throttled(self.limits, now, attempt.sent_at, delay)
             self._seq += 1
-            heapq.heappush(self._due, (now + delay, self._seq, request, attempt.retries + 1))
-            return None
+            heapq.heappush(
+                self._due,
+                (now + delay, self._seq, request, attempt.retries + 1, attempt.first_sent_at),
+            )
+            return Completion(retried=True, throttled=throttled)
         outcome.inputs = request.inputs
-        self.failed = outcome
-        return None
+        if self.failed is None:
+            self.failed = outcome
+        self._fresh.clear()
+        self._due.clear()
+        return Completion(throttled=throttled)
 
-    def abandon(self) -> None:
-        """Give up every request in flight (after a failure or when the caller stops early), so
-        that the shared concurrency count is right for the client's next call."""
-        self.concurrency.in_flight -= len(self._in_flight)
+    def abandon(self) -> tuple[Attempt, ...]:
+        """Give up everything (the caller stopped early, was cancelled or interrupted); return
+        the attempts that were in flight: the service may have billed them."""
+        gone = tuple(self._in_flight.values())
         self._in_flight.clear()
         self._fresh.clear()
         self._due.clear()
+        return gone

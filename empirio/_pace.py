@@ -1,104 +1,229 @@
-"""Client-side pacing to the account's limits, and adaptive concurrency. Pure: time is passed in.
+"""Pacing to the account's limits, and adaptive concurrency. Pure: time is passed in.
 
-Two rules decide when a request of ``c`` tokens may be sent:
+The service enforces its limits at its own clock, per minute and per second (RPS = RPM/60,
+TPS = TPM/60; a sliding window counts arrivals in ``(t - w, t]``). A request we send at ``s``
+arrives at ``s + d`` with ``d`` varying by up to ``J`` seconds (network and scheduling jitter),
+so two requests spaced exactly by the service's interval can land in one window. The rules
+here hold the service's windows at *our* clock widened by ``J``:
 
-* Smoothness (GCRA): requests are spaced at least ``60 / rpm`` seconds apart, and tokens flow at
-  ``tpm / 60`` per second with at most one second's worth in a burst. No burst ever exceeds the
-  per-second rate, which Alibaba's service enforces on its own.
-* A sliding-window guard, the same rule the service applies: at most ``rpm`` requests and
-  ``tpm`` tokens in any window. The window is one second longer than the service's 60 s so
-  that network jitter between our send and their arrival cannot tip a request over.
+* Requests: spaced at least ``I = max((60 + J) / rpm, (1 + J) / floor(rpm / 60))`` seconds
+  apart, never in a burst (an idle sender is owed nothing). ``k + 1`` requests then span at
+  least ``k * I``, so no window of 60 s holds more than ``rpm`` and none of 1 s more than
+  ``floor(rpm / 60)`` (at least 1), even with every arrival shifted by up to ``J``.
+* Tokens: the tokens sent in the last ``1 + J`` seconds plus this request's stay within
+  ``tpm / 60`` (a request larger than that goes alone), and those of the last ``61 + J``
+  seconds within ``tpm``.
 
-On a 429 every send pauses until the server's Retry-After (or the backoff) has passed, and
-:class:`Concurrency` halves the number of requests in flight, then grows it back by one per
-window of successes (AIMD, as TCP does).
+A sender that was idle longer than a keep-alive (:data:`IDLE_S`) opens new connections, whose
+set-up (TCP, TLS) delays the first requests by more than later ones: for :data:`COLD_S` after
+such a start, :data:`COLD_JITTER_S` more is tolerated. Otherwise ``J`` starts at
+:data:`JITTER_S` and adapts: a 429 doubles it (the service saw two requests
+closer than we sent them), successes walk it back. A first 429 holds every sender for one
+interval only, so one late packet does not stall the account for the second its Retry-After
+names; a second 429 in a row means real overload (another machine on the account, or lower
+limits than we were told), and every sender then waits as long as the server asked or the
+backoff says.
+
+:class:`BudgetState` is everything the senders of one account share; :func:`admit`,
+:func:`throttle` and :func:`succeed` are the only ways it changes. Where it is kept (one
+process, or a file shared by every process of the machine) is the shell's business
+(:mod:`empirio._budget`).
 """
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass
+import bisect
+import math
+from dataclasses import dataclass, field, replace
 
-__all__ = ["Concurrency", "Pacer"]
+__all__ = [
+    "COLD_JITTER_S",
+    "COLD_S",
+    "IDLE_S",
+    "JITTER_S",
+    "MAX_JITTER_S",
+    "BudgetState",
+    "Concurrency",
+    "Limits",
+    "admit",
+    "succeed",
+    "throttle",
+]
+
+#: Arrival jitter tolerated from the start, in seconds: costs ``J / (1 + J)`` (3 %) of throughput.
+JITTER_S = 0.03
+#: Extra jitter tolerated while connections are being opened, in seconds.
+COLD_JITTER_S = 0.1
+#: How long a start counts as cold, in seconds.
+COLD_S = 1.0
+#: Idle longer than this (httpx's keep-alive expiry), in seconds, and a start is cold again.
+IDLE_S = 5.0
+#: The most jitter tolerated after repeated 429s, in seconds.
+MAX_JITTER_S = 0.5
+#: The per-minute window we keep, in seconds: the service's 60 plus one of slack.
+MINUTE_S = 61.0
+#: A little more than nothing, so that boundary cases fall on the safe side of a half-open window.
+_EPS = 1e-6
 
 
-class Pacer:
-    """When the next request may go, given the account's requests and tokens per minute.
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """An account's limits.
 
-    Args:
+    Attributes:
         rpm: requests per minute, or ``None`` for no limit.
         tpm: tokens per minute, or ``None`` for no limit.
-        window: the guard's window in seconds (service window + 1 s of slack).
     """
 
-    def __init__(self, rpm: float | None, tpm: float | None, *, window: float = 61.0) -> None:
-        if rpm is not None and rpm <= 0:
-            raise ValueError(f"rpm must be positive or None; got {rpm}")
-        if tpm is not None and tpm <= 0:
-            raise ValueError(f"tpm must be positive or None; got {tpm}")
-        self.rpm, self.tpm, self.window = rpm, tpm, window
-        self._next_request = float("-inf")  # earliest time of the next request (GCRA)
-        self._token_tat = float("-inf")  # theoretical arrival time of the token stream
-        self._paused_until = float("-inf")
-        self._log: deque[tuple[float, int]] = deque()
-        self._log_tokens = 0
+    rpm: float | None
+    tpm: float | None
+
+    def __post_init__(self) -> None:
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int | float) and 0 < value < math.inf):
+                raise ValueError(f"{name} must be a positive finite number or None; got {value!r}")
 
     @property
     def paced(self) -> bool:
         """Whether any limit applies."""
         return self.rpm is not None or self.tpm is not None
 
-    def fits(self, tokens: int) -> bool:
-        """Whether a request of ``tokens`` can ever be sent (it is within ``tpm``)."""
-        return self.tpm is None or tokens <= self.tpm
+    @property
+    def per_second_requests(self) -> int:
+        """Requests the service admits in any one second: ``floor(rpm / 60)``, at least 1."""
+        return max(1, int(self.rpm // 60)) if self.rpm is not None else 0
 
-    def _expire(self, now: float) -> None:
-        while self._log and self._log[0][0] <= now - self.window:
-            self._log_tokens -= self._log.popleft()[1]
+    def interval(self, jitter: float) -> float:
+        """Seconds between two requests, tolerating ``jitter`` seconds of arrival jitter."""
+        if self.rpm is None:
+            return 0.0
+        return max((60.0 + jitter) / self.rpm, (1.0 + jitter) / self.per_second_requests) + _EPS
 
-    def earliest(self, now: float, tokens: int) -> float:
-        """The earliest time, at or after ``now``, at which a request of ``tokens`` may go."""
-        t = max(now, self._paused_until)
-        if not self.paced:
-            return t
-        t = max(t, self._next_request)
-        if self.tpm is not None:
-            # One second's worth of tokens may go at once; a larger request waits for the stream.
-            t = max(t, self._token_tat - 1.0)
-        self._expire(now)
-        if self.rpm is not None and len(self._log) >= self.rpm:
-            t = max(t, self._log[len(self._log) - int(self.rpm)][0] + self.window)
-        if self.tpm is not None and self._log_tokens + tokens > self.tpm:
-            excess = self._log_tokens + tokens - self.tpm
-            for sent, n in self._log:
-                excess -= n
-                if excess <= 0:
-                    t = max(t, sent + self.window)
-                    break
-        return t
 
-    def record(self, now: float, tokens: int) -> None:
-        """Note that a request of ``tokens`` was sent at ``now``."""
-        if self.rpm is not None:
-            # max(): a sender that was idle is not owed a burst for the time it did not use.
-            self._next_request = max(self._next_request, now) + 60.0 / self.rpm
-        if self.tpm is not None:
-            self._token_tat = max(self._token_tat, now) + tokens * 60.0 / self.tpm
-        if self.paced:
-            self._log.append((now, tokens))
-            self._log_tokens += tokens
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    """What every sender of one account shares. Times are ``time.monotonic()`` seconds.
 
-    def acquire(self, now: float, tokens: int) -> float:
-        """Record a send at ``now`` if allowed and return 0; else return the seconds to wait."""
-        t = self.earliest(now, tokens)
-        if t > now:
-            return t - now
-        self.record(now, tokens)
-        return 0.0
+    Attributes:
+        next_request: the earliest time of the next request.
+        paused_until: no request before this (after a 429).
+        jitter: the arrival jitter now tolerated, in seconds.
+        strikes: 429s since the last success.
+        last_cut: when the last 429 was taken into account; 429s for requests sent before it
+            answer the same overload.
+        sends: ``(time, tokens)`` of the requests of the last minute, oldest first (kept only
+            when ``tpm`` applies).
+        cold_until: until when the start counts as cold (see :data:`COLD_S`).
+    """
 
-    def pause_until(self, when: float) -> None:
-        """Hold every send until ``when`` (after a 429)."""
-        self._paused_until = max(self._paused_until, when)
+    next_request: float = -math.inf
+    paused_until: float = -math.inf
+    jitter: float = JITTER_S
+    strikes: int = 0
+    last_cut: float = -math.inf
+    sends: tuple[tuple[float, int], ...] = field(default=())
+    cold_until: float = -math.inf
+
+    def margin(self, now: float) -> float:
+        """The arrival jitter tolerated at ``now``, in seconds."""
+        return self.jitter + (COLD_JITTER_S if now < self.cold_until else 0.0)
+
+    def settled(self, now: float) -> BudgetState:
+        """This state with sends older than the minute window dropped, and any time further in
+        the future than pacing can explain (a clock from before a reboot) forgotten."""
+        horizon = now + 2 * MINUTE_S + 120.0
+        if self.next_request > horizon or self.paused_until > horizon:
+            return BudgetState(jitter=self.jitter)
+        cut = now - MINUTE_S - MAX_JITTER_S - COLD_JITTER_S
+        sends = self.sends
+        if sends and (sends[0][0] <= cut or sends[-1][0] > horizon):
+            sends = tuple(s for s in sends if cut < s[0] <= horizon)
+        return self if sends is self.sends else replace(self, sends=sends)
+
+
+def _time(send: tuple[float, int]) -> float:
+    return send[0]
+
+
+def _token_wait(limits: Limits, state: BudgetState, now: float, tokens: int) -> float:
+    """The earliest time at or after ``now`` at which ``tokens`` more fit the token windows."""
+    if limits.tpm is None:
+        return now
+    t = now
+    per_second = limits.tpm / 60.0
+    j = state.margin(now)
+    for span, cap in ((1.0 + j, per_second), (MINUTE_S + j, limits.tpm)):
+        inside = state.sends[bisect.bisect_right(state.sends, now - span, key=_time) :]
+        total = sum(n for _, n in inside)
+        if not inside or total + tokens <= cap:
+            continue
+        if tokens > cap:  # goes alone: wait until the window is empty
+            t = max(t, inside[-1][0] + span + _EPS)
+            continue
+        excess = total + tokens - cap
+        for sent, n in inside:
+            excess -= n
+            if excess <= 0:
+                t = max(t, sent + span + _EPS)
+                break
+    return t
+
+
+def admit(limits: Limits, state: BudgetState, now: float, tokens: int) -> tuple[float, BudgetState]:
+    """Whether a request of ``tokens`` may go at ``now``.
+
+    Returns:
+        ``(0.0, state with the send recorded)`` if it may go, else ``(seconds to wait, state)``.
+    """
+    if not limits.paced:
+        wait = state.paused_until - now
+        return (wait, state) if wait > 0 else (0.0, state)
+    state = state.settled(now)
+    if now - state.next_request > IDLE_S:
+        state = replace(state, cold_until=now + COLD_S)
+    t = max(now, state.paused_until, state.next_request)
+    if limits.tpm is not None and t <= now:
+        t = _token_wait(limits, state, now, tokens)
+    if t > now:
+        return t - now, state
+    sends = (*state.sends, (now, tokens)) if limits.tpm is not None else ()
+    nxt = max(state.next_request, now) + limits.interval(state.margin(now))
+    return 0.0, replace(state, next_request=nxt, sends=sends)
+
+
+def throttle(
+    limits: Limits, state: BudgetState, now: float, sent_at: float, delay: float
+) -> BudgetState:
+    """Take a 429 into account: widen the jitter margin and hold every sender.
+
+    Args:
+        sent_at: when the refused request was sent; refusals of requests sent before the last
+            429 was taken into account answer the same overload and change nothing.
+        delay: how long the server asked to wait (or the backoff), in seconds.
+    """
+    if sent_at < state.last_cut:
+        return state
+    strikes = state.strikes + 1
+    jitter = min(MAX_JITTER_S, max(2 * state.jitter, state.jitter + 0.02))
+    # A first refusal is most likely one late packet: skip one interval. Another means overload.
+    pause = min(delay, limits.interval(jitter)) if strikes == 1 and limits.paced else delay
+    return replace(
+        state,
+        strikes=strikes,
+        jitter=jitter,
+        last_cut=now,
+        paused_until=max(state.paused_until, now + pause),
+    )
+
+
+def succeed(state: BudgetState) -> BudgetState:
+    """Take a success into account: the strikes end, and the jitter margin walks back towards
+    :data:`JITTER_S` by 1 % of the distance per success."""
+    if state.strikes == 0 and state.jitter <= JITTER_S:
+        return state
+    jitter = max(JITTER_S, state.jitter - 0.01 * (state.jitter - JITTER_S) - 1e-5)
+    return replace(state, strikes=0, jitter=jitter)
 
 
 @dataclass(slots=True)
@@ -112,9 +237,7 @@ class Concurrency:
 
     maximum: int
     limit: float = 0.0
-    #: requests in flight across every call sharing this limit (kept by the engines)
-    in_flight: int = 0
-    _last_cut: float = float("-inf")
+    _last_cut: float = -math.inf
 
     def __post_init__(self) -> None:
         if self.maximum < 1:

@@ -23,6 +23,9 @@ class Usage:
         retries: attempts that were repeated (5xx, 429, lost connections).
         rate_limited: 429 answers received.
         failed_requests: attempts that ended in an error or with no response (not billed).
+        abandoned_requests: requests given up while in flight (the call was interrupted,
+            cancelled or stopped early): the service may have billed them.
+        abandoned_tokens: the tokens of those requests, by our exact count.
     """
 
     requests: int = 0
@@ -30,6 +33,8 @@ class Usage:
     retries: int = 0
     rate_limited: int = 0
     failed_requests: int = 0
+    abandoned_requests: int = 0
+    abandoned_tokens: int = 0
 
     @property
     def cost_usd(self) -> float:
@@ -43,12 +48,20 @@ class Usage:
             self.retries + other.retries,
             self.rate_limited + other.rate_limited,
             self.failed_requests + other.failed_requests,
+            self.abandoned_requests + other.abandoned_requests,
+            self.abandoned_tokens + other.abandoned_tokens,
         )
 
     def __str__(self) -> str:
+        abandoned = (
+            f"; {self.abandoned_requests} abandoned in flight, possibly billed "
+            f"({self.abandoned_tokens:,} tokens)"
+            if self.abandoned_requests
+            else ""
+        )
         return (
             f"{self.requests} requests, {self.input_tokens:,} tokens, "
-            f"${self.cost_usd:.6f} (retries {self.retries}, 429s {self.rate_limited})"
+            f"${self.cost_usd:.6f} (retries {self.retries}, 429s {self.rate_limited}{abandoned})"
         )
 
 
@@ -68,9 +81,9 @@ class UsageMeter:
         with self._lock:
             return self._usage
 
-    def reset(self) -> None:
-        with self._lock:
-            self._usage = Usage()
+    def after_fork(self) -> None:
+        """A forked child's meter: a new lock (the parent's may have been held), same counts."""
+        self._lock = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,10 @@
 Backoff is ``min(0.5 * 2**n, 8) * U(0.75, 1)`` seconds for retry ``n`` (0-based): full jitter
 spreads clients apart, and the 0.75 floor keeps the wait from collapsing to nothing. A server
 that says how long to wait (``retry-after-ms`` or ``Retry-After``, up to 120 s) is obeyed instead.
+
+Retries are bounded by count and, for 429s, by time as well: the service counts its limits over
+a 60 s window, so a request refused for rate keeps being retried for at least
+:data:`THROTTLE_WINDOW_S` after its first attempt, however many retries that takes.
 """
 
 from __future__ import annotations
@@ -11,10 +15,19 @@ import email.utils
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["MAX_RETRY_AFTER", "RetryPolicy", "is_retryable_status", "parse_retry_after"]
+__all__ = [
+    "MAX_RETRY_AFTER",
+    "THROTTLE_WINDOW_S",
+    "RetryPolicy",
+    "is_retryable_status",
+    "parse_retry_after",
+]
 
 #: The longest server-requested wait we honour, in seconds; longer requests are capped.
 MAX_RETRY_AFTER = 120.0
+#: How long a request refused with 429 is retried at least, in seconds from its first attempt:
+#: the service's 60 s window, one second of slack, and one backoff step at the cap.
+THROTTLE_WINDOW_S = 75.0
 
 
 def is_retryable_status(status: int) -> bool:
@@ -78,6 +91,14 @@ class RetryPolicy:
             return retry_after
         return self.backoff(retry, u)
 
-    def gives_up(self, retries_done: int) -> bool:
-        """True when ``retries_done`` retries have used the allowance."""
-        return retries_done >= self.max_retries
+    def gives_up(self, retries_done: int, *, throttled: bool = False, elapsed: float = 0.0) -> bool:
+        """True when ``retries_done`` retries have used the allowance.
+
+        Args:
+            retries_done: retries already made of this request.
+            throttled: the last answer was a 429.
+            elapsed: seconds since the request's first attempt.
+        """
+        if retries_done < self.max_retries:
+            return False
+        return not (throttled and self.max_retries > 0 and elapsed < THROTTLE_WINDOW_S)

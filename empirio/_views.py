@@ -34,6 +34,10 @@ class ViewCache:
         self._lock = threading.Lock()
         self._items: OrderedDict[tuple[str, str, str], _Value] = OrderedDict()
 
+    def after_fork(self) -> None:
+        """A forked child's cache: a new lock (the parent's may have been held at the fork)."""
+        self._lock = threading.Lock()
+
     def __len__(self) -> int:
         return len(self._items)
 

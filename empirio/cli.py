@@ -38,8 +38,16 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--max-batch", type=int, default=10, help="inputs per request (default 10)")
     p.add_argument(
         "--strict-burst",
-        action="store_true",
-        help="also refuse more than rpm/60 requests in any second",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also apply the service's per-second rules: at most rpm/60 requests and tpm/60 "
+        "tokens in any second (default: yes, as the real service does)",
+    )
+    p.add_argument(
+        "--storm-s",
+        type=float,
+        default=0.0,
+        help="answer every request with 429 for this many seconds after start (default 0)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for fault injection (default 0)")
     p.add_argument("--vector-seed", type=int, default=0, help="seed for the vectors (default 0)")
@@ -68,6 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
             retry_after=args.retry_after,
             max_batch=args.max_batch,
             strict_burst=args.strict_burst,
+            storm_s=args.storm_s,
             seed=args.seed,
             vector_seed=args.vector_seed,
             credit_tokens=args.credit_tokens,

@@ -75,6 +75,9 @@ class EmpirioSettings(ClientFields):
     """Show a tqdm bar for long calls."""
     allow_insecure: bool = False
     """Allow the key over plain http to a non-loopback host."""
+    share_budget: Literal["machine", "process", "client"] = "machine"
+    """Who shares the rate-limit budget of this key: every process of the machine, this
+    process, or this object alone."""
     http_client: httpx.Client | None = Field(default=None, exclude=True)
     """An httpx.Client to use."""
     http_async_client: httpx.AsyncClient | None = Field(default=None, exclude=True)

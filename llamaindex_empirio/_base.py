@@ -66,6 +66,11 @@ class EmpirioFields(ClientFields):
     encoding_format: Literal["base64", "float"] = Field(default="base64")
     show_progress: bool = Field(default=False, description="tqdm bar inside each call.")
     allow_insecure: bool = Field(default=False, description="Key over plain http allowed.")
+    share_budget: Literal["machine", "process", "client"] = Field(
+        default="machine",
+        description="Who shares this key's rate-limit budget: the machine, the process, or "
+        "this object alone.",
+    )
     http_client: httpx.Client | None = Field(default=None, exclude=True)
     async_http_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
     client: EmbeddingClient | None = Field(default=None, exclude=True)

@@ -23,6 +23,14 @@ CORPUS = [
 MIN_TESTS = 40
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Machine-wide rate-limit budgets go to a private folder, not the user's cache.
+    import os
+    import tempfile
+
+    os.environ["EMPIRIOLABS_BUDGET_DIR"] = tempfile.mkdtemp(prefix="empirio-budget-")
+
+
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:

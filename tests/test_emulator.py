@@ -360,7 +360,7 @@ def test_models_lists_the_model(emulator_url: str) -> None:
 
 @pytest.mark.parametrize("retry_after", [True, False])
 def test_429_over_rpm_with_and_without_retry_after(make_emulator: Any, retry_after: bool) -> None:
-    url = make_emulator(rpm=2, retry_after=retry_after)
+    url = make_emulator(rpm=2, retry_after=retry_after, strict_burst=False)
     assert [post(url, {"model": MODEL, "input": "x"}).status_code for _ in range(2)] == [200, 200]
     r = post(url, {"model": MODEL, "input": "x"})
     assert_error(r, 429, "rate_limit_exceeded", "requests per minute")
@@ -371,7 +371,7 @@ def test_429_over_rpm_with_and_without_retry_after(make_emulator: Any, retry_aft
 
 
 def test_429_over_tpm(make_emulator: Any) -> None:
-    url = make_emulator(tpm=20)
+    url = make_emulator(tpm=20, strict_burst=False)
     assert post(url, {"model": MODEL, "input": "衣服的质量杠杠的"}).status_code == 200  # 6
     assert post(url, {"model": MODEL, "input": "衣服的质量杠杠的"}).status_code == 200  # 12
     r = post(url, {"model": MODEL, "input": "我想知道迪士尼的退票政策"})  # 12 + 8 = 20: fits
@@ -382,7 +382,7 @@ def test_429_over_tpm(make_emulator: Any) -> None:
 
 
 def test_limits_use_a_sliding_window(make_emulator: Any) -> None:
-    url = make_emulator(rpm=1, window_s=0.3)
+    url = make_emulator(rpm=1, window_s=0.3, strict_burst=False)
     assert post(url, {"model": MODEL, "input": "x"}).status_code == 200
     assert post(url, {"model": MODEL, "input": "x"}).status_code == 429
     time.sleep(0.35)
@@ -390,15 +390,35 @@ def test_limits_use_a_sliding_window(make_emulator: Any) -> None:
 
 
 def test_strict_burst_refuses_a_second_request_within_one_second(make_emulator: Any) -> None:
-    url = make_emulator(rpm=60, strict_burst=True)
+    url = make_emulator(rpm=60)  # the per-second rules are on by default
     assert post(url, {"model": MODEL, "input": "x"}).status_code == 200
     assert_error(
         post(url, {"model": MODEL, "input": "x"}), 429, "rate_limit_exceeded", "requests per second"
     )
-    relaxed = make_emulator(rpm=60)
+    relaxed = make_emulator(rpm=60, strict_burst=False)
     assert [post(relaxed, {"model": MODEL, "input": "x"}).status_code for _ in range(5)] == [
         200
     ] * 5
+
+
+def test_tokens_per_second_are_limited_too(make_emulator: Any) -> None:
+    url = make_emulator(tpm=600)  # 10 tokens a second
+    assert post(url, {"model": MODEL, "input": "衣服的质量杠杠的"}).status_code == 200  # 6
+    assert_error(
+        post(url, {"model": MODEL, "input": "衣服的质量杠杠的"}),
+        429,
+        "rate_limit_exceeded",
+        "tokens per second",
+    )
+
+
+def test_a_storm_refuses_everything_for_its_length(make_emulator: Any) -> None:
+    url = make_emulator(storm_s=0.5, retry_after=False)
+    r = post(url, {"model": MODEL, "input": "x"})
+    assert_error(r, 429, "rate_limit_exceeded", "too many requests")
+    assert "retry-after" not in r.headers
+    time.sleep(0.6)
+    assert post(url, {"model": MODEL, "input": "x"}).status_code == 200
 
 
 # ---------------------------------------------------------------- fault knobs

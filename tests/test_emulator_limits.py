@@ -55,6 +55,16 @@ def test_strict_burst_allows_at_least_one_per_second_under_60_rpm() -> None:
     assert lim.check(1.2, 1).admitted
 
 
+def test_strict_burst_limits_tokens_per_second_and_admits_a_large_request_alone() -> None:
+    lim = AccountLimiter(tpm=6000, strict_burst=True)  # 100 tokens a second
+    assert lim.check(0.0, 60).admitted
+    refused = lim.check(0.5, 60)
+    assert (refused.admitted, refused.limit) == (False, "token burst")
+    assert lim.check(1.0, 60).admitted  # the first left the window (0, 1]
+    assert not lim.check(1.5, 500).admitted  # too large while others are in the second
+    assert lim.check(2.01, 500).admitted  # alone in its second
+
+
 def test_header_seconds_round_up() -> None:
     assert AccountLimiter.header_seconds(0.01) == 1
     assert AccountLimiter.header_seconds(2.0) == 2

@@ -1,110 +1,240 @@
-"""Client-side pacing and AIMD concurrency, with a fake clock."""
+"""Pacing to the account's limits and AIMD concurrency, pure, with a fake clock; and the
+budget stores that share the pacing state between clients and processes."""
 
 from __future__ import annotations
+
+import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from empirio._pace import Concurrency, Pacer
+from empirio._budget import LocalBudget, SqliteBudget, _pack, _unpack, account_id, budget_for
+from empirio._pace import (
+    COLD_JITTER_S,
+    COLD_S,
+    IDLE_S,
+    JITTER_S,
+    BudgetState,
+    Concurrency,
+    Limits,
+    admit,
+    succeed,
+    throttle,
+)
 from empirio.emulator import AccountLimiter
+
+#: A state that has been sending (at time 0): no cold start, whose margin the tests below
+#: check on its own.
+WARM = BudgetState(next_request=0.0)
+
+
+def send_times(limits: Limits, sizes: list[int], *, senders: int = 1) -> list[float]:
+    """When each request goes, through one shared state; ``senders`` take turns asking (as
+    several clients or processes of one account would)."""
+    state, t, times = BudgetState(), 0.0, []
+    clocks = [0.0] * senders
+    for k, n in enumerate(sizes):
+        who = k % senders
+        t = max(t, clocks[who])
+        while True:
+            wait, state = admit(limits, state, t, n)
+            if wait == 0:
+                break
+            t += wait
+        clocks[who] = t
+        times.append(t)
+    return times
+
+
+def refusals(
+    limits: Limits, sizes: list[int], times: list[float], jitter: float, seed: int = 0
+) -> int:
+    """429s from the emulator's own limiter (per-minute and per-second rules) when each request
+    arrives up to ``jitter`` seconds after it was sent, in arrival order."""
+    rng = random.Random(seed)
+    arrivals = sorted((t + rng.uniform(0, jitter), n) for t, n in zip(times, sizes, strict=True))
+    server = AccountLimiter(
+        int(limits.rpm) if limits.rpm else None,
+        int(limits.tpm) if limits.tpm else None,
+        strict_burst=True,
+    )
+    return sum(not server.check(a, n).admitted for a, n in arrivals)
 
 
 def test_unpaced_sends_at_once() -> None:
-    p = Pacer(None, None)
-    assert [p.acquire(0.0, 10_000) for _ in range(100)] == [0.0] * 100
-
-
-def test_requests_are_spaced_evenly() -> None:
-    p = Pacer(rpm=60, tpm=None)
-    assert p.acquire(0.0, 1) == 0.0
-    assert p.acquire(0.0, 1) == pytest.approx(1.0)
-    assert p.acquire(0.5, 1) == pytest.approx(0.5)
-    assert p.acquire(1.0, 1) == 0.0
-    assert p.acquire(5.0, 1) == 0.0  # idle time is not banked as a burst
-    assert p.acquire(5.5, 1) == pytest.approx(0.5)
-
-
-def test_tokens_flow_with_one_second_of_burst() -> None:
-    p = Pacer(rpm=None, tpm=6000)  # 100 tokens a second
-    assert p.acquire(0.0, 100) == 0.0  # one second's worth at once
-    assert p.acquire(0.0, 100) == pytest.approx(0.0)  # tat=1.0, burst of 1 s allows it
-    assert p.acquire(0.0, 100) == pytest.approx(1.0)  # tat=2.0: wait until 1.0
-    assert p.acquire(1.0, 100) == 0.0
-
-
-def test_window_guard_never_exceeds_rpm_in_any_window() -> None:
-    p = Pacer(rpm=3, tpm=None, window=10.0)
-    times = []
-    t = 0.0
-    for _ in range(9):
-        wait = p.acquire(t, 1)
-        while wait > 0:
-            t += wait
-            wait = p.acquire(t, 1)
-        times.append(t)
-    for i in range(len(times) - 3):
-        assert times[i + 3] - times[i] >= 10.0 - 1e-9
-
-
-def test_pause_holds_every_send() -> None:
-    p = Pacer(None, None)
-    p.pause_until(5.0)
-    assert p.acquire(1.0, 1) == pytest.approx(4.0)
-    assert p.acquire(5.0, 1) == 0.0
-
-
-def test_fits() -> None:
-    assert Pacer(None, 100).fits(100)
-    assert not Pacer(None, 100).fits(101)
-    assert Pacer(None, None).fits(10**9)
-
-
-@pytest.mark.parametrize(("rpm", "tpm"), [(0, None), (None, -1)])
-def test_bad_rates(rpm: float | None, tpm: float | None) -> None:
-    with pytest.raises(ValueError, match="positive"):
-        Pacer(rpm, tpm)
-
-
-def simulate(rpm: int, tpm: int, sizes: list[int], jitter: float = 0.0) -> tuple[float, int]:
-    """Send requests of ``sizes`` tokens through the pacer to a sliding-window server
-    (the emulator's own limiter, 60 s window), one at a time with a fake clock; arrival is
-    delayed by up to ``jitter`` seconds. Returns (finish time, 429s)."""
-    pacer, server = Pacer(rpm, tpm), AccountLimiter(rpm, tpm)
-    t, refused = 0.0, 0
-    for k, n in enumerate(sizes):
-        while (wait := pacer.acquire(t, n)) > 0:
-            t += wait
-        arrival = t + jitter * ((k * 7919) % 13) / 12
-        if not server.check(arrival, n).admitted:
-            refused += 1
-    return t, refused
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    rpm=st.integers(5, 600),
-    tpm=st.integers(2_000, 200_000),
-    sizes=st.lists(st.integers(1, 2_000), min_size=1, max_size=400),
-)
-def test_paced_traffic_is_never_refused_by_a_sliding_window_server(
-    rpm: int, tpm: int, sizes: list[int]
-) -> None:
-    sizes = [min(s, tpm) for s in sizes]
-    _, refused = simulate(rpm, tpm, sizes, jitter=0.9)
-    assert refused == 0
+    limits, state = Limits(None, None), BudgetState()
+    for _ in range(100):
+        wait, state = admit(limits, state, 0.0, 10_000)
+        assert wait == 0.0
 
 
 @pytest.mark.parametrize(
-    ("rpm", "tpm", "size"), [(50, 2_000_000, 800), (50, 2_000_000, 8_000), (600, 100_000, 400)]
+    ("rpm", "interval"),
+    [(50, 60.03 / 50), (60, 1.03), (90, 1.03), (300, 1.03 / 5), (1200, 1.03 / 20)],
 )
-def test_paced_throughput_is_close_to_the_bound(rpm: int, tpm: int, size: int) -> None:
-    n = 20 * rpm
-    finish, refused = simulate(rpm, tpm, [size] * n)
-    bound_minutes = n / min(rpm, tpm / size)
-    assert refused == 0
-    # The 1 s of guard slack per 60 s window costs about 2 %, smoothing about one interval.
-    assert finish / 60.0 <= bound_minutes * 1.03
+def test_the_interval_keeps_both_request_rules_with_a_jitter_margin(
+    rpm: int, interval: float
+) -> None:
+    # 90 RPM is 1.5 per second, and a sliding one-second window holds whole requests: one.
+    assert Limits(rpm, None).interval(JITTER_S) == pytest.approx(interval, abs=1e-5)
+
+
+def test_requests_are_spaced_and_idle_time_is_not_banked() -> None:
+    limits, state = Limits(60, None), WARM
+    wait, state = admit(limits, state, 0.0, 1)
+    assert wait == 0.0
+    wait, state = admit(limits, state, 0.0, 1)
+    assert wait == pytest.approx(1.03, abs=1e-5)
+    wait, state = admit(limits, state, 4.0, 1)
+    assert wait == 0.0
+    wait, state = admit(limits, state, 4.5, 1)
+    assert wait == pytest.approx(0.53, abs=1e-5)
+
+
+def test_a_cold_start_tolerates_more_jitter_for_a_while() -> None:
+    limits = Limits(600, None)
+    wait, state = admit(limits, BudgetState(), 100.0, 1)  # first send ever: cold
+    assert wait == 0.0
+    assert state.next_request == pytest.approx(100.0 + (1 + JITTER_S + COLD_JITTER_S) / 10)
+    t, wait = 100.0, 1.0
+    while t < 100.0 + COLD_S + 0.5 or wait > 0:
+        wait, state = admit(limits, state, t, 1)
+        t += wait
+    assert state.next_request - t == pytest.approx((1 + JITTER_S) / 10, abs=1e-5)  # warm
+    wait, state = admit(limits, state, t + IDLE_S + 1.0, 1)  # idle past keep-alive: cold again
+    assert state.margin(t + IDLE_S + 1.0) == pytest.approx(JITTER_S + COLD_JITTER_S)
+
+
+def test_tokens_per_second_and_a_large_request_goes_alone() -> None:
+    limits, state = Limits(None, 6000), WARM  # 100 tokens a second
+    wait, state = admit(limits, state, 0.0, 60)
+    assert wait == 0.0
+    wait, state = admit(limits, state, 0.1, 60)  # 120 > 100 within 1 + J seconds
+    assert wait == pytest.approx(1.03 - 0.1, abs=1e-5)
+    wait, state = admit(limits, state, 1.1, 500)  # larger than a second's worth: alone
+    assert wait == 0.0
+    wait, state = admit(limits, state, 1.2, 1)
+    assert wait == pytest.approx(1.1 + 1.03 - 1.2, abs=1e-5)
+
+
+def test_tokens_per_minute_hold() -> None:
+    limits, state = Limits(None, 600), BudgetState()  # 10 tokens a second, 600 a minute
+    t, sent = 0.0, 0
+    while t < 61.0:
+        wait, state = admit(limits, state, t, 10)
+        if wait == 0:
+            sent += 10
+        t += max(wait, 0.01)
+    assert sent <= 600
+
+
+def test_a_first_429_holds_for_one_interval_a_second_for_the_servers_time() -> None:
+    limits = Limits(300, None)
+    state = throttle(limits, BudgetState(), 10.0, sent_at=9.9, delay=1.0)
+    assert state.paused_until == pytest.approx(10.0 + limits.interval(state.jitter))
+    assert state.jitter == pytest.approx(2 * JITTER_S)
+    same = throttle(limits, state, 10.05, sent_at=9.95, delay=1.0)  # sent before the cut
+    assert same is state
+    state = throttle(limits, state, 10.5, sent_at=10.3, delay=4.0)
+    assert state.paused_until == pytest.approx(14.5)
+    for _ in range(2000):
+        state = succeed(state)
+    assert state.strikes == 0
+    assert state.jitter == pytest.approx(JITTER_S)
+
+
+def test_a_state_from_before_a_reboot_is_forgotten() -> None:
+    stale = BudgetState(next_request=1e9, sends=((1e9, 5),))
+    assert stale.settled(100.0) == BudgetState(jitter=stale.jitter)
+
+
+@pytest.mark.parametrize("rpm", [50, 300, 1200])
+@pytest.mark.parametrize("senders", [1, 3])
+def test_no_refusal_in_10_000_jittered_requests(rpm: int, senders: int) -> None:
+    limits = Limits(rpm, 2_000_000 * rpm / 50)
+    rng = random.Random(rpm)
+    sizes = [rng.randint(20, 4_000) for _ in range(10_000)]
+    times = send_times(limits, sizes, senders=senders)
+    assert refusals(limits, sizes, times, jitter=JITTER_S * 0.99, seed=rpm) == 0
+    # ... and close to the bound: J / (1 + J) lost to the margin, nothing else.
+    bound = len(sizes) * 60.0 / rpm
+    assert times[-1] <= bound * (1 + JITTER_S) * 1.001 + COLD_S * COLD_JITTER_S
+
+
+def test_exact_spacing_is_refused_under_jitter_which_is_why_we_keep_a_margin() -> None:
+    limits = Limits(300, None)
+    exact = [k * 0.2 for k in range(2_000)]
+    assert refusals(limits, [1] * len(exact), exact, jitter=JITTER_S) > 0
+
+
+def test_token_bound_traffic_is_never_refused() -> None:
+    limits = Limits(1200, 200_000)  # about 3,333 tokens a second
+    rng = random.Random(7)
+    sizes = [rng.choice([50, 900, 3_000, 9_000]) for _ in range(2_000)]
+    times = send_times(limits, sizes, senders=2)
+    assert refusals(limits, sizes, times, jitter=0.029) == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rpm=st.integers(5, 2_400),
+    tpm=st.integers(2_000, 2_000_000),
+    sizes=st.lists(st.integers(1, 30_000), min_size=1, max_size=300),
+    seed=st.integers(0, 1000),
+)
+def test_paced_traffic_is_never_refused(rpm: int, tpm: int, sizes: list[int], seed: int) -> None:
+    limits = Limits(rpm, tpm)
+    sizes = [min(s, tpm) for s in sizes]
+    times = send_times(limits, sizes, senders=2)
+    assert refusals(limits, sizes, times, jitter=0.029, seed=seed) == 0
+
+
+@pytest.mark.parametrize(("rpm", "tpm"), [(0, None), (None, -1), (float("inf"), None)])
+def test_bad_rates(rpm: float | None, tpm: float | None) -> None:
+    with pytest.raises(ValueError, match="positive finite"):
+        Limits(rpm, tpm)
+
+
+def test_state_packs_and_unpacks() -> None:
+    state = BudgetState(1.5, 2.5, 0.06, 2, 0.5, ((1.0, 10), (1.25, 2_000_000)), 3.5)
+    assert _unpack(_pack(state)) == state
+
+
+def test_a_file_budget_is_shared_by_every_opener(tmp_path: Path) -> None:
+    path = tmp_path / "b.sqlite3"
+    a, b = SqliteBudget(path), SqliteBudget(path)  # as two processes would open it
+    limits = Limits(60, None)
+    assert a.acquire(limits, 100.0, 1) == 0.0
+    assert b.acquire(limits, 100.0, 1) == pytest.approx(1.13, abs=1e-5)  # a cold start
+    b.throttled(limits, 100.5, 100.0, 5.0)
+    assert a.acquire(limits, 101.1, 1) > 0  # the pause is seen by the other opener
+
+
+def test_an_unusable_file_falls_back_to_memory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = tmp_path / "not-a-db.sqlite3"
+    bad.write_bytes(b"this is not a database" * 100)
+    budget = SqliteBudget(bad)
+    limits = Limits(60, None)
+    assert budget.acquire(limits, 0.0, 1) == 0.0
+    assert budget.acquire(limits, 0.0, 1) > 0  # still paces, in memory
+    assert "cannot be used" in caplog.text
+
+
+def test_one_budget_per_account_and_scope(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMPIRIOLABS_BUDGET_DIR", str(tmp_path))
+    url = "https://example.invalid/v1"
+    assert budget_for("process", url, "k1") is budget_for("process", url + "/", "k1")
+    assert budget_for("process", url, "k1") is not budget_for("process", url, "k2")
+    assert budget_for("client", url, "k1") is not budget_for("client", url, "k1")
+    machine = budget_for("machine", url, "secret-key-123")
+    assert isinstance(machine, SqliteBudget)
+    assert "secret-key-123" not in str(machine.path)
+    assert machine.path.name.startswith(account_id(url, "secret-key-123"))
+    assert isinstance(budget_for("process", url, "k1"), LocalBudget)
 
 
 def test_concurrency_halves_once_per_burst_and_grows_back() -> None:

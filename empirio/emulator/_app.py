@@ -32,7 +32,7 @@ from .._config import (
 from .._tokens import MAX_INPUT_TOKENS, get_tokenizer
 from .._wire import EmbeddingRequest, encode_base64
 from ._embed import HashEmbedder
-from ._limits import AccountLimiter
+from ._limits import AccountLimiter, Verdict
 
 __all__ = ["EmulatorConfig", "EmulatorStats", "create_app"]
 
@@ -68,7 +68,8 @@ class EmulatorConfig:
         api_key: the one accepted key; ``None`` accepts any non-empty key.
         rpm: account requests per minute (sliding 60 s window); ``None`` = no limit.
         tpm: account tokens per minute; ``None`` = no limit.
-        strict_burst: also refuse more than ``rpm/60`` requests in any second.
+        strict_burst: also apply the per-second rules, as the service does: at most ``rpm/60``
+            requests and ``tpm/60`` tokens in any second (on by default).
         latency_ms: added to every response, in milliseconds.
         fail_rate: fraction of requests answered with a 500, 502 or 503.
         drop_rate: fraction of connections closed without any response.
@@ -81,12 +82,14 @@ class EmulatorConfig:
         window_s: the rate limits' window in seconds (60 upstream).
         sparse_output: honour ``output_type``; ``False`` ignores it, as a plain
             OpenAI-compatible server would (for testing clients against such endpoints).
+        storm_s: answer every embedding request with 429 for this many seconds after the
+            start (or a reset), as an account exhausted by someone else would be.
     """
 
     api_key: str | None = None
     rpm: int | None = None
     tpm: int | None = None
-    strict_burst: bool = False
+    strict_burst: bool = True
     latency_ms: float = 0.0
     fail_rate: float = 0.0
     drop_rate: float = 0.0
@@ -98,6 +101,7 @@ class EmulatorConfig:
     max_body_bytes: int = 32 * 1024 * 1024
     window_s: float = 60.0
     sparse_output: bool = True
+    storm_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("fail_rate", "drop_rate"):
@@ -108,6 +112,8 @@ class EmulatorConfig:
             raise ValueError(f"max_batch must be at least 1; got {self.max_batch}")
         if self.latency_ms < 0:
             raise ValueError(f"latency_ms must not be negative; got {self.latency_ms}")
+        if not 0 <= self.storm_s < float("inf"):
+            raise ValueError(f"storm_s must be non-negative seconds; got {self.storm_s}")
 
 
 @dataclass(slots=True)
@@ -177,6 +183,7 @@ class EmulatorApp:
         self.rng = random.Random(cfg.seed)
         self.credits = cfg.credit_tokens
         self.stats = EmulatorStats()
+        self.storm_until = time.monotonic() + cfg.storm_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -224,6 +231,9 @@ class EmulatorApp:
         self, scope: Scope, receive: Receive, send: Send, request_id: str
     ) -> None:
         cfg, stats = self.config, self.stats
+        # The account's limits are counted where the service counts them: at its gateway, as
+        # the request arrives, before the model's time (``latency_ms``) is spent on it.
+        arrived = time.monotonic()
         stats.requests += 1
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
@@ -243,7 +253,7 @@ class EmulatorApp:
             self._authenticate(scope)
             body = await _read_body(scope, receive, cfg.max_body_bytes)
             req = _parse(body)
-            payload = self._embed(req, request_id)
+            payload = self._embed(req, request_id, arrived)
             stats.by_status[200] += 1
             await _respond(send, 200, payload, request_id)
         except _Reject as r:
@@ -270,7 +280,7 @@ class EmulatorApp:
         if self.config.api_key is not None and key != self.config.api_key:
             raise _Reject(401, "Incorrect API key provided.", "invalid_api_key")
 
-    def _embed(self, req: EmbeddingRequest, request_id: str) -> bytes:
+    def _embed(self, req: EmbeddingRequest, request_id: str, arrived: float) -> bytes:
         cfg = self.config
         if req.model != DEFAULT_MODEL:
             raise _Reject(
@@ -318,7 +328,11 @@ class EmulatorApp:
                     param="input",
                 )
         billed = sum(counts) + len(texts)
-        verdict = self.limiter.check(time.monotonic(), billed)
+        verdict = (
+            self.limiter.check(arrived, billed)
+            if arrived >= self.storm_until
+            else Verdict(False, "storm", self.storm_until - arrived)
+        )
         if not verdict.admitted:
             headers: tuple[tuple[bytes, bytes], ...] = ()
             if cfg.retry_after:
@@ -328,6 +342,8 @@ class EmulatorApp:
                 "requests": "requests per minute",
                 "tokens": "tokens per minute",
                 "burst": "requests per second",
+                "token burst": "tokens per second",
+                "storm": "requests",
             }[verdict.limit]
             raise _Reject(
                 429,

@@ -5,6 +5,7 @@ Pure: the caller passes the time in, so tests drive it with a fake clock.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -24,13 +25,15 @@ class Verdict:
 class AccountLimiter:
     """Requests per minute and tokens per minute over a sliding 60 s window.
 
-    Only admitted requests count, as upstream. With ``strict_burst`` a second rule holds too: no
-    more than ``max(1, rpm // 60)`` requests in any one second, as Alibaba's service enforces.
+    Only admitted requests count, as upstream. With ``strict_burst`` the per-second rules hold
+    too, as Alibaba's service enforces them (RPS = RPM/60, TPS = TPM/60): no more than
+    ``max(1, rpm // 60)`` requests, and no more than ``tpm / 60`` tokens, in any one second
+    (a request larger than that is admitted only into an empty second).
 
     Args:
         rpm: requests per minute, or ``None`` for no limit.
         tpm: tokens per minute, or ``None`` for no limit.
-        strict_burst: also limit requests per second to ``rpm / 60``.
+        strict_burst: also apply the per-second rules.
         window: the window's length in seconds (60 upstream; tests may shorten it).
     """
 
@@ -46,6 +49,7 @@ class AccountLimiter:
         self.tpm = tpm
         self.window = window
         self.per_second = max(1, rpm // 60) if (strict_burst and rpm) else None
+        self.tokens_per_second = tpm / 60.0 if (strict_burst and tpm) else None
         self._log: deque[tuple[float, int]] = deque()
         self._tokens = 0
 
@@ -70,10 +74,14 @@ class AccountLimiter:
                     wait = t + self.window - now
                     break
             return Verdict(False, "tokens", wait)
-        if self.per_second is not None:
-            recent = [t for t, _ in self._log if t > now - 1.0]
-            if len(recent) >= self.per_second:
-                return Verdict(False, "burst", recent[-self.per_second] + 1.0 - now)
+        if self.per_second is not None or self.tokens_per_second is not None:
+            recent = list(itertools.takewhile(lambda e: e[0] > now - 1.0, reversed(self._log)))
+            recent.reverse()
+            if self.per_second is not None and len(recent) >= self.per_second:
+                return Verdict(False, "burst", recent[-self.per_second][0] + 1.0 - now)
+            tps = self.tokens_per_second
+            if tps is not None and recent and sum(n for _, n in recent) + tokens > tps:
+                return Verdict(False, "token burst", recent[0][0] + 1.0 - now)
         self._log.append((now, tokens))
         self._tokens += tokens
         return Verdict(True)

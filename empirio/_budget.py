@@ -1,0 +1,266 @@
+"""Where an account's pacing state lives: one budget per account, shared by every sender.
+
+The limits belong to the account, not to a client object: every client, adapter, copy and
+sibling in a process, and every process on the machine, that uses one key at one endpoint
+draws on one :class:`~empirio._pace.BudgetState`. This module only keeps that state; every
+decision is :mod:`empirio._pace`'s.
+
+* ``scope="machine"`` (the default): a small SQLite file, named by a hash of the endpoint and
+  key (never the key), in ``EMPIRIOLABS_BUDGET_DIR``, else ``$XDG_RUNTIME_DIR/empirio``, else
+  ``~/.cache/empirio/budget``. Each decision is one ``BEGIN IMMEDIATE`` transaction, so
+  processes take turns. Times are ``time.monotonic()``, which is one clock for every process of
+  a machine; the file name includes the host, so a shared home directory is not shared state.
+* ``scope="process"``: kept in memory, shared by the clients of this process (a forked child
+  starts afresh).
+* ``scope="client"``: kept by one client alone (the behaviour of 0.1).
+
+A :class:`Budget` is the small interface a cluster-wide store (Redis, Ray) would implement.
+After ``fork`` the child gets new locks and its own SQLite connection: nothing of the parent's
+is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import socket
+import sqlite3
+import struct
+import threading
+import weakref
+from array import array
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, Protocol, TypeVar
+
+from ._pace import BudgetState, Limits, admit, succeed, throttle
+
+__all__ = ["BUDGET_DIR_ENV", "Budget", "BudgetScope", "LocalBudget", "SqliteBudget", "budget_for"]
+
+logger = logging.getLogger("empirio")
+
+BudgetScope = Literal["machine", "process", "client"]
+#: Overrides where machine-wide budgets are kept.
+BUDGET_DIR_ENV = "EMPIRIOLABS_BUDGET_DIR"
+_T = TypeVar("_T")
+
+
+class Budget(Protocol):
+    """The pacing state of one account, wherever it is kept. Times are monotonic seconds."""
+
+    def acquire(self, limits: Limits, now: float, tokens: int) -> float:
+        """Record a send of ``tokens`` at ``now`` and return 0, or return the seconds to wait."""
+
+    def throttled(self, limits: Limits, now: float, sent_at: float, delay: float) -> None:
+        """Note a 429 for a request sent at ``sent_at``; ``delay`` is the server's wait."""
+
+    def succeeded(self) -> None:
+        """Note a success."""
+
+
+class _Kept:
+    """Applies the pure rules to a state that a subclass loads and stores."""
+
+    def _transact(self, fn: Callable[[BudgetState], tuple[_T, BudgetState]]) -> _T:
+        raise NotImplementedError
+
+    def acquire(self, limits: Limits, now: float, tokens: int) -> float:
+        return self._transact(lambda s: admit(limits, s, now, tokens))
+
+    def throttled(self, limits: Limits, now: float, sent_at: float, delay: float) -> None:
+        self._transact(lambda s: (None, throttle(limits, s, now, sent_at, delay)))
+
+    def succeeded(self) -> None:
+        self._transact(lambda s: (None, succeed(s)))
+
+
+class LocalBudget(_Kept):
+    """A budget kept in memory, guarded by a lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = BudgetState()
+        _LIVE.add(self)
+
+    def _transact(self, fn: Callable[[BudgetState], tuple[_T, BudgetState]]) -> _T:
+        with self._lock:
+            out, self._state = fn(self._state)
+            return out
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._state = BudgetState()  # a child's budget starts afresh (see scope="process")
+
+
+_HEADER = struct.Struct("<dddqdd")
+
+
+def _pack(state: BudgetState) -> bytes:
+    times = array("d", (t for t, _ in state.sends))
+    tokens = array("q", (n for _, n in state.sends))
+    head = _HEADER.pack(
+        state.next_request,
+        state.paused_until,
+        state.jitter,
+        state.strikes,
+        state.last_cut,
+        state.cold_until,
+    )
+    return head + times.tobytes() + tokens.tobytes()
+
+
+def _unpack(blob: bytes) -> BudgetState:
+    next_request, paused_until, jitter, strikes, last_cut, cold_until = _HEADER.unpack_from(blob)
+    rest = blob[_HEADER.size :]
+    n = len(rest) // 16
+    times, tokens = array("d"), array("q")
+    times.frombytes(rest[: 8 * n])
+    tokens.frombytes(rest[8 * n : 16 * n])
+    if not (math.isfinite(jitter) and jitter > 0):
+        raise ValueError("bad jitter")
+    return BudgetState(
+        next_request,
+        paused_until,
+        jitter,
+        strikes,
+        last_cut,
+        tuple(zip(times, tokens, strict=True)),
+        cold_until,
+    )
+
+
+class SqliteBudget(_Kept):
+    """A budget kept in a SQLite file that every process of the machine opens.
+
+    If the file cannot be used (read-only, corrupt, locked for more than ``busy_timeout``), the
+    budget says so once in the log and goes on in memory for this process.
+    """
+
+    def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._fallback: LocalBudget | None = None
+        _LIVE.add(self)
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout,
+            isolation_level=None,  # we issue BEGIN IMMEDIATE ourselves
+            check_same_thread=False,  # guarded by self._lock
+        )
+        # Losing the last few sends on a power cut is harmless; a fsync per request is not.
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("CREATE TABLE IF NOT EXISTS budget (id INTEGER PRIMARY KEY, state BLOB)")
+        return conn
+
+    def _transact(self, fn: Callable[[BudgetState], tuple[_T, BudgetState]]) -> _T:
+        with self._lock:
+            if self._fallback is None:
+                try:
+                    return self._transact_file(fn)
+                except (sqlite3.Error, OSError) as exc:
+                    logger.warning(
+                        "the shared rate-limit budget at %s cannot be used (%s); pacing this "
+                        "process on its own",
+                        self.path,
+                        exc,
+                    )
+                    self._close()
+                    self._fallback = LocalBudget()
+        return self._fallback._transact(fn)
+
+    def _transact_file(self, fn: Callable[[BudgetState], tuple[_T, BudgetState]]) -> _T:
+        if self._conn is None:
+            self._conn = self._connect()
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT state FROM budget WHERE id = 0").fetchone()
+            try:
+                state = _unpack(row[0]) if row is not None else BudgetState()
+            except (ValueError, struct.error, TypeError):
+                state = BudgetState()  # an unreadable state is an empty one
+            out, new = fn(state)
+            if new is not state:
+                conn.execute(
+                    "INSERT OR REPLACE INTO budget (id, state) VALUES (0, ?)", (_pack(new),)
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return out
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _after_fork(self) -> None:
+        # The parent's connection (and any transaction it had open) is not ours to touch.
+        self._lock = threading.Lock()
+        self._conn = None
+        if self._fallback is not None:
+            self._fallback._after_fork()
+
+
+def budget_dir() -> Path:
+    """Where machine-wide budgets are kept (see the module docstring)."""
+    explicit = os.environ.get(BUDGET_DIR_ENV)
+    if explicit:
+        return Path(explicit)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.access(runtime, os.W_OK):
+        return Path(runtime) / "empirio"
+    return Path.home() / ".cache" / "empirio" / "budget"
+
+
+def account_id(base_url: str, api_key: str) -> str:
+    """A name for the account behind (endpoint, key) that reveals neither."""
+    h = hashlib.blake2b(digest_size=16, person=b"empirio-budget")
+    h.update(base_url.rstrip("/").encode())
+    h.update(b"\0")
+    h.update(api_key.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+# One budget per account and scope for the whole process: this is the state the issue of
+# "several clients of one key" needs shared, so it is module-level on purpose, guarded by a lock
+# and renewed in a forked child.
+_REGISTRY: dict[tuple[str, str], _Kept] = {}
+_REGISTRY_LOCK = threading.Lock()
+_LIVE: weakref.WeakSet[LocalBudget | SqliteBudget] = weakref.WeakSet()
+
+
+def budget_for(scope: BudgetScope, base_url: str, api_key: str) -> Budget:
+    """The budget that clients of ``api_key`` at ``base_url`` share, in ``scope``."""
+    if scope == "client":
+        return LocalBudget()
+    account = account_id(base_url, api_key)
+    with _REGISTRY_LOCK:
+        budget = _REGISTRY.get((scope, account))
+        if budget is None:
+            if scope == "machine":
+                host = hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
+                budget = SqliteBudget(budget_dir() / f"{account}-{host}.sqlite3")
+            else:
+                budget = LocalBudget()
+            _REGISTRY[(scope, account)] = budget
+        return budget
+
+
+def _after_fork_in_child() -> None:
+    global _REGISTRY_LOCK
+    _REGISTRY_LOCK = threading.Lock()
+    for budget in list(_LIVE):
+        budget._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
