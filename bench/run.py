@@ -156,7 +156,8 @@ def ingestion_under_limits(scale: int, n: int) -> tuple[str, list[tuple[str, flo
     text = (
         f"### 1. Ingestion under the account's limits\n\n{n} texts (mean {mean_tokens:.0f} billed "
         f"tokens), emulator at {rpm} RPM / {tpm:,} TPM ({scale}x the real 50 RPM / 2M TPM, "
-        f"sliding 60 s window), 300 ms latency. Bound: {bound_s:.0f} s "
+        f"sliding 60 s window and the service's per-second rules), 300 ms latency. "
+        f"Bound: {bound_s:.0f} s "
         f"({min(rpm * 10, tpm / mean_tokens) / 60:.1f} texts/s). Our contestants are told the "
         "limits; the others have no setting for them. Each ran against its own emulator, all "
         f"side by side.\n\n{table}\n"

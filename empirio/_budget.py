@@ -35,7 +35,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
-from ._pace import BudgetState, Limits, admit, succeed, throttle
+from ._pace import (
+    MAX_JITTER_S,
+    MINUTE_S,
+    BudgetState,
+    Limits,
+    admit,
+    sent,
+    succeed,
+    throttle,
+)
 
 __all__ = ["BUDGET_DIR_ENV", "Budget", "BudgetScope", "LocalBudget", "SqliteBudget", "budget_for"]
 
@@ -53,6 +62,9 @@ class Budget(Protocol):
     def acquire(self, limits: Limits, now: float, tokens: int) -> float:
         """Record a send of ``tokens`` at ``now`` and return 0, or return the seconds to wait."""
 
+    def sent(self, limits: Limits, admitted_at: float, now: float) -> None:
+        """Note that a request admitted at ``admitted_at`` actually left at ``now``."""
+
     def throttled(self, limits: Limits, now: float, sent_at: float, delay: float) -> None:
         """Note a 429 for a request sent at ``sent_at``; ``delay`` is the server's wait."""
 
@@ -63,14 +75,32 @@ class Budget(Protocol):
 class _Kept:
     """Applies the pure rules to a state that a subclass loads and stores."""
 
+    #: No request may go before this: a lower bound of the shared schedule (which only moves
+    #: forward), so that many calls waiting for one slot ask the store once, not each.
+    _floor = -math.inf
+
     def _transact(self, fn: Callable[[BudgetState], tuple[_T, BudgetState]]) -> _T:
         raise NotImplementedError
 
+    def _apply(self, now: float, fn: Callable[[BudgetState], tuple[_T, BudgetState]]) -> _T:
+        def step(state: BudgetState) -> tuple[_T, BudgetState]:
+            out, new = fn(state)
+            floor = max(new.next_request, new.paused_until)
+            self._floor = min(floor, now + MINUTE_S + MAX_JITTER_S)
+            return out, new
+
+        return self._transact(step)
+
     def acquire(self, limits: Limits, now: float, tokens: int) -> float:
-        return self._transact(lambda s: admit(limits, s, now, tokens))
+        if now < self._floor:
+            return self._floor - now
+        return self._apply(now, lambda s: admit(limits, s, now, tokens))
+
+    def sent(self, limits: Limits, admitted_at: float, now: float) -> None:
+        self._apply(now, lambda s: (None, sent(limits, s, admitted_at, now)))
 
     def throttled(self, limits: Limits, now: float, sent_at: float, delay: float) -> None:
-        self._transact(lambda s: (None, throttle(limits, s, now, sent_at, delay)))
+        self._apply(now, lambda s: (None, throttle(limits, s, now, sent_at, delay)))
 
     def succeeded(self) -> None:
         self._transact(lambda s: (None, succeed(s)))
@@ -92,6 +122,7 @@ class LocalBudget(_Kept):
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
         self._state = BudgetState()  # a child's budget starts afresh (see scope="process")
+        self._floor = -math.inf
 
 
 _HEADER = struct.Struct("<dddqdd")

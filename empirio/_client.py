@@ -66,7 +66,7 @@ from ._config import (
 )
 from ._decode import Decoded, decode_error, decode_success
 from ._driver import Call, CallDriver
-from ._engine import Attempt, BatchLimit, Engine
+from ._engine import SLOT_POLL_S, Attempt, BatchLimit, Engine
 from ._errors import (
     APIConnectionError,
     APIStatusError,
@@ -75,13 +75,15 @@ from ._errors import (
     EmpirioError,
     TruncationWarning,
 )
-from ._pace import Concurrency, Limits
+from ._pace import JITTER_S, Concurrency, Limits
 from ._plan import (
     InstructionMode,
     Kind,
     Output,
     Overflow,
     SegmentPlan,
+    as_text_list,
+    check_collection,
     check_texts,
     plan_segment,
 )
@@ -105,6 +107,7 @@ _SCOPES: tuple[str, ...] = get_args(BudgetScope)
 #: where a blocking wait is not interrupted by signals.
 _WAIT_SLICE_S = 0.5
 _T = TypeVar("_T")
+_Loop = asyncio.AbstractEventLoop
 #: Every client of this process, so that a forked child can make each forget its parent's
 #: connections, threads and locks.
 _CLIENTS: weakref.WeakSet[EmbeddingClient] = weakref.WeakSet()
@@ -273,10 +276,8 @@ class EmbeddingClient:
             tuple[asyncio.AbstractEventLoop, httpx.AsyncClient, AsyncGenerator[None, None]]
         ] = []
         # Calls under way: driver -> (its requests on the wire, the loop it runs on or None)
-        self._calls: dict[
-            CallDriver, tuple[Mapping[Any, Attempt], asyncio.AbstractEventLoop | None]
-        ]
-        self._calls = {}
+        self._calls: dict[CallDriver, tuple[Mapping[Any, Attempt], _Loop | None]] = {}
+        self._wired: set[CallDriver] = set()
         _CLIENTS.add(self)
 
     # ------------------------------------------------------------------ public helpers
@@ -403,9 +404,15 @@ class EmbeddingClient:
         Must hold ``self._lock``.
         """
         busy = 0
-        for driver, (pending, loop) in list(self._calls.items()):
+        for driver in list(self._wired):  # calls with requests out: few, whatever the calls
+            entry = self._calls.get(driver)
+            if entry is None:
+                self._wired.discard(driver)
+                continue
+            pending, loop = entry
             if loop is not None and loop.is_closed():
                 del self._calls[driver]  # died with its loop; its finally never ran
+                self._wired.discard(driver)
                 continue
             if driver is me or (loop is not None and (loop is blocked or not loop.is_running())):
                 continue
@@ -421,7 +428,10 @@ class EmbeddingClient:
         """The driver's next step: what to send now, and how long to wait for a completion
         before asking again (``None``: until one completes). ``None`` when the call is over."""
         with self._lock:
-            step = driver.step(time.monotonic(), self._busy_elsewhere(driver, blocked))
+            # Calls waiting for a slot look again every SLOT_POLL_S, less often when many wait.
+            poll = SLOT_POLL_S * max(1.0, len(self._calls) / self._concurrency.maximum)
+            step = driver.step(time.monotonic(), self._busy_elsewhere(driver, blocked), poll)
+            self._note_wire(driver)
         if step is None:
             return None
         timeout = None if step.wake_at is None else max(0.0, step.wake_at - time.monotonic())
@@ -432,6 +442,7 @@ class EmbeddingClient:
     ) -> None:
         with self._lock:
             finished = driver.complete(attempt, outcome, time.monotonic())
+            self._note_wire(driver)
         if finished:
             progress.update(finished)
         elif not isinstance(outcome, Decoded):
@@ -442,9 +453,17 @@ class EmbeddingClient:
                 attempt.retries + 1,
             )
 
+    def _note_wire(self, driver: CallDriver) -> None:
+        """Keep :attr:`_wired`, the calls with requests out. Must hold ``self._lock``."""
+        if driver.engine.has_in_flight:
+            self._wired.add(driver)
+        else:
+            self._wired.discard(driver)
+
     def _end(self, driver: CallDriver) -> None:
         with self._lock:
             self._calls.pop(driver, None)
+            self._wired.discard(driver)
             gone = driver.close()
         if gone:
             logger.warning(
@@ -570,7 +589,7 @@ class EmbeddingClient:
             APIError: a request failed for good (its ``inputs`` name the texts concerned).
         """
         call = self._check_call(kind, output)
-        checked = check_texts(texts)
+        checked = check_texts(as_text_list(texts))
         shared = self._shared_lookup(checked, call)
         if shared is not None:
             parked, missing = shared
@@ -602,8 +621,9 @@ class EmbeddingClient:
         call = self._check_call(kind, output)
         _check_range("segment_size", segment_size, 1, 10_000_000, error=ValueError)
         total = len(texts) if isinstance(texts, Sequence) else None
+        check_collection(texts)
         if isinstance(texts, Sequence):
-            check_texts(texts)  # cheap, and finds a blank text before anything is sent
+            check_texts(texts)  # cheap, and finds a bad text before anything is sent
         with self._progress(total, show_progress) as bar:
             yield from self._drive_sync(self._plans(texts, call, segment_size), call, bar, ahead=2)
 
@@ -690,6 +710,10 @@ class EmbeddingClient:
         ``http_client`` it was given, on a worker thread, where it was given one)."""
         texts = attempt.request.texts
         body = self._body(texts, call)
+        if self._limits.rpm is not None:
+            late = time.monotonic()
+            if late - attempt.sent_at > JITTER_S / 2:  # most sends are on time: no transaction
+                self._budget.sent(self._limits, attempt.sent_at, late)
         try:
             if sync and self._user_http is not None:
                 post = functools.partial(
@@ -746,7 +770,7 @@ class EmbeddingClient:
     ) -> EmbeddingResult:
         """:meth:`embed`, natively async: requests run as tasks on the running loop."""
         call = self._check_call(kind, output)
-        checked = check_texts(texts)
+        checked = check_texts(as_text_list(texts))
         shared = self._shared_lookup(checked, call)
         if shared is not None:
             parked, missing = shared
@@ -776,8 +800,9 @@ class EmbeddingClient:
         call = self._check_call(kind, output)
         _check_range("segment_size", segment_size, 1, 10_000_000, error=ValueError)
         total = len(texts) if isinstance(texts, Sequence) else None
+        check_collection(texts)
         if isinstance(texts, Sequence):
-            check_texts(texts)
+            check_texts(texts)  # cheap, and finds a bad text before anything is sent
         with self._progress(total, show_progress) as bar:
             async for result in self._drive_async(
                 self._plans(texts, call, segment_size), call, bar, ahead=2
@@ -806,6 +831,7 @@ class EmbeddingClient:
         self._io, self._io_finalizer = None, None
         self._async_http = []
         self._calls = {}
+        self._wired = set()
         self._meter.after_fork()
         if self._views is not None:
             self._views.after_fork()

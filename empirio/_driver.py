@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from ._decode import Decoded
 from ._engine import Attempt, Engine, Step
@@ -51,12 +52,14 @@ class Call:
 class _Segment:
     """Buffers of one planned segment until every piece has its vector."""
 
-    __slots__ = ("dense", "plan", "remaining", "sparse", "usage")
+    __slots__ = ("dense", "done", "plan", "remaining", "sparse", "usage")
 
     def __init__(self, plan: SegmentPlan, call: Call, dimensions: int) -> None:
         n = len(plan.pieces)
         self.plan = plan
-        self.dense = np.empty((n, dimensions), dtype=np.float32) if call.dense else None
+        self.done = np.zeros(n, dtype=bool)
+        # Zeros, not empty: a partial result assembles unfinished rows too, then drops them.
+        self.dense = np.zeros((n, dimensions), dtype=np.float32) if call.dense else None
         self.sparse: list[dict[int, float]] | None = [{}] * n if call.sparse else None
         self.remaining = n
         self.usage = Usage()
@@ -95,6 +98,7 @@ class CallDriver:
         self._plans = plans
         self._exhausted = False
         self._closed = False
+        self._plan_error: EmpirioError | None = None
 
     # ------------------------------------------------------------------ the loop
 
@@ -106,27 +110,31 @@ class CallDriver:
             dense, sparse = assemble(seg.plan, seg.dense, seg.sparse)
             yield EmbeddingResult(dense, sparse, seg.usage, seg.plan.offset)
 
-    def step(self, now: float, busy_elsewhere: int) -> Step | None:
+    def step(self, now: float, busy_elsewhere: int, poll: float) -> Step | None:
         """Plan ahead, then say what to send now and when to look again.
 
         Returns:
             ``None`` when every segment is planned, sent and handed out.
 
         Raises:
-            EmpirioError: the call failed for good, once nothing of it is in flight any more
-                (what was in flight is stored first, so that its results are not lost).
+            EmpirioError: the call failed for good (a request failed, or a later segment's input
+                is bad), once nothing of it is in flight any more: what was in flight is stored
+                first, and the error carries every finished text as ``partial``.
         """
-        if self.engine.failed is None:
+        if self.engine.failed is None and self._plan_error is None:
             self._fill()
         failed = self.engine.failed
+        if failed is not None and self.engine.has_in_flight:
+            return Step((), None)
+        if failed is None and self._plan_error is not None and self.engine.idle:
+            failed = self._plan_error
         if failed is not None:
-            if self.engine.in_flight:
-                return Step((), None)
+            failed.partial, failed.partial_indices = self._partial()
             raise failed
         if self._exhausted and not self.segments:
             return None
-        step = self.engine.step(now, busy_elsewhere)
-        if step.wake_at is None and not step.sends and not self.engine.in_flight:
+        step = self.engine.step(now, busy_elsewhere, poll)
+        if step.wake_at is None and not step.sends and not self.engine.has_in_flight:
             raise RuntimeError("empirio: nothing in flight and nothing scheduled")  # a bug
         return step
 
@@ -166,7 +174,11 @@ class CallDriver:
 
     def _fill(self) -> None:
         while not self._exhausted and len(self.segments) < self.ahead:
-            plan = next(self._plans, None)
+            try:
+                plan = next(self._plans, None)
+            except EmpirioError as exc:  # bad input in a later segment: nothing of it is sent,
+                self._plan_error = exc  # what was planned before it still goes
+                return
             if plan is None:
                 self._exhausted = True
                 return
@@ -181,7 +193,35 @@ class CallDriver:
         if seg.sparse is not None and decoded.sparse is not None:
             for row, vec in zip(rows, decoded.sparse, strict=True):
                 seg.sparse[row] = vec
+        seg.done[rows] = True
         seg.remaining -= len(rows)
+
+    def _partial(self) -> tuple[EmbeddingResult | None, tuple[int, ...]]:
+        """The finished texts of the segments not yet handed out, in input order."""
+        dense_parts: list[npt.NDArray[np.float32]] = []
+        sparse_parts: list[dict[int, float]] = []
+        indices: list[int] = []
+        usage = Usage()
+        for index in sorted(self.segments):
+            seg = self.segments[index]
+            usage = usage + seg.usage
+            owners = np.fromiter((p.owner for p in seg.plan.pieces), np.intp, len(seg.done))
+            unfinished = np.zeros(seg.plan.n_unique, dtype=bool)
+            unfinished[owners[~seg.done]] = True
+            finished = np.flatnonzero(~unfinished[seg.plan.inverse])
+            if not len(finished):
+                continue
+            dense, sparse = assemble(seg.plan, seg.dense, seg.sparse)
+            if dense is not None:
+                dense_parts.append(dense[finished])
+            if sparse is not None:
+                sparse_parts.extend(sparse[i] for i in finished)
+            indices.extend((seg.plan.offset + finished).tolist())
+        if not indices:
+            return None, ()
+        dense_all = np.concatenate(dense_parts) if self.call.dense else None
+        sparse_all = sparse_parts if self.call.sparse else None
+        return EmbeddingResult(dense_all, sparse_all, usage), tuple(indices)
 
     def _account(self, segment: int, delta: Usage) -> None:
         seg = self.segments.get(segment)

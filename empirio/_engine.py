@@ -135,6 +135,11 @@ class Engine:
         return not (self._fresh or self._due or self._in_flight)
 
     @property
+    def has_in_flight(self) -> bool:
+        """Whether any attempt is sent and not yet completed."""
+        return bool(self._in_flight)
+
+    @property
     def in_flight(self) -> tuple[Attempt, ...]:
         """Attempts sent and not yet completed."""
         return tuple(self._in_flight.values())
@@ -155,13 +160,15 @@ class Engine:
         for part in reversed(parts):
             self._fresh.appendleft((part, retries, None))
 
-    def step(self, now: float, busy_elsewhere: int = 0) -> Step:
+    def step(self, now: float, busy_elsewhere: int = 0, poll: float = SLOT_POLL_S) -> Step:
         """Start what may start at ``now``; say when to look again.
 
         Args:
             now: the shell's monotonic clock, in seconds.
             busy_elsewhere: requests that other calls sharing the concurrency limit have on
                 the wire now.
+            poll: seconds until a call with nothing of its own in flight, waiting for a slot
+                other calls hold, looks again.
         """
         if self.failed is not None:
             return Step((), None)
@@ -191,7 +198,7 @@ class Engine:
         # Work waiting while every slot is held by *other* calls sharing the limit: nothing of
         # ours will complete to wake us, so look again shortly.
         if wake is None and not sends and not self._in_flight and not self.idle:
-            wake = now + SLOT_POLL_S
+            wake = now + poll
         return Step(tuple(sends), wake)
 
     def complete(self, attempt: Attempt, outcome: Decoded | EmpirioError, now: float) -> Completion:

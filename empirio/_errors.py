@@ -19,10 +19,18 @@
     │       └── InternalServerError              5xx
 
 Messages never contain the API key or the texts. Errors raised while a call is under way carry
-``inputs``: the positions, in the caller's list, of the texts in the request that failed.
+``inputs``: the positions, in the caller's list, of the texts in the request that failed; and,
+when some requests of the call had finished, ``partial`` (an :class:`EmbeddingResult` of the
+finished texts, in input order) and ``partial_indices`` (their positions in the input): nothing
+paid for is lost.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._result import EmbeddingResult
 
 __all__ = [
     "APIConnectionError",
@@ -52,6 +60,10 @@ class EmpirioError(Exception):
 
     #: Positions in the caller's input of the texts whose request failed (empty if unknown).
     inputs: tuple[int, ...] = ()
+    #: The texts of the call that were embedded before it failed, in input order (or ``None``).
+    partial: EmbeddingResult | None = None
+    #: Positions in the caller's input of the rows of :attr:`partial`.
+    partial_indices: tuple[int, ...] = ()
 
 
 class InvalidInputError(EmpirioError, ValueError):

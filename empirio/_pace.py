@@ -6,10 +6,12 @@ arrives at ``s + d`` with ``d`` varying by up to ``J`` seconds (network and sche
 so two requests spaced exactly by the service's interval can land in one window. The rules
 here hold the service's windows at *our* clock widened by ``J``:
 
-* Requests: spaced at least ``I = max((60 + J) / rpm, (1 + J) / floor(rpm / 60))`` seconds
-  apart, never in a burst (an idle sender is owed nothing). ``k + 1`` requests then span at
-  least ``k * I``, so no window of 60 s holds more than ``rpm`` and none of 1 s more than
-  ``floor(rpm / 60)`` (at least 1), even with every arrival shifted by up to ``J``.
+* Requests: spaced ``I = max((60 + J + B) / rpm, (1 + J + B) / floor(rpm / 60))`` seconds
+  apart on a schedule (GCRA) that lets a send late by up to ``B`` (:data:`LATE_S`, a sleep's
+  or a busy loop's lateness) keep its slot instead of pushing every later one back, and owes
+  nothing more to an idle sender. ``k + 1`` requests then span at least ``k * I - B``, so no
+  window of 60 s holds more than ``rpm`` and none of 1 s more than ``floor(rpm / 60)`` (at
+  least 1), even with every arrival shifted by up to ``J``.
 * Tokens: the tokens sent in the last ``1 + J`` seconds plus this request's stay within
   ``tpm / 60`` (a request larger than that goes alone), and those of the last ``61 + J``
   seconds within ``tpm``.
@@ -41,17 +43,22 @@ __all__ = [
     "COLD_S",
     "IDLE_S",
     "JITTER_S",
+    "LATE_S",
     "MAX_JITTER_S",
+    "MINUTE_S",
     "BudgetState",
     "Concurrency",
     "Limits",
     "admit",
+    "sent",
     "succeed",
     "throttle",
 ]
 
-#: Arrival jitter tolerated from the start, in seconds: costs ``J / (1 + J)`` (3 %) of throughput.
-JITTER_S = 0.03
+#: Arrival jitter tolerated from the start, in seconds (with ``LATE_S``: 2.4 % of throughput).
+JITTER_S = 0.02
+#: How late a send may be and keep its place in the schedule, in seconds.
+LATE_S = 0.005
 #: Extra jitter tolerated while connections are being opened, in seconds.
 COLD_JITTER_S = 0.1
 #: How long a start counts as cold, in seconds.
@@ -98,7 +105,8 @@ class Limits:
         """Seconds between two requests, tolerating ``jitter`` seconds of arrival jitter."""
         if self.rpm is None:
             return 0.0
-        return max((60.0 + jitter) / self.rpm, (1.0 + jitter) / self.per_second_requests) + _EPS
+        slack = jitter + LATE_S
+        return max((60.0 + slack) / self.rpm, (1.0 + slack) / self.per_second_requests) + _EPS
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +196,25 @@ def admit(limits: Limits, state: BudgetState, now: float, tokens: int) -> tuple[
     if t > now:
         return t - now, state
     sends = (*state.sends, (now, tokens)) if limits.tpm is not None else ()
-    nxt = max(state.next_request, now) + limits.interval(state.margin(now))
+    nxt = max(state.next_request, now - LATE_S) + limits.interval(state.margin(now))
     return 0.0, replace(state, next_request=nxt, sends=sends)
+
+
+def sent(limits: Limits, state: BudgetState, admitted_at: float, now: float) -> BudgetState:
+    """Take the moment a request actually left into account.
+
+    A send held up between its slot and the wire (a garbage-collection pause, a busy I/O
+    thread) by more than half the jitter margin would arrive closer to the next request than it
+    was paced: the next then goes no sooner than one interval after this one really left.
+
+    Args:
+        admitted_at: when :func:`admit` let the request go.
+        now: when it left.
+    """
+    if limits.rpm is None or now - admitted_at <= state.margin(now) / 2:
+        return state
+    nxt = now + limits.interval(state.margin(now))
+    return state if nxt <= state.next_request else replace(state, next_request=nxt)
 
 
 def throttle(

@@ -9,9 +9,9 @@ of at most ``batch_size`` inputs and ``token_budget`` billed tokens.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +28,9 @@ __all__ = [
     "Piece",
     "PlannedRequest",
     "SegmentPlan",
+    "as_text_list",
     "assemble",
+    "check_collection",
     "check_texts",
     "pack",
     "plan_segment",
@@ -119,6 +121,35 @@ class SegmentPlan:
         return len(self.inverse)
 
 
+def check_collection(texts: object) -> None:
+    """Refuse what cannot be a caller's texts, without reading an iterator.
+
+    Raises:
+        InvalidInputError: ``texts`` is a single string, an unordered collection (a ``set`` or
+            a ``dict``, whose order would not be the caller's) or not iterable at all.
+    """
+    if isinstance(texts, str | bytes):
+        raise InvalidInputError(
+            "texts must be a list of strings, not a single string; wrap it in a list: [text]"
+        )
+    if isinstance(texts, Set | Mapping):
+        raise InvalidInputError(
+            f"texts must be an ordered sequence or iterable of strings, not a "
+            f"{type(texts).__name__}: results come back in input order"
+        )
+    if not isinstance(texts, Iterable):
+        raise InvalidInputError(
+            f"texts must be a list (or any iterable) of strings; got {type(texts).__name__}"
+        )
+
+
+def as_text_list(texts: object) -> list[object]:
+    """The caller's texts as a list, reading an iterator or generator once (see
+    :func:`check_collection` for what is refused)."""
+    check_collection(texts)
+    return texts if isinstance(texts, list) else list(cast(Iterable[object], texts))
+
+
 def check_texts(texts: Sequence[object], offset: int = 0) -> list[str]:
     """The texts, if every one is a non-blank string; else :class:`InvalidInputError`.
 
@@ -139,6 +170,15 @@ def check_texts(texts: Sequence[object], offset: int = 0) -> list[str]:
             tuple(bad_type),
         )
     strs: list[str] = list(texts)  # type: ignore[arg-type]
+    try:
+        "".join(strs).encode("utf-8")  # one pass finds whether any text cannot be sent
+    except UnicodeEncodeError:
+        unsendable = [offset + i for i, t in enumerate(strs) if not _encodes(t)]
+        raise InvalidInputError(
+            f"{len(unsendable)} texts contain lone surrogates (such as '\\ud800'), which are not "
+            f"valid Unicode and cannot be sent: positions {_show(unsendable)}",
+            tuple(unsendable),
+        ) from None
     blank = [offset + i for i, t in enumerate(strs) if not t.strip()]
     if blank:
         raise InvalidInputError(
@@ -147,6 +187,14 @@ def check_texts(texts: Sequence[object], offset: int = 0) -> list[str]:
             tuple(blank),
         )
     return strs
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _show(indices: Sequence[int], most: int = 10) -> str:

@@ -40,8 +40,11 @@ class EmpirioEmbedding(EmpirioFields, BaseEmbedding):
         hide_input_in_errors=True,
     )
 
+    # 1000, not LlamaIndex's usual 100: its sync path embeds one batch after another, each
+    # waiting for its slowest request, which at high rates loses a latency per batch (0.80 of the
+    # account's bound at 1,200 RPM with 100). The client splits any batch into requests of 10.
     embed_batch_size: int = Field(
-        default=100,
+        default=1000,
         gt=0,
         le=2048,
         description="Texts per call into the client (which splits them into requests of 10).",

@@ -49,7 +49,7 @@ class EmpirioSparseEmbedding(EmpirioFields, BaseSparseEmbedding):
         hide_input_in_errors=True,
     )
 
-    embed_batch_size: int = Field(default=100, gt=0, le=2048)
+    embed_batch_size: int = Field(default=1000, gt=0, le=2048)  # see EmpirioEmbedding
 
     @classmethod
     def class_name(cls) -> str:

@@ -18,6 +18,7 @@ from empirio import (
     AuthenticationError,
     ConfigurationError,
     EmbeddingClient,
+    InsufficientCreditsError,
     InternalServerError,
     InvalidInputError,
     NotFoundError,
@@ -210,6 +211,11 @@ def test_overflow_error_raises_before_any_request(make_emulator: Any) -> None:
         (["ok", None], "must be strings"),
         (["ok", b"bytes"], "must be strings"),
         ("just a string", "not a single string"),
+        (["ok", "fine \ud800 text", "\udfff"], r"lone surrogates.*\[1, 2\]"),
+        ({"a", "b"}, "not a set"),
+        ({"a": 1}, "not a dict"),
+        (None, "got NoneType"),
+        (42, "got int"),
     ],
 )
 def test_bad_input_raises_before_any_request(make_emulator: Any, texts: Any, match: str) -> None:
@@ -217,6 +223,79 @@ def test_bad_input_raises_before_any_request(make_emulator: Any, texts: Any, mat
     with client(url) as c, pytest.raises(InvalidInputError, match=match):
         c.embed(texts)
     assert stats(url)["requests"] == 0
+
+
+def test_a_lone_surrogate_in_a_later_request_costs_nothing(make_emulator: Any) -> None:
+    url = make_emulator()
+    with client(url) as c, pytest.raises(InvalidInputError) as info:
+        c.embed([*TEXTS, "\ud800"])
+    assert info.value.indices == (len(TEXTS),)
+    assert stats(url)["requests"] == 0
+
+
+def test_generators_are_embedded_whole(emulator_url: str, reference: np.ndarray) -> None:
+    with client(emulator_url) as c:
+        r = c.embed(t for t in TEXTS)
+    np.testing.assert_array_equal(r.dense, reference)
+
+
+async def test_generators_are_embedded_whole_async(
+    emulator_url: str, reference: np.ndarray
+) -> None:
+    async with client(emulator_url) as c:
+        r = await c.aembed(iter(TEXTS))
+    np.testing.assert_array_equal(r.dense, reference)
+
+
+def test_a_402_mid_call_carries_what_was_paid_for(
+    make_emulator: Any, reference: np.ndarray
+) -> None:
+    tokens = get_tokenizer()
+    first_30 = sum(tokens.count(t) + 1 for t in TEXTS[:30])
+    url = make_emulator(credit_tokens=first_30)
+    with client(url, max_concurrency=1) as c, pytest.raises(InsufficientCreditsError) as info:
+        c.embed(TEXTS)
+    err = info.value
+    assert err.partial_indices == tuple(range(30))
+    assert err.partial is not None
+    np.testing.assert_array_equal(err.partial.dense, reference[:30])
+    assert err.partial.usage.requests == 3
+    assert c.usage.requests == 3
+
+
+async def test_a_402_mid_call_carries_what_was_paid_for_async(
+    make_emulator: Any, reference: np.ndarray
+) -> None:
+    tokens = get_tokenizer()
+    first_20 = sum(tokens.count(t) + 1 for t in TEXTS[:20])
+    url = make_emulator(credit_tokens=first_20)
+    async with client(url, max_concurrency=1) as c:
+        with pytest.raises(InsufficientCreditsError) as info:
+            await c.aembed(TEXTS)
+    assert info.value.partial_indices == tuple(range(20))
+    assert info.value.partial is not None
+    np.testing.assert_array_equal(info.value.partial.dense, reference[:20])
+
+
+def test_iter_embed_yields_what_it_finished_before_a_bad_text(
+    make_emulator: Any, reference: np.ndarray
+) -> None:
+    url = make_emulator()
+    got: list[np.ndarray] = []
+
+    def rows() -> Iterator[str]:
+        yield from TEXTS[:45]
+        yield "   "  # in the fourth segment of 15
+
+    def consume(c: EmbeddingClient) -> None:
+        for part in c.iter_embed(rows(), segment_size=15):
+            assert part.dense is not None
+            got.append(part.dense)
+
+    with client(url) as c, pytest.raises(InvalidInputError) as info:
+        consume(c)
+    assert info.value.indices == (45,)
+    np.testing.assert_array_equal(np.concatenate(got), reference[:45])
 
 
 async def test_bad_input_raises_before_any_request_async(make_emulator: Any) -> None:

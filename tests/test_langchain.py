@@ -98,6 +98,12 @@ async def test_async_matches_sync(emulator_url: str) -> None:
     await e.empirio_client.aclose()
 
 
+def test_generators_are_embedded_whole(emulator_url: str) -> None:
+    emb = make(emulator_url)
+    texts = [f"generated text {i}" for i in range(25)]
+    assert emb.embed_documents(t for t in texts) == emb.embed_documents(texts)  # type: ignore[arg-type]
+
+
 def test_misspelt_argument_is_an_error() -> None:
     with pytest.raises(pydantic.ValidationError, match="dimenions"):
         EmpirioEmbeddings(api_key=KEY, dimenions=512)  # type: ignore[call-arg]

@@ -16,6 +16,7 @@ from empirio._pace import (
     COLD_S,
     IDLE_S,
     JITTER_S,
+    LATE_S,
     BudgetState,
     Concurrency,
     Limits,
@@ -72,7 +73,7 @@ def test_unpaced_sends_at_once() -> None:
 
 @pytest.mark.parametrize(
     ("rpm", "interval"),
-    [(50, 60.03 / 50), (60, 1.03), (90, 1.03), (300, 1.03 / 5), (1200, 1.03 / 20)],
+    [(50, 60.025 / 50), (60, 1.025), (90, 1.025), (300, 1.025 / 5), (1200, 1.025 / 20)],
 )
 def test_the_interval_keeps_both_request_rules_with_a_jitter_margin(
     rpm: int, interval: float
@@ -86,23 +87,28 @@ def test_requests_are_spaced_and_idle_time_is_not_banked() -> None:
     wait, state = admit(limits, state, 0.0, 1)
     assert wait == 0.0
     wait, state = admit(limits, state, 0.0, 1)
-    assert wait == pytest.approx(1.03, abs=1e-5)
-    wait, state = admit(limits, state, 4.0, 1)
+    assert wait == pytest.approx(1.025, abs=1e-5)
+    wait, state = admit(limits, state, 1.027, 1)  # 2 ms late: keeps its slot
+    assert wait == 0.0
+    assert state.next_request == pytest.approx(2.05, abs=1e-5)
+    wait, state = admit(limits, state, 4.0, 1)  # idle: owed nothing but the lateness allowance
     assert wait == 0.0
     wait, state = admit(limits, state, 4.5, 1)
-    assert wait == pytest.approx(0.53, abs=1e-5)
+    assert wait == pytest.approx(4.0 - LATE_S + 1.025 - 4.5, abs=1e-5)
 
 
 def test_a_cold_start_tolerates_more_jitter_for_a_while() -> None:
     limits = Limits(600, None)
     wait, state = admit(limits, BudgetState(), 100.0, 1)  # first send ever: cold
     assert wait == 0.0
-    assert state.next_request == pytest.approx(100.0 + (1 + JITTER_S + COLD_JITTER_S) / 10)
+    slack = JITTER_S + COLD_JITTER_S + LATE_S
+    assert state.next_request == pytest.approx(100.0 - LATE_S + (1 + slack) / 10)
     t, wait = 100.0, 1.0
     while t < 100.0 + COLD_S + 0.5 or wait > 0:
         wait, state = admit(limits, state, t, 1)
         t += wait
-    assert state.next_request - t == pytest.approx((1 + JITTER_S) / 10, abs=1e-5)  # warm
+    warm = (1 + JITTER_S + LATE_S) / 10
+    assert state.next_request - t == pytest.approx(warm, abs=1e-5)
     wait, state = admit(limits, state, t + IDLE_S + 1.0, 1)  # idle past keep-alive: cold again
     assert state.margin(t + IDLE_S + 1.0) == pytest.approx(JITTER_S + COLD_JITTER_S)
 
@@ -112,11 +118,11 @@ def test_tokens_per_second_and_a_large_request_goes_alone() -> None:
     wait, state = admit(limits, state, 0.0, 60)
     assert wait == 0.0
     wait, state = admit(limits, state, 0.1, 60)  # 120 > 100 within 1 + J seconds
-    assert wait == pytest.approx(1.03 - 0.1, abs=1e-5)
+    assert wait == pytest.approx(1 + JITTER_S - 0.1, abs=1e-5)
     wait, state = admit(limits, state, 1.1, 500)  # larger than a second's worth: alone
     assert wait == 0.0
     wait, state = admit(limits, state, 1.2, 1)
-    assert wait == pytest.approx(1.1 + 1.03 - 1.2, abs=1e-5)
+    assert wait == pytest.approx(1.1 + 1 + JITTER_S - 1.2, abs=1e-5)
 
 
 def test_tokens_per_minute_hold() -> None:
@@ -160,7 +166,7 @@ def test_no_refusal_in_10_000_jittered_requests(rpm: int, senders: int) -> None:
     assert refusals(limits, sizes, times, jitter=JITTER_S * 0.99, seed=rpm) == 0
     # ... and close to the bound: J / (1 + J) lost to the margin, nothing else.
     bound = len(sizes) * 60.0 / rpm
-    assert times[-1] <= bound * (1 + JITTER_S) * 1.001 + COLD_S * COLD_JITTER_S
+    assert times[-1] <= bound * (1 + JITTER_S + LATE_S) * 1.001 + COLD_S * COLD_JITTER_S
 
 
 def test_exact_spacing_is_refused_under_jitter_which_is_why_we_keep_a_margin() -> None:
@@ -174,7 +180,7 @@ def test_token_bound_traffic_is_never_refused() -> None:
     rng = random.Random(7)
     sizes = [rng.choice([50, 900, 3_000, 9_000]) for _ in range(2_000)]
     times = send_times(limits, sizes, senders=2)
-    assert refusals(limits, sizes, times, jitter=0.029) == 0
+    assert refusals(limits, sizes, times, jitter=JITTER_S * 0.99) == 0
 
 
 @settings(max_examples=40, deadline=None)
@@ -188,7 +194,7 @@ def test_paced_traffic_is_never_refused(rpm: int, tpm: int, sizes: list[int], se
     limits = Limits(rpm, tpm)
     sizes = [min(s, tpm) for s in sizes]
     times = send_times(limits, sizes, senders=2)
-    assert refusals(limits, sizes, times, jitter=0.029, seed=seed) == 0
+    assert refusals(limits, sizes, times, jitter=JITTER_S * 0.99, seed=seed) == 0
 
 
 @pytest.mark.parametrize(("rpm", "tpm"), [(0, None), (None, -1), (float("inf"), None)])
@@ -207,7 +213,8 @@ def test_a_file_budget_is_shared_by_every_opener(tmp_path: Path) -> None:
     a, b = SqliteBudget(path), SqliteBudget(path)  # as two processes would open it
     limits = Limits(60, None)
     assert a.acquire(limits, 100.0, 1) == 0.0
-    assert b.acquire(limits, 100.0, 1) == pytest.approx(1.13, abs=1e-5)  # a cold start
+    cold = 1 + JITTER_S + COLD_JITTER_S + LATE_S
+    assert b.acquire(limits, 100.0, 1) == pytest.approx(cold - LATE_S, abs=1e-5)
     b.throttled(limits, 100.5, 100.0, 5.0)
     assert a.acquire(limits, 101.1, 1) > 0  # the pause is seen by the other opener
 
