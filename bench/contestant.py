@@ -19,6 +19,15 @@ from typing import Any
 from _common import synthetic_corpus
 
 KEY = "bench-key"
+#: Our paths, in the order every table shows them.
+OURS = [
+    "empirio core (sync)",
+    "empirio core (async)",
+    "langchain-empirio EmpirioEmbeddings (sync)",
+    "langchain-empirio EmpirioEmbeddings (async)",
+    "llamaindex-empirio EmpirioEmbedding (sync)",
+    "llamaindex-empirio EmpirioEmbedding (async)",
+]
 
 
 def corpus(n: int, seed: int) -> list[str]:

@@ -28,18 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from contestant import OURS
 
 from _common import emulator_process, machine_line, markdown_table, synthetic_corpus
 
 HERE = Path(__file__).resolve().parent
-OURS = (
-    "empirio core (sync)",
-    "empirio core (async)",
-    "langchain-empirio EmpirioEmbeddings (sync)",
-    "langchain-empirio EmpirioEmbeddings (async)",
-    "llamaindex-empirio EmpirioEmbedding (sync)",
-    "llamaindex-empirio EmpirioEmbedding (async)",
-)
 TWO_CLIENTS = "two core clients, one process, one key"
 TWO_PROCESSES = "two processes, one key"
 KEY = "bench-key"
@@ -53,7 +46,6 @@ def corpus(n: int, seed: int) -> list[str]:
 
 def worker(args: argparse.Namespace) -> None:
     """One process: embed its share of the corpus, print a JSON line."""
-    sys.path.insert(0, str(HERE))
     from contestant import make
 
     from empirio import get_tokenizer

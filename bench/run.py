@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from contestant import OURS
 
 from empirio import get_tokenizer
 
@@ -36,14 +37,6 @@ from _common import emulator_process, machine_line, markdown_table, synthetic_co
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results"
 
-OURS = [
-    "empirio core (sync)",
-    "empirio core (async)",
-    "langchain-empirio EmpirioEmbeddings (sync)",
-    "langchain-empirio EmpirioEmbeddings (async)",
-    "llamaindex-empirio EmpirioEmbedding (sync)",
-    "llamaindex-empirio EmpirioEmbedding (async)",
-]
 THEIRS = [
     "langchain-empiriolabs (defaults)",
     "langchain-empiriolabs (chunk_size=10)",

@@ -106,6 +106,8 @@ _SCOPES: tuple[str, ...] = get_args(BudgetScope)
 #: The longest a sync call waits in one piece, in seconds: how soon Ctrl-C is seen on platforms
 #: where a blocking wait is not interrupted by signals.
 _WAIT_SLICE_S = 0.5
+#: Async calls of more texts than this are planned (tokenised) off the event loop.
+_PLAN_IN_THREAD = 200
 _T = TypeVar("_T")
 _Loop = asyncio.AbstractEventLoop
 #: Every client of this process, so that a forked child can make each forget its parent's
@@ -337,7 +339,12 @@ class EmbeddingClient:
     def _plan(
         self, texts: Sequence[str], call: Call, index: int, offset: int, first_id: int
     ) -> SegmentPlan:
-        plan = plan_segment(
+        return self._warn_truncated(self._plan_quietly(texts, call, index, offset, first_id))
+
+    def _plan_quietly(
+        self, texts: Sequence[str], call: Call, index: int, offset: int, first_id: int
+    ) -> SegmentPlan:
+        return plan_segment(
             texts,
             tokenizer=self.tokenizer,
             index=index,
@@ -350,6 +357,8 @@ class EmbeddingClient:
             batch_size=self._batch_limit.size,
             token_budget=int(self.tpm) if self.tpm is not None else None,
         )
+
+    def _warn_truncated(self, plan: SegmentPlan) -> SegmentPlan:
         if plan.truncated:
             shown = ", ".join(f"{i} ({n} tokens)" for i, n in plan.truncated[:5])
             more = f" and {len(plan.truncated) - 5} more" if len(plan.truncated) > 5 else ""
@@ -780,7 +789,15 @@ class EmbeddingClient:
             return self._shared_merge(checked, call, parked, missing, fetched)
         if not checked:
             return self._empty(call)
-        plan = self._plan(checked, call, 0, 0, 0)
+        if len(checked) > _PLAN_IN_THREAD:
+            # Tokenising thousands of texts would hold the loop (and the sends of every other
+            # call on it) for tens of milliseconds, making their arrivals jitter: do it aside.
+            quiet = functools.partial(self._plan_quietly, checked, call, 0, 0, 0)
+            plan = self._warn_truncated(
+                await asyncio.get_running_loop().run_in_executor(None, quiet)
+            )
+        else:
+            plan = self._plan(checked, call, 0, 0, 0)
         results = []
         with self._progress(len(plan.pieces), show_progress) as bar:
             async for result in self._drive_async(iter([plan]), call, bar, ahead=1):
