@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
 import threading
@@ -136,7 +138,6 @@ def _add_embed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _embed(args: argparse.Namespace) -> int:
-    import contextlib
     import json
 
     import numpy as np
@@ -180,17 +181,25 @@ def _embed(args: argparse.Namespace) -> int:
                 return 2
             matrix = None
             out = None
+            # A file is written under a temporary name and renamed when complete, so that a
+            # file with the output's name is never one that looks finished but is not.
+            tmp = None if args.output == "-" else f"{args.output}.partial-{os.getpid()}"
+            if tmp is not None:
+                stack.callback(_discard, tmp)
             if to_npy:
+                assert tmp is not None  # a .npy output is always a file
                 matrix = np.lib.format.open_memmap(
-                    args.output, mode="w+", dtype=np.float32, shape=(len(lines), args.dimensions)
+                    tmp, mode="w+", dtype=np.float32, shape=(len(lines), args.dimensions)
                 )
             else:
                 out = (
                     sys.stdout
-                    if args.output == "-"
-                    else stack.enter_context(open(args.output, "w", encoding="utf-8"))
+                    if tmp is None
+                    else stack.enter_context(open(tmp, "w", encoding="utf-8"))
                 )
+            done = 0
             for part in client.iter_embed(lines, kind=args.kind, output=args.output_type):
+                done = part.offset + len(part)
                 if matrix is not None and part.dense is not None:
                     matrix[part.offset : part.offset + len(part)] = part.dense
                     continue
@@ -204,11 +213,27 @@ def _embed(args: argparse.Namespace) -> int:
                     out.write(json.dumps(row) + "\n")
             if matrix is not None:
                 matrix.flush()
+                del matrix  # release the memory map before renaming its file
+            if out is not None and out is not sys.stdout:
+                out.close()
+            if tmp is not None:
+                os.replace(tmp, args.output)
             print(f"empirio embed: {len(lines)} texts; {client.usage}", file=sys.stderr)
         except EmpirioError as exc:
-            print(f"empirio embed: {exc}", file=sys.stderr)
+            finished = exc.partial_indices[-1] + 1 if exc.partial_indices else done
+            print(
+                f"empirio embed: {exc}\nempirio embed: {args.output} not written; "
+                f"{finished} of {len(lines)} texts had been embedded; {client.usage}",
+                file=sys.stderr,
+            )
             return 1
     return 0
+
+
+def _discard(path: str) -> None:
+    """Remove an unfinished output (kept nowhere under the output's name)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

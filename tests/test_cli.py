@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -79,3 +80,30 @@ def test_demo_runs_on_the_emulator_without_a_key() -> None:
     first_hit = r.stdout.split("query: How do I change my password?")[1].splitlines()[1]
     assert "reset your password" in first_hit
     assert "estimated $" in r.stdout
+
+
+def test_a_failed_run_leaves_no_file_that_looks_finished(
+    tmp_path: Path, make_emulator: Any
+) -> None:
+    lines = [f"line {i} of a file that runs out of credits" for i in range(60)]
+    url = make_emulator(credit_tokens=400)  # enough for a few requests, not for all
+    out = tmp_path / "v.npy"
+    r = run(
+        "embed",
+        "--base-url",
+        url,
+        "--rpm",
+        "0",
+        "--max-concurrency",
+        "1",
+        "-o",
+        str(out),
+        stdin="\n".join(lines) + "\n",
+        env_extra={"EMPIRIOLABS_API_KEY": "k"},
+    )
+    assert r.returncode == 1
+    assert "Insufficient credits" in r.stderr
+    assert "not written" in r.stderr
+    assert "of 60 texts had been embedded" in r.stderr
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # nor a temporary file left behind
