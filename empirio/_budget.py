@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
 from ._pace import (
+    JITTER_S,
     MAX_JITTER_S,
     MINUTE_S,
     BudgetState,
@@ -97,6 +98,9 @@ class _Kept:
         return self._apply(now, lambda s: admit(limits, s, now, tokens))
 
     def sent(self, limits: Limits, admitted_at: float, now: float) -> None:
+        # Most sends leave on time, and sent() changes nothing for those: spare the store.
+        if limits.rpm is None or now - admitted_at <= JITTER_S / 2:
+            return
         self._apply(now, lambda s: (None, sent(limits, s, admitted_at, now)))
 
     def throttled(self, limits: Limits, now: float, sent_at: float, delay: float) -> None:

@@ -75,7 +75,7 @@ from ._errors import (
     EmpirioError,
     TruncationWarning,
 )
-from ._pace import JITTER_S, Concurrency, Limits
+from ._pace import Concurrency, Limits
 from ._plan import (
     InstructionMode,
     Kind,
@@ -428,7 +428,7 @@ class EmbeddingClient:
             # Sent by the driver (some perhaps not yet handed to a task), less those finished
             # on the wire and waiting for their call to read them.
             finished = sum(1 for handle in list(pending) if handle.done())
-            busy += max(0, len(driver.engine.in_flight) - finished)
+            busy += max(0, driver.engine.n_in_flight - finished)
         return busy
 
     def _step(
@@ -719,10 +719,7 @@ class EmbeddingClient:
         ``http_client`` it was given, on a worker thread, where it was given one)."""
         texts = attempt.request.texts
         body = self._body(texts, call)
-        if self._limits.rpm is not None:
-            late = time.monotonic()
-            if late - attempt.sent_at > JITTER_S / 2:  # most sends are on time: no transaction
-                self._budget.sent(self._limits, attempt.sent_at, late)
+        self._budget.sent(self._limits, attempt.sent_at, time.monotonic())
         try:
             if sync and self._user_http is not None:
                 post = functools.partial(

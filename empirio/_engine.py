@@ -140,9 +140,9 @@ class Engine:
         return bool(self._in_flight)
 
     @property
-    def in_flight(self) -> tuple[Attempt, ...]:
+    def n_in_flight(self) -> int:
         """Attempts sent and not yet completed."""
-        return tuple(self._in_flight.values())
+        return len(self._in_flight)
 
     # ------------------------------------------------------------------ decisions
 

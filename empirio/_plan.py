@@ -157,10 +157,7 @@ def check_texts(texts: Sequence[object], offset: int = 0) -> list[str]:
         InvalidInputError: naming the positions (``offset`` + index) of non-strings or of empty
             and whitespace-only strings, which the service rejects with a 400.
     """
-    if isinstance(texts, str | bytes):
-        raise InvalidInputError(
-            "texts must be a list of strings, not a single string; wrap it in a list: [text]"
-        )
+    check_collection(texts)
     bad_type = [offset + i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad_type:
         kinds = sorted({type(texts[i - offset]).__name__ for i in bad_type})
