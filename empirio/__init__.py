@@ -9,6 +9,7 @@ integrations.
     client.usage.cost_usd
 """
 
+from ._cache import CacheStats, EmbeddingCache, EmbeddingStore
 from ._client import EmbeddingClient
 from ._config import (
     ALLOWED_DIMENSIONS,
@@ -26,6 +27,8 @@ from ._errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    CacheError,
+    CacheWarning,
     ConfigurationError,
     EmpirioError,
     InsufficientCreditsError,
@@ -40,6 +43,7 @@ from ._errors import (
 )
 from ._plan import InstructionMode, Kind, Output, Overflow
 from ._result import EmbeddingResult, Usage
+from ._sqlite_store import SqliteStore
 from ._tokens import MAX_INPUT_TOKENS, SAFE_INPUT_TOKENS, QwenTokenizer, get_tokenizer
 
 __version__ = "0.1.0"
@@ -59,9 +63,14 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "CacheError",
+    "CacheStats",
+    "CacheWarning",
     "ConfigurationError",
+    "EmbeddingCache",
     "EmbeddingClient",
     "EmbeddingResult",
+    "EmbeddingStore",
     "EmpirioError",
     "InstructionMode",
     "InsufficientCreditsError",
@@ -75,6 +84,7 @@ __all__ = [
     "QwenTokenizer",
     "RateLimitError",
     "RequestTooLargeError",
+    "SqliteStore",
     "TruncationWarning",
     "UnsupportedFeatureError",
     "Usage",

@@ -47,6 +47,15 @@ import numpy as np
 from pydantic import SecretStr
 
 from ._budget import Budget, BudgetScope, LocalBudget, budget_for
+from ._cache import (
+    CacheScope,
+    EmbeddingCache,
+    EmbeddingStore,
+    View,
+    decode_dense,
+    decode_sparse,
+    endpoint_identity,
+)
 from ._config import (
     DEFAULT_DIMENSIONS,
     DEFAULT_MAX_BATCH,
@@ -65,12 +74,14 @@ from ._config import (
     validate_dimensions,
 )
 from ._decode import Decoded, decode_error, decode_success
-from ._driver import Call, CallDriver
+from ._driver import Call, CallDriver, known_result
 from ._engine import SLOT_POLL_S, Attempt, BatchLimit, Engine
 from ._errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
+    CacheError,
+    CacheWarning,
     ConfigurationError,
     EmpirioError,
     TruncationWarning,
@@ -79,17 +90,23 @@ from ._pace import Concurrency, Limits
 from ._plan import (
     InstructionMode,
     Kind,
+    Known,
     Output,
     Overflow,
     SegmentPlan,
+    Unique,
     as_text_list,
     check_collection,
     check_texts,
+    over_limit,
     plan_segment,
+    prompt_overhead,
+    unique_texts,
 )
 from ._result import EmbeddingResult, Usage, UsageMeter
 from ._retry import RetryPolicy
-from ._tokens import QwenTokenizer, get_tokenizer
+from ._sqlite_store import SqliteStore
+from ._tokens import SAFE_INPUT_TOKENS, QwenTokenizer, get_tokenizer
 from ._views import ViewCache
 
 __all__ = ["EmbeddingClient"]
@@ -120,7 +137,8 @@ class EmbeddingClient:
 
     Batching, exact token limits, pacing to the account's rate limits, retries and concurrency
     are handled here; results always come back complete and in input order. Construction does
-    no I/O. The client is thread-safe and may be shared; close it (or use ``with``) to release
+    no I/O (except opening a ``cache`` file, so that a bad one fails at once). The client is
+    thread-safe and may be shared; close it (or use ``with``) to release
     its connections.
 
     Args:
@@ -159,6 +177,11 @@ class EmbeddingClient:
             ``tpm``): ``"machine"`` (default: every client of this key and endpoint in every
             process of this machine, through a small SQLite file), ``"process"`` (the clients
             of this process) or ``"client"`` (this client alone).
+        cache: a persistent embedding cache: a file path (a SQLite file, made if missing, safe
+            to share between threads, processes, both framework adapters and the CLI) or any
+            :class:`~empirio.EmbeddingStore` (``mget``/``mset`` of bytes, such as a LangChain
+            byte store). Cached texts are never sent; each request's vectors are written as it
+            finishes, so an interrupted job resumes where it stopped. See :attr:`cache`.
 
     Raises:
         ConfigurationError: a setting is invalid or the key is missing.
@@ -188,6 +211,7 @@ class EmbeddingClient:
         async_http_client: httpx.AsyncClient | None = None,
         share_views: bool = False,
         share_budget: BudgetScope = "machine",
+        cache: str | os.PathLike[str] | EmbeddingStore | None = None,
     ) -> None:
         raw_key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         key = resolve_api_key(raw_key)
@@ -274,6 +298,7 @@ class EmbeddingClient:
         self._io: _IOLoop | None = None
         self._io_finalizer: weakref.finalize[Any, Any] | None = None
         self._views: ViewCache | None = ViewCache() if share_views else None
+        self._cache, self._owns_store = _open_cache(cache)
         self._async_http: list[
             tuple[asyncio.AbstractEventLoop, httpx.AsyncClient, AsyncGenerator[None, None]]
         ] = []
@@ -325,6 +350,12 @@ class EmbeddingClient:
         return self._views is not None
 
     @property
+    def cache(self) -> EmbeddingCache | None:
+        """The persistent embedding cache, if one was given: ``cache.stats()`` gives this
+        client's hits and misses and the store's size."""
+        return self._cache
+
+    @property
     def effective_batch_size(self) -> int:
         """Inputs per request now: ``batch_size``, or less if the service named a lower limit."""
         return self._batch_limit.size
@@ -344,8 +375,15 @@ class EmbeddingClient:
     def _plan_quietly(
         self, texts: Sequence[str], call: Call, index: int, offset: int, first_id: int
     ) -> SegmentPlan:
+        mode = self.instruction_mode if call.kind == "query" else "none"
+        uniq = unique_texts(
+            texts, kind=call.kind, instruction_mode=mode, instruction=self.query_instruction
+        )
+        known, keys = self._lookup(uniq, call) if self._cache is not None else (None, None)
         return plan_segment(
-            texts,
+            uniq,
+            known=known,
+            cache_keys=keys,
             tokenizer=self.tokenizer,
             index=index,
             offset=offset,
@@ -357,6 +395,67 @@ class EmbeddingClient:
             batch_size=self._batch_limit.size,
             token_budget=int(self.tpm) if self.tpm is not None else None,
         )
+
+    def _lookup(self, uniq: Unique, call: Call) -> tuple[Known | None, dict[str, tuple[str, ...]]]:
+        """The cached vectors of the distinct texts (every view asked for), and their keys."""
+        cache = self._cache
+        assert cache is not None
+        api = call.kind == "query" and self.instruction_mode == "api"
+        scope = CacheScope(
+            endpoint=endpoint_identity(self.base_url),
+            model=self.model,
+            dimensions=self.dimensions,
+            text_type="query" if api else "",
+            instruct=self.query_instruction if api else "",
+        )
+        mode = self.instruction_mode if call.kind == "query" else "none"
+        if any(len(t) > SAFE_INPUT_TOKENS // 4 for t in uniq.texts):
+            limit = SAFE_INPUT_TOKENS - prompt_overhead(
+                self.tokenizer, call.kind, mode, self.query_instruction
+            )
+            tags = [
+                self.overflow if over_limit(self.tokenizer, t, limit) else "" for t in uniq.texts
+            ]
+        else:
+            tags = [""] * len(uniq.texts)
+        views: list[View] = [v for v in ("dense", "sparse") if getattr(call, v)]
+        keys: dict[str, tuple[str, ...]] = {
+            v: tuple(scope.keys(v, uniq.texts, tags)) for v in views
+        }
+        found: list[list[Any]] = []
+        for view in views:
+            values = cache.store.mget(list(keys[view]))
+            if len(values) != len(uniq.texts):
+                raise CacheError(f"the cache store {cache.store!r} answered the wrong count")
+            if view == "dense":
+                found.append(
+                    [None if v is None else decode_dense(v, self.dimensions) for v in values]
+                )
+            else:
+                found.append([None if v is None else decode_sparse(v) for v in values])
+        hits = [u for u in range(len(uniq.texts)) if all(f[u] is not None for f in found)]
+        cache.count(len(hits), len(uniq.texts) - len(hits))
+        if not hits:
+            return None, keys
+        by_view = dict(zip(views, found, strict=True))
+        dense = np.stack([by_view["dense"][u] for u in hits]) if call.dense else None
+        sparse = tuple(by_view["sparse"][u] for u in hits) if call.sparse else None
+        return Known(tuple(hits), dense, sparse), keys
+
+    def _save(self, driver: CallDriver) -> None:
+        """Write the vectors of the texts ``driver`` finished to the cache. A failure to write
+        warns and the call goes on: its vectors are still returned."""
+        pairs = driver.take_cache_pairs()
+        if not pairs or self._cache is None:
+            return
+        try:
+            self._cache.store.mset(pairs)
+        except Exception as exc:  # any store's failure; the vectors themselves are safe
+            warnings.warn(
+                f"{len(pairs)} vectors could not be written to the embedding cache: {exc}",
+                CacheWarning,
+                stacklevel=2,
+            )
 
     def _warn_truncated(self, plan: SegmentPlan) -> SegmentPlan:
         if plan.truncated:
@@ -399,7 +498,15 @@ class EmbeddingClient:
             policy=self._policy,
             batch_limit=self._batch_limit,
         )
-        driver = CallDriver(call, self.dimensions, plans, engine, self._meter, ahead=ahead)
+        driver = CallDriver(
+            call,
+            self.dimensions,
+            plans,
+            engine,
+            self._meter,
+            ahead=ahead,
+            keep_cache_pairs=self._cache is not None,
+        )
         with self._lock:
             self._calls[driver] = (pending, loop)
         return driver
@@ -452,6 +559,7 @@ class EmbeddingClient:
         with self._lock:
             finished = driver.complete(attempt, outcome, time.monotonic())
             self._note_wire(driver)
+        self._save(driver)
         if finished:
             progress.update(finished)
         elif not isinstance(outcome, Decoded):
@@ -607,6 +715,8 @@ class EmbeddingClient:
         if not checked:
             return self._empty(call)
         plan = self._plan(checked, call, 0, 0, 0)
+        if not plan.pieces:  # every text was cached: no network, no pacing
+            return known_result(plan, call, self.dimensions)
         with self._progress(len(plan.pieces), show_progress) as bar:
             results = list(self._drive_sync(iter([plan]), call, bar, ahead=1))
         return results[0]
@@ -795,6 +905,8 @@ class EmbeddingClient:
             )
         else:
             plan = self._plan(checked, call, 0, 0, 0)
+        if not plan.pieces:  # every text was cached: no network, no pacing
+            return known_result(plan, call, self.dimensions)
         results = []
         with self._progress(len(plan.pieces), show_progress) as bar:
             async for result in self._drive_async(iter([plan]), call, bar, ahead=1):
@@ -835,6 +947,8 @@ class EmbeddingClient:
             finalizer.detach()
         if io is not None:
             io.close()
+        if self._owns_store and isinstance(self._cache.store if self._cache else None, SqliteStore):
+            cast(SqliteStore, cast(EmbeddingCache, self._cache).store).close()
 
     def _after_fork_in_child(self) -> None:
         """Forget the parent's connections, thread, loops, calls and locks; keep the settings,
@@ -847,6 +961,8 @@ class EmbeddingClient:
         self._calls = {}
         self._wired = set()
         self._meter.after_fork()
+        if self._cache is not None:
+            self._cache.after_fork()
         if self._views is not None:
             self._views.after_fork()
 
@@ -872,6 +988,24 @@ class EmbeddingClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _open_cache(
+    cache: str | os.PathLike[str] | EmbeddingStore | None,
+) -> tuple[EmbeddingCache | None, bool]:
+    """The client's cache, and whether the client opened (and so closes) its store."""
+    if cache is None:
+        return None, False
+    if isinstance(cache, str | os.PathLike):
+        return EmbeddingCache(SqliteStore(cache)), True
+    if isinstance(cache, EmbeddingCache):
+        return cache, False
+    if not isinstance(cache, EmbeddingStore):
+        raise ConfigurationError(
+            f"cache must be a file path or a store with mget/mset (an EmbeddingStore); got "
+            f"{type(cache).__name__}"
+        )
+    return EmbeddingCache(cache), False
 
 
 def _after_fork_in_child() -> None:

@@ -24,13 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from ._cache import encode_dense, encode_sparse
 from ._decode import Decoded
 from ._engine import Attempt, Engine, Step
 from ._errors import EmpirioError
-from ._plan import Kind, Output, PlannedRequest, SegmentPlan, assemble
+from ._plan import Kind, Output, PlannedRequest, SegmentPlan, combine_windows
 from ._result import EmbeddingResult, Usage, UsageMeter
 
-__all__ = ["Call", "CallDriver"]
+__all__ = ["Call", "CallDriver", "known_result"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,19 +51,112 @@ class Call:
 
 
 class _Segment:
-    """Buffers of one planned segment until every piece has its vector."""
+    """One planned segment's vectors, per distinct text, filled in as its requests finish.
 
-    __slots__ = ("dense", "done", "plan", "remaining", "sparse", "usage")
+    Known texts (cache hits) are filled from the start. A text sent whole is written when its
+    request finishes; a text cut into windows keeps its windows aside until the last arrives.
+    """
+
+    __slots__ = (
+        "dense",
+        "have",
+        "left",
+        "plan",
+        "remaining",
+        "sizes",
+        "sparse",
+        "starts",
+        "usage",
+        "windows",
+    )
 
     def __init__(self, plan: SegmentPlan, call: Call, dimensions: int) -> None:
-        n = len(plan.pieces)
+        n = plan.n_unique
         self.plan = plan
-        self.done = np.zeros(n, dtype=bool)
-        # Zeros, not empty: a partial result assembles unfinished rows too, then drops them.
+        owners = np.fromiter((p.owner for p in plan.pieces), dtype=np.intp, count=len(plan.pieces))
+        self.sizes = np.bincount(owners, minlength=n)  # pieces per distinct text
+        self.left = self.sizes.copy()  # pieces still to come, per distinct text
+        # Pieces are planned owner by owner, so a text's windows are consecutive.
+        self.starts = np.searchsorted(owners, np.arange(n))
+        self.have = self.left == 0
         self.dense = np.zeros((n, dimensions), dtype=np.float32) if call.dense else None
         self.sparse: list[dict[int, float]] | None = [{}] * n if call.sparse else None
-        self.remaining = n
+        known = plan.known
+        if known is not None:
+            if self.dense is not None and known.dense is not None:
+                self.dense[list(known.unique)] = known.dense
+            if self.sparse is not None and known.sparse is not None:
+                for u, vec in zip(known.unique, known.sparse, strict=True):
+                    self.sparse[u] = vec
+        self.windows: dict[int, tuple[npt.NDArray[np.float32] | None, dict[int, float] | None]]
+        self.windows = {}
+        self.remaining = len(plan.pieces)
         self.usage = Usage()
+
+    def store(self, request: PlannedRequest, decoded: Decoded) -> list[int]:
+        """Take a request's vectors; return the distinct texts it completed."""
+        pieces = self.plan.pieces
+        done: list[int] = []
+        for k, row in enumerate(request.pieces):
+            owner = pieces[row].owner
+            dense = decoded.dense[k] if decoded.dense is not None else None
+            sparse = decoded.sparse[k] if decoded.sparse is not None else None
+            self.left[owner] -= 1
+            if self.sizes[owner] == 1:
+                self._put(owner, dense, sparse)  # the usual case: a text sent whole
+                done.append(owner)
+                continue
+            self.windows[row] = (dense, sparse)
+            if self.left[owner] == 0:
+                first = int(self.starts[owner])
+                rows = range(first, first + int(self.sizes[owner]))
+                parts = [self.windows.pop(r) for r in rows]
+                dense_parts = [p[0] for p in parts if p[0] is not None]
+                sparse_parts = [p[1] for p in parts if p[1] is not None]
+                combined = combine_windows(
+                    np.stack(dense_parts) if self.dense is not None else None,
+                    sparse_parts if self.sparse is not None else None,
+                    [pieces[r].tokens for r in rows],
+                )
+                self._put(owner, *combined)
+                done.append(owner)
+        self.remaining -= len(request.pieces)
+        self.have[done] = True
+        return done
+
+    def _put(
+        self, owner: int, dense: npt.NDArray[np.float32] | None, sparse: dict[int, float] | None
+    ) -> None:
+        if self.dense is not None and dense is not None:
+            self.dense[owner] = dense
+        if self.sparse is not None and sparse is not None:
+            self.sparse[owner] = sparse
+
+    def result(self, rows: npt.NDArray[np.intp] | None = None) -> EmbeddingResult:
+        """The segment's texts (or the given ``rows`` of it) in input order."""
+        inverse = self.plan.inverse if rows is None else self.plan.inverse[rows]
+        dense = None if self.dense is None else self.dense[inverse]
+        sparse = None if self.sparse is None else [dict(self.sparse[u]) for u in inverse.tolist()]
+        return EmbeddingResult(dense, sparse, self.usage, self.plan.offset)
+
+    def cache_pairs(self, owners: list[int]) -> list[tuple[str, bytes]]:
+        """``(key, value)`` for each view of the given distinct texts, for the cache."""
+        keys = self.plan.cache_keys
+        if not keys or not owners:
+            return []
+        pairs: list[tuple[str, bytes]] = []
+        if self.dense is not None:
+            pairs.extend((keys["dense"][u], encode_dense(self.dense[u])) for u in owners)
+        if self.sparse is not None:
+            pairs.extend((keys["sparse"][u], encode_sparse(self.sparse[u])) for u in owners)
+        return pairs
+
+
+def known_result(plan: SegmentPlan, call: Call, dimensions: int) -> EmbeddingResult:
+    """The result of a segment whose every text was known (nothing to send)."""
+    if plan.pieces:
+        raise ValueError("the segment has texts to send")
+    return _Segment(plan, call, dimensions).result()
 
 
 class CallDriver:
@@ -76,6 +170,8 @@ class CallDriver:
         engine: this call's scheduler.
         meter: the client's running usage, to which every outcome is added.
         ahead: how many segments may be open at once (memory bound of streaming calls).
+        keep_cache_pairs: collect the vectors of finished texts for the cache
+            (:meth:`take_cache_pairs`).
     """
 
     def __init__(
@@ -87,6 +183,7 @@ class CallDriver:
         meter: UsageMeter,
         *,
         ahead: int,
+        keep_cache_pairs: bool = False,
     ) -> None:
         self.call = call
         self.dimensions = dimensions
@@ -99,6 +196,9 @@ class CallDriver:
         self._exhausted = False
         self._closed = False
         self._plan_error: EmpirioError | None = None
+        #: Whether to collect cache writes (the plans carry cache keys).
+        self.keep_cache_pairs = keep_cache_pairs
+        self._cache_pairs: list[tuple[str, bytes]] = []
 
     # ------------------------------------------------------------------ the loop
 
@@ -107,8 +207,7 @@ class CallDriver:
         while (seg := self.segments.get(self.next_out)) is not None and seg.remaining == 0:
             del self.segments[self.next_out]
             self.next_out += 1
-            dense, sparse = assemble(seg.plan, seg.dense, seg.sparse)
-            yield EmbeddingResult(dense, sparse, seg.usage, seg.plan.offset)
+            yield seg.result()
 
     def step(self, now: float, busy_elsewhere: int, poll: float) -> Step | None:
         """Plan ahead, then say what to send now and when to look again.
@@ -133,6 +232,9 @@ class CallDriver:
             raise failed
         if self._exhausted and not self.segments:
             return None
+        seg = self.segments.get(self.next_out)
+        if seg is not None and seg.remaining == 0:
+            return Step((), now)  # a segment of known texts is ready: hand it out first
         step = self.engine.step(now, busy_elsewhere, poll)
         if step.wake_at is None and not step.sends and not self.engine.has_in_flight:
             raise RuntimeError("empirio: nothing in flight and nothing scheduled")  # a bug
@@ -144,7 +246,10 @@ class CallDriver:
         request = attempt.request
         finished = 0
         if done.decoded is not None:
-            self._store(request, done.decoded)
+            seg = self.segments[request.segment]
+            completed = seg.store(request, done.decoded)
+            if self.keep_cache_pairs:
+                self._cache_pairs.extend(seg.cache_pairs(completed))
             delta = Usage(requests=1, input_tokens=done.decoded.tokens)
             finished = len(request)
         else:
@@ -153,6 +258,11 @@ class CallDriver:
             )
         self._account(request.segment, delta)
         return finished
+
+    def take_cache_pairs(self) -> list[tuple[str, bytes]]:
+        """``(key, value)`` pairs for the cache, of the texts finished since the last take."""
+        pairs, self._cache_pairs = self._cache_pairs, []
+        return pairs
 
     def close(self) -> tuple[Attempt, ...]:
         """End the call: forget what is queued, and count what was still in flight as
@@ -185,17 +295,6 @@ class CallDriver:
             self.segments[plan.index] = _Segment(plan, self.call, self.dimensions)
             self.engine.add(plan.requests)
 
-    def _store(self, request: PlannedRequest, decoded: Decoded) -> None:
-        seg = self.segments[request.segment]
-        rows = list(request.pieces)
-        if seg.dense is not None and decoded.dense is not None:
-            seg.dense[rows] = decoded.dense
-        if seg.sparse is not None and decoded.sparse is not None:
-            for row, vec in zip(rows, decoded.sparse, strict=True):
-                seg.sparse[row] = vec
-        seg.done[rows] = True
-        seg.remaining -= len(rows)
-
     def _partial(self) -> tuple[EmbeddingResult | None, tuple[int, ...]]:
         """The finished texts of the segments not yet handed out, in input order."""
         dense_parts: list[npt.NDArray[np.float32]] = []
@@ -205,17 +304,14 @@ class CallDriver:
         for index in sorted(self.segments):
             seg = self.segments[index]
             usage = usage + seg.usage
-            owners = np.fromiter((p.owner for p in seg.plan.pieces), np.intp, len(seg.done))
-            unfinished = np.zeros(seg.plan.n_unique, dtype=bool)
-            unfinished[owners[~seg.done]] = True
-            finished = np.flatnonzero(~unfinished[seg.plan.inverse])
+            finished = np.flatnonzero(seg.have[seg.plan.inverse])
             if not len(finished):
                 continue
-            dense, sparse = assemble(seg.plan, seg.dense, seg.sparse)
-            if dense is not None:
-                dense_parts.append(dense[finished])
-            if sparse is not None:
-                sparse_parts.extend(sparse[i] for i in finished)
+            part = seg.result(finished)
+            if part.dense is not None:
+                dense_parts.append(part.dense)
+            if part.sparse is not None:
+                sparse_parts.extend(part.sparse)
             indices.extend((seg.plan.offset + finished).tolist())
         if not indices:
             return None, ()

@@ -4,6 +4,7 @@
     ├── InvalidInputError (also ValueError)      bad input, found before anything is sent
     ├── ConfigurationError (also ValueError)     bad settings, found at construction
     ├── UnsupportedFeatureError                  e.g. the endpoint returns no sparse vectors
+    ├── CacheError                               the embedding cache cannot be used
     ├── APIError                                 something went wrong talking to the service
     │   ├── APIConnectionError                   no response: refused, reset, dropped
     │   │   └── APITimeoutError                  no response in time
@@ -40,6 +41,8 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "CacheError",
+    "CacheWarning",
     "ConfigurationError",
     "EmpirioError",
     "InsufficientCreditsError",
@@ -85,6 +88,10 @@ class ConfigurationError(EmpirioError, ValueError):
 
 class UnsupportedFeatureError(EmpirioError):
     """The endpoint does not offer what was asked for (for example sparse output)."""
+
+
+class CacheError(EmpirioError):
+    """The embedding cache cannot be used: corrupt, read-only, locked, or not a cache."""
 
 
 class APIError(EmpirioError):
@@ -215,3 +222,7 @@ def status_error(
 
 class TruncationWarning(UserWarning):
     """Texts longer than the model's input limit were cut (``overflow="truncate"``)."""
+
+
+class CacheWarning(UserWarning):
+    """Vectors could not be written to the embedding cache (the call itself went on)."""

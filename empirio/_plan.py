@@ -10,7 +10,7 @@ of at most ``batch_size`` inputs and ``token_budget`` billed tokens.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, cast
 
 import numpy as np
@@ -23,17 +23,23 @@ from ._tokens import SAFE_INPUT_TOKENS, QwenTokenizer
 __all__ = [
     "InstructionMode",
     "Kind",
+    "Known",
     "Output",
     "Overflow",
     "Piece",
     "PlannedRequest",
     "SegmentPlan",
+    "Unique",
     "as_text_list",
     "assemble",
     "check_collection",
     "check_texts",
+    "combine_windows",
+    "over_limit",
     "pack",
     "plan_segment",
+    "prompt_overhead",
+    "unique_texts",
 ]
 
 Kind = Literal["document", "query"]
@@ -95,6 +101,36 @@ class PlannedRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Unique:
+    """A segment's distinct texts, as they will be sent.
+
+    Attributes:
+        texts: each distinct text once, with the query prompt where one is added.
+        inverse: for each text of the segment, the index of its distinct text.
+        first_at: for each distinct text, the first position (in the segment) where it occurs.
+    """
+
+    texts: tuple[str, ...]
+    inverse: npt.NDArray[np.intp]
+    first_at: npt.NDArray[np.intp]
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """Vectors of some distinct texts that are already known (a cache's hits): not sent.
+
+    Attributes:
+        unique: indices of the distinct texts concerned.
+        dense: their dense rows (``(len(unique), dimensions)`` float32), or ``None``.
+        sparse: their sparse vectors, or ``None``.
+    """
+
+    unique: tuple[int, ...]
+    dense: npt.NDArray[np.float32] | None
+    sparse: tuple[dict[int, float], ...] | None
+
+
+@dataclass(frozen=True, slots=True)
 class SegmentPlan:
     """A planned segment.
 
@@ -102,10 +138,12 @@ class SegmentPlan:
         index: the segment's number within the call.
         offset: position in the caller's input of the segment's first text.
         inverse: for each text of the segment, the index of its unique text.
-        pieces: every piece to send.
+        pieces: every piece to send (none for a known text).
         n_unique: distinct texts in the segment.
         truncated: ``(input position, token count)`` of texts that were cut.
         requests: the pieces packed into requests.
+        known: the distinct texts whose vectors were known, which nothing is sent for.
+        cache_keys: for a cached call, each view's cache key of every distinct text.
     """
 
     index: int
@@ -115,10 +153,8 @@ class SegmentPlan:
     n_unique: int
     truncated: tuple[tuple[int, int], ...]
     requests: tuple[PlannedRequest, ...]
-
-    @property
-    def n_texts(self) -> int:
-        return len(self.inverse)
+    known: Known | None = None
+    cache_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def check_collection(texts: object) -> None:
@@ -227,8 +263,46 @@ def pack(tokens: Sequence[int], batch_size: int, token_budget: int | None) -> li
     return out
 
 
-def plan_segment(
+def unique_texts(
     texts: Sequence[str],
+    *,
+    kind: Kind = "document",
+    instruction_mode: InstructionMode = "prompt",
+    instruction: str = "",
+) -> Unique:
+    """The distinct texts of a segment as they will be sent: queries get the instruction prompt
+    with ``instruction_mode="prompt"``; documents never do."""
+    prompt = kind == "query" and instruction_mode == "prompt"
+    sent = [format_query(t, instruction) for t in texts] if prompt else list(texts)
+    unique: dict[str, int] = {}
+    inverse = np.fromiter(
+        (unique.setdefault(t, len(unique)) for t in sent), dtype=np.intp, count=len(sent)
+    )
+    first_at = np.full(len(unique), -1, dtype=np.intp)
+    first_at[inverse[::-1]] = np.arange(len(sent) - 1, -1, -1, dtype=np.intp)
+    return Unique(tuple(unique), inverse, first_at)
+
+
+def prompt_overhead(
+    tokenizer: QwenTokenizer, kind: Kind, instruction_mode: InstructionMode, instruction: str
+) -> int:
+    """Tokens the service adds to each input itself: with ``instruction_mode="api"`` it
+    prepends the query prompt, which counts against the input limit."""
+    if kind == "query" and instruction_mode == "api":
+        return tokenizer.count(format_query("", instruction))
+    return 0
+
+
+def over_limit(tokenizer: QwenTokenizer, text: str, limit: int) -> bool:
+    """Whether ``text`` has more than ``limit`` tokens, tokenising only when it might: a token
+    is at least one UTF-8 byte, so a text of at most ``limit`` bytes is within it."""
+    if len(text) <= limit // 4 or len(text.encode("utf-8")) <= limit:
+        return False
+    return tokenizer.count(text) > limit
+
+
+def plan_segment(
+    texts: Sequence[str] | Unique,
     *,
     tokenizer: QwenTokenizer,
     index: int = 0,
@@ -241,56 +315,63 @@ def plan_segment(
     batch_size: int = 10,
     token_budget: int | None = None,
     max_input_tokens: int = SAFE_INPUT_TOKENS,
+    known: Known | None = None,
+    cache_keys: Mapping[str, tuple[str, ...]] | None = None,
 ) -> SegmentPlan:
     """Plan one segment of already-checked texts (see :func:`check_texts`).
 
     Queries get the instruction prompt (``"prompt"``), are counted with the prompt the service
     will add (``"api"``), or are left alone (``"none"``); documents never get an instruction.
+    ``texts`` may be given already made distinct (:func:`unique_texts`, with the same ``kind``
+    and instruction settings), and ``known`` names distinct texts not to send (nor count).
 
     Raises:
         InvalidInputError: with ``overflow="error"``, naming texts over ``max_input_tokens``.
     """
-    prompt = kind == "query" and instruction_mode == "prompt"
-    sent = [format_query(t, instruction) for t in texts] if prompt else list(texts)
-    unique: dict[str, int] = {}
-    inverse = np.fromiter(
-        (unique.setdefault(t, len(unique)) for t in sent), dtype=np.intp, count=len(sent)
+    uniq = (
+        texts
+        if isinstance(texts, Unique)
+        else unique_texts(
+            texts, kind=kind, instruction_mode=instruction_mode, instruction=instruction
+        )
     )
-    first_at = np.full(len(unique), -1, dtype=np.intp)
-    first_at[inverse[::-1]] = np.arange(len(sent) - 1, -1, -1, dtype=np.intp)
-    uniq_texts = list(unique)
+    inverse, first_at = uniq.inverse, uniq.first_at
+    skip = frozenset(known.unique) if known is not None else frozenset()
+    todo = [u for u in range(len(uniq.texts)) if u not in skip] if skip else None
+    uniq_texts = list(uniq.texts) if todo is None else [uniq.texts[u] for u in todo]
+    owner_of = list(range(len(uniq_texts))) if todo is None else todo
 
-    # With instruction_mode="api" the service prepends the prompt itself: budget for it.
-    overhead = 0
-    if kind == "query" and instruction_mode == "api":
-        overhead = tokenizer.count(format_query("", instruction))
+    overhead = prompt_overhead(tokenizer, kind, instruction_mode, instruction)
     limit = max_input_tokens - overhead
     counts = tokenizer.count_batch(uniq_texts)
 
     over = [u for u, n in enumerate(counts) if n > limit]
     if over and overflow == "error":
-        where = ", ".join(f"{offset + int(first_at[u])} ({counts[u]} tokens)" for u in over[:10])
+        where = ", ".join(
+            f"{offset + int(first_at[owner_of[u]])} ({counts[u]} tokens)" for u in over[:10]
+        )
         raise InvalidInputError(
             f"{len(over)} texts exceed the limit of {limit} tokens per input "
             f"(overflow='error'): positions {where}{', ...' if len(over) > 10 else ''}. "
             "Use overflow='truncate' or 'chunk', or split them first.",
-            tuple(offset + int(first_at[u]) for u in over),
+            tuple(offset + int(first_at[owner_of[u]]) for u in over),
         )
     pieces: list[Piece] = []
     truncated: list[tuple[int, int]] = []
     over_set = set(over)
     for u, text in enumerate(uniq_texts):
+        owner = owner_of[u]
         if u not in over_set:
-            pieces.append(Piece(text, counts[u], u))
+            pieces.append(Piece(text, counts[u], owner))
         elif overflow == "truncate":
             cut = tokenizer.truncate(text, limit)
-            pieces.append(Piece(cut.text, cut.tokens, u))
-            truncated.append((offset + int(first_at[u]), counts[u]))
+            pieces.append(Piece(cut.text, cut.tokens, owner))
+            truncated.append((offset + int(first_at[owner]), counts[u]))
         else:
-            pieces.extend(Piece(w.text, w.tokens, u) for w in tokenizer.windows(text, limit))
+            pieces.extend(Piece(w.text, w.tokens, owner) for w in tokenizer.windows(text, limit))
 
     runs = pack([p.tokens + overhead + 1 for p in pieces], batch_size, token_budget)
-    owner_inputs = _inputs_by_unique(inverse, offset, len(uniq_texts))
+    owner_inputs = _inputs_by_unique(inverse, offset, len(uniq.texts))
     requests = tuple(
         PlannedRequest(
             id=first_request_id + k,
@@ -307,9 +388,11 @@ def plan_segment(
         offset=offset,
         inverse=inverse,
         pieces=tuple(pieces),
-        n_unique=len(uniq_texts),
-        truncated=tuple(truncated),
+        n_unique=len(uniq.texts),
+        truncated=tuple(sorted(truncated)),
         requests=requests,
+        known=known,
+        cache_keys=cache_keys or {},
     )
 
 
@@ -320,15 +403,46 @@ def _inputs_by_unique(inverse: npt.NDArray[np.intp], offset: int, n_unique: int)
     return out
 
 
+def combine_windows(
+    dense: npt.NDArray[np.float32] | None,
+    sparse: Sequence[dict[int, float]] | None,
+    tokens: Sequence[int],
+) -> tuple[npt.NDArray[np.float32] | None, dict[int, float] | None]:
+    """One text's vector from the vectors of its windows: the token-weighted mean, re-normalised
+    to unit length for the dense view; the token-weighted mean of the weights for the sparse.
+
+    Args:
+        dense: one row per window, or ``None``.
+        sparse: one dict per window, or ``None``.
+        tokens: each window's token count (its weight).
+    """
+    weights = np.maximum(np.asarray(tokens, dtype=np.float64), 1.0)
+    row = None
+    if dense is not None:
+        acc = (dense.astype(np.float64) * weights[:, None]).sum(axis=0)
+        norm = float(np.linalg.norm(acc))
+        row = (acc / (norm or 1.0)).astype(np.float32)
+    merged: dict[int, float] | None = None
+    if sparse is not None:
+        merged = {}
+        total = float(weights.sum())
+        for vec, w in zip(sparse, weights.tolist(), strict=True):
+            share = w / total
+            for k, v in vec.items():
+                merged[k] = merged.get(k, 0.0) + v * share
+    return row, merged
+
+
 def assemble(
     plan: SegmentPlan,
     dense: npt.NDArray[np.float32] | None,
     sparse: Sequence[dict[int, float]] | None,
 ) -> tuple[npt.NDArray[np.float32] | None, list[dict[int, float]] | None]:
-    """Per-piece results -> per-text results in the caller's order.
+    """Per-piece results -> per-text results in the caller's order (the whole segment at once;
+    :class:`empirio._driver.CallDriver` does the same as requests finish).
 
-    A text cut into windows gets the token-weighted mean of its windows' vectors, re-normalised
-    to unit length; its sparse weights are the token-weighted mean of the windows' weights.
+    A text cut into windows gets :func:`combine_windows` of its windows; a known text gets its
+    known vector.
 
     Args:
         plan: the segment's plan.
@@ -338,32 +452,35 @@ def assemble(
     Returns:
         ``(dense, sparse)`` with one row / dict per text of the segment.
     """
-    owners = np.fromiter((p.owner for p in plan.pieces), dtype=np.intp, count=len(plan.pieces))
-    single = len(plan.pieces) == plan.n_unique  # no text was cut into windows
-    weights = np.fromiter(
-        (max(p.tokens, 1) for p in plan.pieces), dtype=np.float64, count=len(plan.pieces)
-    )
-    out_dense = None
+    by_owner: dict[int, list[int]] = {}
+    for i, piece in enumerate(plan.pieces):
+        by_owner.setdefault(piece.owner, []).append(i)
+    known = plan.known
+    uniq_dense = None
     if dense is not None:
-        if single:
-            uniq = np.empty_like(dense)
-            uniq[owners] = dense
-        else:
-            acc = np.zeros((plan.n_unique, dense.shape[1]), dtype=np.float64)
-            np.add.at(acc, owners, dense.astype(np.float64) * weights[:, None])
-            norms = np.linalg.norm(acc, axis=1, keepdims=True)
-            norms[norms == 0] = 1.0
-            uniq = (acc / norms).astype(np.float32)
-        out_dense = uniq[plan.inverse]
-    out_sparse = None
-    if sparse is not None:
-        merged: list[dict[int, float]] = [{} for _ in range(plan.n_unique)]
-        total = np.zeros(plan.n_unique, dtype=np.float64)
-        np.add.at(total, owners, weights)
-        for piece, vec, w in zip(plan.pieces, sparse, weights.tolist(), strict=True):
-            share = 1.0 if single else w / float(total[piece.owner])
-            target = merged[piece.owner]
-            for k, v in vec.items():
-                target[k] = target.get(k, 0.0) + v * share
-        out_sparse = [dict(merged[u]) for u in plan.inverse.tolist()]
+        uniq_dense = np.zeros((plan.n_unique, dense.shape[1]), dtype=np.float32)
+        if known is not None and known.dense is not None:
+            uniq_dense[list(known.unique)] = known.dense
+    uniq_sparse: list[dict[int, float]] = [{} for _ in range(plan.n_unique)]
+    if sparse is not None and known is not None and known.sparse is not None:
+        for u, vec in zip(known.unique, known.sparse, strict=True):
+            uniq_sparse[u] = vec
+    for owner, rows in by_owner.items():
+        if len(rows) == 1:
+            if uniq_dense is not None and dense is not None:
+                uniq_dense[owner] = dense[rows[0]]
+            if sparse is not None:
+                uniq_sparse[owner] = sparse[rows[0]]
+            continue
+        row, merged = combine_windows(
+            None if dense is None else dense[rows],
+            None if sparse is None else [sparse[r] for r in rows],
+            [plan.pieces[r].tokens for r in rows],
+        )
+        if uniq_dense is not None and row is not None:
+            uniq_dense[owner] = row
+        if merged is not None:
+            uniq_sparse[owner] = merged
+    out_dense = None if uniq_dense is None else uniq_dense[plan.inverse]
+    out_sparse = None if sparse is None else [dict(uniq_sparse[u]) for u in plan.inverse.tolist()]
     return out_dense, out_sparse

@@ -130,6 +130,14 @@ def _add_embed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--overflow", choices=("truncate", "chunk", "error"), default="truncate")
     p.add_argument("--skip-blank", action="store_true", help="skip blank lines instead of failing")
     p.add_argument(
+        "--cache",
+        default=None,
+        metavar="PATH",
+        help="a persistent embedding cache (a SQLite file, made if missing): texts already in "
+        "it are not sent, and each request's vectors are written as it finishes, so a rerun "
+        "after an interruption (even kill -9) pays only for what was not finished",
+    )
+    p.add_argument(
         "--emulator",
         action="store_true",
         help="start a local emulator for this run (no key or network needed)",
@@ -159,19 +167,23 @@ def _embed(args: argparse.Namespace) -> int:
 
             base_url, key = stack.enter_context(serve()), "emulator-key"
         try:
-            client = stack.enter_context(
-                EmbeddingClient(
-                    api_key=key,
-                    base_url=base_url,
-                    dimensions=args.dimensions,
-                    batch_size=args.batch_size,
-                    max_concurrency=args.max_concurrency,
-                    rpm=args.rpm or None,
-                    tpm=args.tpm or None,
-                    overflow=args.overflow,
-                    show_progress=not args.no_progress,
-                )
+            client = EmbeddingClient(
+                api_key=key,
+                base_url=base_url,
+                dimensions=args.dimensions,
+                batch_size=args.batch_size,
+                max_concurrency=args.max_concurrency,
+                rpm=args.rpm or None,
+                tpm=args.tpm or None,
+                overflow=args.overflow,
+                show_progress=not args.no_progress,
+                cache=args.cache,
             )
+        except EmpirioError as exc:
+            print(f"empirio embed: {exc}", file=sys.stderr)
+            return 2
+        stack.enter_context(client)
+        try:
             to_npy = args.output.endswith(".npy")
             if to_npy and args.output_type != "dense":
                 print(
@@ -185,6 +197,7 @@ def _embed(args: argparse.Namespace) -> int:
             # file with the output's name is never one that looks finished but is not.
             tmp = None if args.output == "-" else f"{args.output}.partial-{os.getpid()}"
             if tmp is not None:
+                _discard_stale(args.output)
                 stack.callback(_discard, tmp)
             if to_npy:
                 assert tmp is not None  # a .npy output is always a file
@@ -234,6 +247,27 @@ def _discard(path: str) -> None:
     """Remove an unfinished output (kept nowhere under the output's name)."""
     with contextlib.suppress(FileNotFoundError):
         os.remove(path)
+
+
+def _discard_stale(output: str) -> None:
+    """Remove the unfinished outputs of earlier runs that were killed (their process is gone):
+    a kill -9 leaves its temporary file behind; the vectors it paid for are in the cache."""
+    import glob
+
+    for path in glob.glob(f"{glob.escape(output)}.partial-*"):
+        pid = path.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            _discard(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

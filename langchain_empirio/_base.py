@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import httpx
 from langchain_core.utils import from_env, secret_from_env
@@ -78,6 +78,10 @@ class EmpirioSettings(ClientFields):
     share_budget: Literal["machine", "process", "client"] = "machine"
     """Who shares the rate-limit budget of this key: every process of the machine, this
     process, or this object alone."""
+    cache: Any = Field(default=None, exclude=True)
+    """A persistent embedding cache shared with the core and the CLI: a file path (SQLite) or
+    any byte store with ``mget``/``mset`` (a LangChain ``ByteStore`` works). Cached texts are
+    never sent again."""
     http_client: httpx.Client | None = Field(default=None, exclude=True)
     """An httpx.Client to use."""
     http_async_client: httpx.AsyncClient | None = Field(default=None, exclude=True)

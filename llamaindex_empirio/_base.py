@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import ClassVar, Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, Literal
 
 import httpx
 from llama_index.core.bridge.pydantic import ConfigDict, Field, SecretStr
@@ -12,7 +12,7 @@ from llama_index.core.bridge.pydantic import ConfigDict, Field, SecretStr
 from empirio import DEFAULT_MODEL, DEFAULT_QUERY_INSTRUCTION, EmbeddingClient
 from empirio._config import API_BASE_ENV, API_KEY_ENV
 from empirio._options import ClientFields, default_rpm, default_tpm
-from empirio._plan import InstructionMode, Overflow
+from empirio._plan import InstructionMode, Overflow, as_text_list, check_texts
 
 __all__ = ["EmpirioFields"]
 
@@ -71,6 +71,33 @@ class EmpirioFields(ClientFields):
         description="Who shares this key's rate-limit budget: the machine, the process, or "
         "this object alone.",
     )
+    cache: Any = Field(
+        default=None,
+        exclude=True,
+        description="A persistent embedding cache shared with the core and the CLI: a file path "
+        "(SQLite) or any byte store with mget/mset. Cached texts are never sent again.",
+    )
     http_client: httpx.Client | None = Field(default=None, exclude=True)
     async_http_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
     client: EmbeddingClient | None = Field(default=None, exclude=True)
+
+    # LlamaIndex's batch methods take len() of their input and number bad texts within each
+    # embed_batch_size chunk, after earlier chunks were sent: take any iterable, and check the
+    # whole of it first, naming positions in the caller's list.
+    def get_text_embedding_batch(
+        self, texts: Iterable[str], show_progress: bool = False, **kwargs: Any
+    ) -> Any:
+        """LlamaIndex's batch embedding, for any iterable of texts, checked whole first."""
+        checked = check_texts(as_text_list(texts))
+        parent: Any = super()
+        return parent.get_text_embedding_batch(checked, show_progress=show_progress, **kwargs)
+
+    async def aget_text_embedding_batch(
+        self, texts: Iterable[str], show_progress: bool = False, **kwargs: Any
+    ) -> Any:
+        """:meth:`get_text_embedding_batch`, async."""
+        checked = check_texts(as_text_list(texts))
+        parent: Any = super()
+        return await parent.aget_text_embedding_batch(
+            checked, show_progress=show_progress, **kwargs
+        )

@@ -107,3 +107,49 @@ def test_a_failed_run_leaves_no_file_that_looks_finished(
     assert "of 60 texts had been embedded" in r.stderr
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # nor a temporary file left behind
+
+
+def test_a_run_killed_with_sigkill_resumes_from_the_cache_paying_only_for_the_rest(
+    tmp_path: Path, make_emulator: Any
+) -> None:
+    import signal
+    import time
+
+    from .conftest import stats
+
+    n, per_request, concurrency = 600, 10, 4
+    lines = [f"line {i}: a sentence about subject {i % 13} and detail {i}" for i in range(n)]
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    url = make_emulator(latency_ms=60)
+    env = {k: v for k, v in os.environ.items() if k != "EMPIRIOLABS_API_KEY"}
+    env["EMPIRIOLABS_API_KEY"] = "k"
+    cache, out = tmp_path / "cache.sqlite3", tmp_path / "out.npy"
+    argv = [sys.executable, "-m", "empirio", "embed", str(source), "-o", str(out)]
+    argv += ["--base-url", url, "--rpm", "0", "--max-concurrency", str(concurrency)]
+    argv += ["--cache", str(cache), "--no-progress"]
+
+    first = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while stats(url)["requests"] < 25 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+    assert not out.exists()
+    killed_at = stats(url)["requests"]
+    assert killed_at < n // per_request  # it really was cut short
+
+    second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    total = stats(url)["requests"]
+    needed = n // per_request
+    assert total <= needed + concurrency  # at most the requests in flight at the kill, again
+    assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
+
+    clean_url = make_emulator()
+    clean = tmp_path / "clean.npy"
+    argv_clean = [*argv[:5], "-o", str(clean), "--base-url", clean_url, "--rpm", "0"]
+    r = subprocess.run(argv_clean, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(np.load(out), np.load(clean))

@@ -213,3 +213,24 @@ def test_instrumentation_events_fire(emulator_url: str) -> None:
     assert seen.count("EmbeddingStartEvent") == 3 + 1
     assert seen.count("EmbeddingEndEvent") == 3 + 1
     assert seen.count("SparseEmbeddingStartEvent") == 1
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_a_bad_text_is_named_by_its_position_in_the_whole_list_before_sending(
+    make_emulator: Any, use_async: bool
+) -> None:
+    from empirio import InvalidInputError
+
+    url = make_emulator()
+    e = make(url, embed_batch_size=100)
+    texts = [f"text {i}" for i in range(300)]
+    texts[150] = "   "
+
+    async def embed() -> object:
+        if use_async:
+            return await e.aget_text_embedding_batch(texts)
+        return e.get_text_embedding_batch(texts)
+
+    with pytest.raises(InvalidInputError, match=r"positions \[150\]"):
+        await embed()
+    assert stats(url)["requests"] == 0

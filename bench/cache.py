@@ -1,0 +1,171 @@
+"""Our embedding cache against LangChain's ``CacheBackedEmbeddings`` + ``LocalFileStore``.
+
+Both caches hold the same vectors (random unit rows, float32, ``--dimensions`` wide) for the same
+``--n`` texts. Each is measured where a user meets it:
+
+* **write**: the vectors of every text go in, a request's worth (10) at a time, as an ingestion
+  writes them. Ours: the client's own write path (keys, float32 encoding, one SQLite transaction
+  per request). Theirs: ``embed_documents`` with ``batch_size=10`` over an embedder that answers
+  instantly, so only the cache is timed.
+* **read**: every text again, all hits, end to end. Ours: ``EmbeddingClient.embed`` (dedup, keys,
+  lookup, decoding, assembly; nothing is sent). Theirs: ``CacheBackedEmbeddings.embed_documents``.
+* **size**: bytes on disk, scaled to a million vectors.
+
+Run from the repository root (needs the ``bench`` extra, for ``langchain-classic``)::
+
+    python bench/cache.py            # 100,000 vectors of 1,024 dimensions
+    python bench/cache.py --n 20000  # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from empirio import EmbeddingClient, SqliteStore
+from empirio._cache import CacheScope, encode_dense, endpoint_identity
+from empirio._config import DEFAULT_BASE_URL, DEFAULT_MODEL
+
+from _common import machine_line, markdown_table
+
+REQUEST = 10
+
+
+def _disk_bytes(path: Path) -> int:
+    if path.is_file():
+        return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+    return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file())
+
+
+def ours(texts: Sequence[str], vectors: np.ndarray, where: Path) -> tuple[float, float, int]:
+    dims = vectors.shape[1]
+    path = where / "cache.sqlite3"
+    store = SqliteStore(path)
+    scope = CacheScope(endpoint_identity(DEFAULT_BASE_URL), DEFAULT_MODEL, dims, "", "")
+    t0 = time.perf_counter()
+    for i in range(0, len(texts), REQUEST):  # what the client does as each request finishes
+        part = texts[i : i + REQUEST]
+        keys = scope.keys("dense", part, [""] * len(part))
+        store.mset(
+            [(k, encode_dense(v)) for k, v in zip(keys, vectors[i : i + REQUEST], strict=True)]
+        )
+    write = time.perf_counter() - t0
+    store.close()
+    client = EmbeddingClient(api_key="bench", dimensions=dims, cache=path, rpm=None, tpm=None)
+    t0 = time.perf_counter()
+    got = client.embed(list(texts))
+    read = time.perf_counter() - t0
+    assert got.dense is not None
+    np.testing.assert_array_equal(got.dense, vectors)
+    assert client.usage.requests == 0
+    client.close()
+    return write, read, _disk_bytes(path)
+
+
+def theirs(texts: Sequence[str], vectors: np.ndarray, where: Path) -> tuple[float, float, int]:
+    from langchain_classic.embeddings import CacheBackedEmbeddings
+    from langchain_classic.storage import LocalFileStore
+    from langchain_core.embeddings import Embeddings
+
+    row = {t: i for i, t in enumerate(texts)}
+
+    class Instant(Embeddings):
+        def embed_documents(self, batch: list[str]) -> list[list[float]]:
+            return [vectors[row[t]].tolist() for t in batch]
+
+        def embed_query(self, text: str) -> list[float]:
+            return self.embed_documents([text])[0]
+
+    folder = where / "files"
+    cached = CacheBackedEmbeddings.from_bytes_store(
+        Instant(),
+        LocalFileStore(folder),
+        namespace=DEFAULT_MODEL,
+        batch_size=REQUEST,
+        key_encoder="sha256",
+    )
+    t0 = time.perf_counter()
+    cached.embed_documents(list(texts))
+    write = time.perf_counter() - t0
+    reader = CacheBackedEmbeddings.from_bytes_store(
+        Instant(), LocalFileStore(folder), namespace=DEFAULT_MODEL, key_encoder="sha256"
+    )
+    t0 = time.perf_counter()
+    got = reader.embed_documents(list(texts))
+    read = time.perf_counter() - t0
+    np.testing.assert_allclose(np.asarray(got, dtype=np.float32), vectors, rtol=0, atol=1e-7)
+    return write, read, _disk_bytes(folder)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000, help="vectors (default 100,000)")
+    parser.add_argument("--dimensions", type=int, default=1024)
+    parser.add_argument("--dir", default=None, help="where to write (default: a temp folder)")
+    parser.add_argument("--out", default=None, help="also write the table to this file")
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((args.n, args.dimensions)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    texts = [f"document {i}: some passage text of a corpus being ingested" for i in range(args.n)]
+    base = Path(args.dir or tempfile.mkdtemp(prefix="empirio-cache-bench-"))
+    rows = []
+    results = {}
+    for name, fn in (
+        ("empirio SqliteStore", ours),
+        ("CacheBackedEmbeddings + LocalFileStore", theirs),
+    ):
+        where = base / name.split()[0]
+        where.mkdir(parents=True, exist_ok=True)
+        try:
+            write, read, size = fn(texts, vectors, where)
+        finally:
+            shutil.rmtree(where, ignore_errors=True)
+        results[name] = (write, read, size)
+        print(f"{name}: write {write:.1f} s, read {read:.1f} s, {size / 1e6:.0f} MB", flush=True)
+    mine = results["empirio SqliteStore"]
+    for name, (write, read, size) in results.items():
+        rows.append(
+            [
+                name,
+                f"{args.n / write:,.0f}",
+                f"{args.n / read:,.0f}",
+                f"{size / args.n * 1e6 / 1e9:.2f}",
+                f"{write / mine[0]:.1f}x / {read / mine[1]:.1f}x / {size / mine[2]:.1f}x",
+            ]
+        )
+    table = markdown_table(
+        [
+            "cache",
+            "write (vectors/s)",
+            "read, all hits (vectors/s)",
+            "GB on disk per million",
+            "time and size vs ours (write / read / disk)",
+        ],
+        rows,
+    )
+    text = (
+        f"{args.n:,} vectors of {args.dimensions} dimensions, written 10 at a time; "
+        f"{machine_line()}\n\n{table}\n"
+    )
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    if args.dir is None:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("EMPIRIOLABS_BUDGET_DIR", tempfile.mkdtemp(prefix="empirio-budget-"))
+    raise SystemExit(main())

@@ -1,0 +1,198 @@
+"""The persistent embedding cache: what a vector's key is made of, how it is stored as bytes,
+and the counters. The store itself is pluggable (:class:`EmbeddingStore`); SQLite is the
+embedded default (:mod:`empirio._sqlite_store`).
+
+The key is exactly what changes a vector and nothing else:
+
+* the endpoint's identity (the host and path, so that a local emulator's vectors are never
+  served for the real service's; any port of this machine counts as one endpoint, since local
+  servers start on a new port each run),
+* the model and the dimensions,
+* the task fields actually sent (``text_type``/``instruct`` with ``instruction_mode="api"``),
+* the view stored (``dense`` or ``sparse``; a call for ``both`` reads and writes both),
+* the text as sent (with the query prompt, where the client adds it), and, for a text over the
+  input limit only, the over-length policy that shaped its vector (``truncate`` or ``chunk``).
+
+``timeout``, ``rpm``, ``max_concurrency``, ``batch_size``, ``encoding_format`` and the key are
+not part of it: they change how a vector is fetched, not the vector.
+
+Values are compact: a dense vector is its float32 bytes (little-endian); a sparse vector is its
+int32 token ids followed by its float64 weights (kept exact, so that a cached run returns
+bit-for-bit what a fresh one did).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+import numpy as np
+import numpy.typing as npt
+
+from ._config import is_loopback_url
+
+__all__ = [
+    "CacheScope",
+    "CacheStats",
+    "EmbeddingCache",
+    "EmbeddingStore",
+    "View",
+    "decode_dense",
+    "decode_sparse",
+    "encode_dense",
+    "encode_sparse",
+    "endpoint_identity",
+]
+
+View = Literal["dense", "sparse"]
+#: Bumped whenever the key material or the value format changes: old entries then miss.
+_FORMAT = b"empirio-cache-1"
+_SPARSE_ENTRY = 12  # bytes per non-zero: int32 id + float64 weight
+
+
+@runtime_checkable
+class EmbeddingStore(Protocol):
+    """Where cached vectors live: string keys to bytes values.
+
+    The two methods are those of LangChain's ``BaseStore[str, bytes]`` (``ByteStore``), so any
+    LangChain byte store (``InMemoryByteStore``, ``RedisStore``, ``LocalFileStore``, ...) can be
+    passed as it is. Both are called from several threads; ``mset`` should be durable when it
+    returns (a resumed job relies on what was written).
+    """
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The value of each key, or ``None`` where there is none."""
+        ...
+
+    def mset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
+        """Store each pair, replacing any value the key had."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """What a cache has done for one client, and how big it is.
+
+    Attributes:
+        hits: distinct texts served from the cache.
+        misses: distinct texts looked up and not found (then fetched and written).
+        entries: vectors stored (a text cached for both views counts twice), or ``None`` if
+            the store cannot tell.
+        size_bytes: bytes the store uses, or ``None`` if it cannot tell.
+    """
+
+    hits: int
+    misses: int
+    entries: int | None
+    size_bytes: int | None
+
+    @property
+    def hit_rate(self) -> float:
+        """Hits over lookups (0 before any lookup)."""
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+def encode_dense(row: npt.NDArray[np.float32]) -> bytes:
+    """A dense vector as little-endian float32 bytes."""
+    return np.ascontiguousarray(row, dtype="<f4").tobytes()
+
+
+def decode_dense(value: bytes, dimensions: int) -> npt.NDArray[np.float32] | None:
+    """The dense vector in ``value``, or ``None`` if it is not one of ``dimensions``."""
+    if len(value) != 4 * dimensions:
+        return None
+    return np.frombuffer(value, dtype="<f4").astype(np.float32)
+
+
+def encode_sparse(vec: dict[int, float]) -> bytes:
+    """A sparse vector as int32 ids followed by float64 weights."""
+    ids = np.fromiter(vec.keys(), dtype="<i4", count=len(vec))
+    weights = np.fromiter(vec.values(), dtype="<f8", count=len(vec))
+    return ids.tobytes() + weights.tobytes()
+
+
+def decode_sparse(value: bytes) -> dict[int, float] | None:
+    """The sparse vector in ``value``, or ``None`` if it is not one."""
+    if len(value) % _SPARSE_ENTRY:
+        return None
+    n = len(value) // _SPARSE_ENTRY
+    ids = np.frombuffer(value, dtype="<i4", count=n).tolist()
+    weights = np.frombuffer(value, dtype="<f8", count=n, offset=4 * n).tolist()
+    return dict(zip(ids, weights, strict=True))
+
+
+def endpoint_identity(base_url: str) -> str:
+    """The endpoint as far as vectors go: host and path; every local port is one endpoint."""
+    if is_loopback_url(base_url):
+        return "local" + (urlsplit(base_url).path.rstrip("/") or "")
+    parts = urlsplit(base_url)
+    return f"{(parts.hostname or '').lower()}{parts.path.rstrip('/')}"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheScope:
+    """Everything of a call that its vectors depend on, except each text (see the module
+    docstring)."""
+
+    endpoint: str
+    model: str
+    dimensions: int
+    text_type: str
+    instruct: str
+
+    def keys(self, view: View, texts: Sequence[str], tags: Sequence[str]) -> list[str]:
+        """The key of each text's ``view``; ``tags[i]`` is the over-length policy that shaped
+        text ``i`` (empty for a text within the limit)."""
+        base = hashlib.blake2b(digest_size=16, person=b"empirio-vector")
+        base.update(_FORMAT)
+        for part in (self.endpoint, self.model, str(self.dimensions), self.text_type):
+            base.update(b"\0" + part.encode())
+        base.update(b"\0" + self.instruct.encode("utf-8", "surrogatepass"))
+        base.update(b"\0" + view.encode() + b"\0")
+        out = []
+        for text, tag in zip(texts, tags, strict=True):
+            h = base.copy()
+            h.update(tag.encode() + b"\0")
+            h.update(text.encode("utf-8", "surrogatepass"))
+            out.append(h.hexdigest())
+        return out
+
+
+class EmbeddingCache:
+    """A store plus this client's hit and miss counts.
+
+    Args:
+        store: where the vectors live.
+    """
+
+    def __init__(self, store: EmbeddingStore) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+
+    def count(self, hits: int, misses: int) -> None:
+        with self._lock:
+            self._hits += hits
+            self._misses += misses
+
+    def after_fork(self) -> None:
+        """A forked child's counters: a new lock (the parent's may have been held)."""
+        self._lock = threading.Lock()
+
+    def stats(self) -> CacheStats:
+        """Hits and misses of this client, and the store's size where it can tell."""
+        entries = size = None
+        measure = getattr(self.store, "size", None)
+        if callable(measure):
+            entries, size = measure()
+        with self._lock:
+            return CacheStats(self._hits, self._misses, entries, size)
+
+    def __repr__(self) -> str:
+        return f"EmbeddingCache(store={self.store!r})"

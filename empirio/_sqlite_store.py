@@ -1,0 +1,244 @@
+"""The embedded default :class:`~empirio.EmbeddingStore`: one SQLite file.
+
+Written by hand on the standard library's ``sqlite3`` (the dependency policy's choice for
+anything persistent): WAL mode, so readers never wait for a writer and several threads and
+processes can share the file; each ``mset`` is one short transaction, committed before it
+returns, so a process killed at any point loses nothing that was written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._errors import CacheError
+
+__all__ = ["SqliteStore"]
+
+#: Keys per ``IN (...)`` query: well under SQLite's 32,766 host parameters.
+_CHUNK = 500
+#: One page holds about four 1,024-dimension vectors: fewer overflow pages, less waste than 4 KiB.
+_PAGE_SIZE = 16_384
+#: Eviction removes this fraction more than needed, so that it runs rarely, not on every write.
+_EVICT_SLACK = 0.1
+_TABLE = "empirio_vectors"
+_SCHEMA = (
+    f"CREATE TABLE IF NOT EXISTS {_TABLE} ("
+    "id INTEGER PRIMARY KEY, key TEXT NOT NULL, value BLOB NOT NULL, used INTEGER NOT NULL)"
+)
+
+
+def _row_id(key: str) -> int:
+    """A 63-bit row id for ``key`` (the row also keeps the key, so a collision is a miss, never
+    a wrong vector). Rows keyed by integer keep the vectors in the table's own b-tree."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+class SqliteStore:
+    """Cached vectors in one SQLite file, shared by threads and processes.
+
+    Args:
+        path: the file; made (with its folder) if missing.
+        max_bytes: an optional bound on the file's used size in bytes; when a write passes it,
+            the least recently used vectors are removed (a read counts as a use).
+        timeout: seconds to wait for another process's write before giving up.
+
+    Raises:
+        CacheError: the file is not a cache (corrupt, or another kind of file), is read-only,
+            stays locked for ``timeout`` seconds, or cannot be made.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, max_bytes: int | None = None, timeout: float = 30.0
+    ) -> None:
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not max_bytes > 0):
+            raise CacheError(f"max_bytes must be a positive number of bytes; got {max_bytes!r}")
+        if not timeout > 0:
+            raise CacheError(f"timeout must be positive seconds; got {timeout!r}")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._conn: sqlite3.Connection | None = None
+        with self._using() as conn:  # open now: a bad file is an error at once, not mid-job
+            del conn
+
+    def __repr__(self) -> str:
+        bound = f", max_bytes={self.max_bytes}" if self.max_bytes is not None else ""
+        return f"SqliteStore({str(self.path)!r}{bound})"
+
+    # Pickles and copies carry the settings; the copy opens the file when first used.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "max_bytes": self.max_bytes, "timeout": self.timeout}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._conn = None
+
+    # ------------------------------------------------------------------ the protocol
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The value of each key, or ``None``."""
+        ids = [_row_id(k) for k in keys]
+        found: dict[int, tuple[str, bytes]] = {}
+        with self._using() as conn:
+            for i in range(0, len(ids), _CHUNK):
+                part = ids[i : i + _CHUNK]
+                marks = ",".join("?" * len(part))
+                for row_id, key, value in conn.execute(
+                    f"SELECT id, key, value FROM {_TABLE} WHERE id IN ({marks})", part
+                ):
+                    found[row_id] = (key, value)
+            if self.max_bytes is not None and found:
+                self._touch(conn, list(found))
+        out: list[bytes | None] = []
+        for key, row_id in zip(keys, ids, strict=True):
+            hit = found.get(row_id)
+            out.append(hit[1] if hit is not None and hit[0] == key else None)
+        return out
+
+    def mset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
+        """Store the pairs in one transaction, committed when this returns."""
+        if not key_value_pairs:
+            return
+        now = time.time_ns()
+        rows = [(_row_id(k), k, sqlite3.Binary(v), now) for k, v in key_value_pairs]
+        with self._using() as conn:
+            with self._transaction(conn):
+                conn.executemany(
+                    f"INSERT OR REPLACE INTO {_TABLE} (id, key, value, used) VALUES (?, ?, ?, ?)",
+                    rows,
+                )
+            if self.max_bytes is not None:
+                self._evict(conn, self.max_bytes)
+
+    # ------------------------------------------------------------------ the rest
+
+    def size(self) -> tuple[int, int]:
+        """``(vectors stored, bytes used)``; counting the vectors reads the whole index."""
+        with self._using() as conn:
+            (entries,) = conn.execute(f"SELECT count(*) FROM {_TABLE}").fetchone()
+            return int(entries), self._used_bytes(conn)
+
+    def close(self) -> None:
+        """Close the file (it reopens on the next use)."""
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's connection is not ours
+                self._pid, self._conn = os.getpid(), None
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise self._error(exc) from None
+            except OSError as exc:  # the path itself: permissions, a missing drive, ...
+                raise CacheError(
+                    f"the embedding cache {self.path} cannot be used: {exc.strerror}"
+                ) from None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path.is_dir():
+            raise CacheError(f"the cache {self.path} is a folder; give a file's path")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(
+                f"the cache's folder {self.path.parent} cannot be made: {exc.strerror}"
+            ) from None
+        conn = sqlite3.connect(
+            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")  # only takes effect on a new file
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            if tables and _TABLE not in tables:
+                raise CacheError(
+                    f"{self.path} is a SQLite database but not an empirio cache "
+                    f"(it has tables {sorted(tables)[:5]}); give another path"
+                )
+            conn.execute("PRAGMA journal_mode=WAL")
+            # WAL with synchronous=NORMAL: a killed process loses nothing committed; only a
+            # power cut may lose the last transactions, never the file's consistency.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            if _TABLE not in tables:
+                conn.execute(_SCHEMA)
+            if self.max_bytes is not None:
+                conn.execute(f"CREATE INDEX IF NOT EXISTS {_TABLE}_used ON {_TABLE} (used)")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextlib.contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _touch(self, conn: sqlite3.Connection, ids: list[int]) -> None:
+        now = time.time_ns()
+        with self._transaction(conn):
+            conn.executemany(f"UPDATE {_TABLE} SET used = ? WHERE id = ?", [(now, i) for i in ids])
+
+    @staticmethod
+    def _used_bytes(conn: sqlite3.Connection) -> int:
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+        (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+        (page,) = conn.execute("PRAGMA page_size").fetchone()
+        return int((pages - free) * page)
+
+    def _evict(self, conn: sqlite3.Connection, bound: int) -> None:
+        used = self._used_bytes(conn)
+        if used <= bound:
+            return
+        with self._transaction(conn):
+            (entries,) = conn.execute(f"SELECT count(*) FROM {_TABLE}").fetchone()
+            if not entries:
+                return
+            per_entry = used / entries
+            excess = used - bound * (1 - _EVICT_SLACK)
+            drop = min(entries, max(1, int(excess / per_entry) + 1))
+            conn.execute(
+                f"DELETE FROM {_TABLE} WHERE id IN (SELECT id FROM {_TABLE} ORDER BY used LIMIT ?)",
+                (drop,),
+            )
+
+    def _error(self, exc: sqlite3.Error) -> CacheError:
+        text = str(exc).lower()
+        if "not a database" in text or "malformed" in text or "corrupt" in text:
+            why = "is corrupt or not a SQLite file; move it aside or give another path"
+        elif "locked" in text or "busy" in text:
+            why = (
+                f"stayed locked by another process for more than {self.timeout} s; "
+                "try again when it is done, or give another path"
+            )
+        elif "readonly" in text or "read-only" in text:
+            why = "is read-only (the file or its folder); give a writable path"
+        elif "unable to open" in text:
+            why = "cannot be opened (check the path and its permissions)"
+        else:
+            why = f"cannot be used: {exc}"
+        return CacheError(f"the embedding cache {self.path} {why}")
