@@ -41,7 +41,7 @@ __all__ = [
     "EmbeddingCache",
     "EmbeddingStore",
     "View",
-    "decode_dense",
+    "decode_dense_rows",
     "decode_sparse",
     "encode_dense",
     "encode_sparse",
@@ -102,11 +102,10 @@ def encode_dense(row: npt.NDArray[np.float32]) -> bytes:
     return np.ascontiguousarray(row, dtype="<f4").tobytes()
 
 
-def decode_dense(value: bytes, dimensions: int) -> npt.NDArray[np.float32] | None:
-    """The dense vector in ``value``, or ``None`` if it is not one of ``dimensions``."""
-    if len(value) != 4 * dimensions:
-        return None
-    return np.frombuffer(value, dtype="<f4").astype(np.float32)
+def decode_dense_rows(values: bytes, dimensions: int) -> npt.NDArray[np.float32]:
+    """Dense vectors of ``dimensions`` stored one after another (their values joined), as a
+    writable ``(n, dimensions)`` float32 array."""
+    return np.frombuffer(values, dtype="<f4").astype(np.float32).reshape(-1, dimensions)
 
 
 def encode_sparse(vec: dict[int, float]) -> bytes:

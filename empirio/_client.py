@@ -52,7 +52,7 @@ from ._cache import (
     EmbeddingCache,
     EmbeddingStore,
     View,
-    decode_dense,
+    decode_dense_rows,
     decode_sparse,
     endpoint_identity,
 )
@@ -384,7 +384,7 @@ class EmbeddingClient:
             uniq,
             known=known,
             cache_keys=keys,
-            tokenizer=self.tokenizer,
+            tokenizer=get_tokenizer if self._tokenizer is None else self._tokenizer,
             index=index,
             offset=offset,
             first_request_id=first_id,
@@ -422,24 +422,33 @@ class EmbeddingClient:
         keys: dict[str, tuple[str, ...]] = {
             v: tuple(scope.keys(v, uniq.texts, tags)) for v in views
         }
-        found: list[list[Any]] = []
+        width = 4 * self.dimensions
+        raw: dict[str, list[bytes | None]] = {}
         for view in views:
             values = cache.store.mget(list(keys[view]))
             if len(values) != len(uniq.texts):
                 raise CacheError(f"the cache store {cache.store!r} answered the wrong count")
-            if view == "dense":
-                found.append(
-                    [None if v is None else decode_dense(v, self.dimensions) for v in values]
-                )
-            else:
-                found.append([None if v is None else decode_sparse(v) for v in values])
-        hits = [u for u in range(len(uniq.texts)) if all(f[u] is not None for f in found)]
+            raw[view] = values
+        sparse_found: list[dict[int, float] | None] = []
+        if call.sparse:
+            sparse_found = [None if v is None else decode_sparse(v) for v in raw["sparse"]]
+        # A value of the wrong size (a damaged entry) is a miss, and is written again.
+        hits = [
+            u
+            for u in range(len(uniq.texts))
+            if (not call.dense or len(raw["dense"][u] or b"") == width)
+            and (not call.sparse or sparse_found[u] is not None)
+        ]
         cache.count(len(hits), len(uniq.texts) - len(hits))
         if not hits:
             return None, keys
-        by_view = dict(zip(views, found, strict=True))
-        dense = np.stack([by_view["dense"][u] for u in hits]) if call.dense else None
-        sparse = tuple(by_view["sparse"][u] for u in hits) if call.sparse else None
+        dense = None
+        if call.dense:
+            rows = b"".join(cast(bytes, raw["dense"][u]) for u in hits)
+            dense = decode_dense_rows(rows, self.dimensions)
+        sparse = (
+            tuple(cast(dict[int, float], sparse_found[u]) for u in hits) if call.sparse else None
+        )
         return Known(tuple(hits), dense, sparse), keys
 
     def _save(self, driver: CallDriver) -> None:

@@ -154,9 +154,15 @@ class _Segment:
 
 def known_result(plan: SegmentPlan, call: Call, dimensions: int) -> EmbeddingResult:
     """The result of a segment whose every text was known (nothing to send)."""
-    if plan.pieces:
+    known = plan.known
+    if plan.pieces or known is None or len(known.unique) != plan.n_unique:
         raise ValueError("the segment has texts to send")
-    return _Segment(plan, call, dimensions).result()
+    # Known rows are in distinct-text order already: one gather, no buffer.
+    dense = None if known.dense is None or not call.dense else known.dense[plan.inverse]
+    sparse = None
+    if known.sparse is not None and call.sparse:
+        sparse = [dict(known.sparse[u]) for u in plan.inverse.tolist()]
+    return EmbeddingResult(dense, sparse, Usage(), plan.offset)
 
 
 class CallDriver:

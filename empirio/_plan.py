@@ -9,7 +9,7 @@ of at most ``batch_size`` inputs and ``token_budget`` billed tokens.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
@@ -304,7 +304,7 @@ def over_limit(tokenizer: QwenTokenizer, text: str, limit: int) -> bool:
 def plan_segment(
     texts: Sequence[str] | Unique,
     *,
-    tokenizer: QwenTokenizer,
+    tokenizer: QwenTokenizer | Callable[[], QwenTokenizer],
     index: int = 0,
     offset: int = 0,
     first_request_id: int = 0,
@@ -324,6 +324,7 @@ def plan_segment(
     will add (``"api"``), or are left alone (``"none"``); documents never get an instruction.
     ``texts`` may be given already made distinct (:func:`unique_texts`, with the same ``kind``
     and instruction settings), and ``known`` names distinct texts not to send (nor count).
+    ``tokenizer`` may be a function that loads it, called only if there is something to count.
 
     Raises:
         InvalidInputError: with ``overflow="error"``, naming texts over ``max_input_tokens``.
@@ -340,6 +341,12 @@ def plan_segment(
     todo = [u for u in range(len(uniq.texts)) if u not in skip] if skip else None
     uniq_texts = list(uniq.texts) if todo is None else [uniq.texts[u] for u in todo]
     owner_of = list(range(len(uniq_texts))) if todo is None else todo
+    if not uniq_texts:  # every text is known: nothing to count or send
+        return SegmentPlan(
+            index, offset, inverse, (), len(uniq.texts), (), (), known, cache_keys or {}
+        )
+    if not isinstance(tokenizer, QwenTokenizer):
+        tokenizer = tokenizer()
 
     overhead = prompt_overhead(tokenizer, kind, instruction_mode, instruction)
     limit = max_input_tokens - overhead

@@ -9,7 +9,6 @@ returns, so a process killed at any point loses nothing that was written.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sqlite3
 import threading
@@ -24,22 +23,17 @@ __all__ = ["SqliteStore"]
 
 #: Keys per ``IN (...)`` query: well under SQLite's 32,766 host parameters.
 _CHUNK = 500
-#: One page holds about four 1,024-dimension vectors: fewer overflow pages, less waste than 4 KiB.
-_PAGE_SIZE = 16_384
 #: Eviction removes this fraction more than needed, so that it runs rarely, not on every write.
 _EVICT_SLACK = 0.1
 _TABLE = "empirio_vectors"
+# Rows get increasing row ids, so new vectors are appended to full pages (random keys as the
+# table's own key would split pages and leave them half empty: 2x the disk, half the write
+# speed); the keys live in their own small index. Measured with 4 KiB pages, SQLite's default,
+# which wasted least at 256-2,048 dimensions (bench/cache.py).
 _SCHEMA = (
-    f"CREATE TABLE IF NOT EXISTS {_TABLE} ("
-    "id INTEGER PRIMARY KEY, key TEXT NOT NULL, value BLOB NOT NULL, used INTEGER NOT NULL)"
+    f"CREATE TABLE IF NOT EXISTS {_TABLE} (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, "
+    "value BLOB NOT NULL, used INTEGER NOT NULL)"
 )
-
-
-def _row_id(key: str) -> int:
-    """A 63-bit row id for ``key`` (the row also keeps the key, so a collision is a miss, never
-    a wrong vector). Rows keyed by integer keep the vectors in the table's own b-tree."""
-    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
 
 
 class SqliteStore:
@@ -90,34 +84,30 @@ class SqliteStore:
 
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         """The value of each key, or ``None``."""
-        ids = [_row_id(k) for k in keys]
-        found: dict[int, tuple[str, bytes]] = {}
+        found: dict[str, bytes] = {}
         with self._using() as conn:
-            for i in range(0, len(ids), _CHUNK):
-                part = ids[i : i + _CHUNK]
+            for i in range(0, len(keys), _CHUNK):
+                part = list(keys[i : i + _CHUNK])
                 marks = ",".join("?" * len(part))
-                for row_id, key, value in conn.execute(
-                    f"SELECT id, key, value FROM {_TABLE} WHERE id IN ({marks})", part
+                for key, value in conn.execute(
+                    f"SELECT key, value FROM {_TABLE} WHERE key IN ({marks})", part
                 ):
-                    found[row_id] = (key, value)
+                    found[key] = value
             if self.max_bytes is not None and found:
                 self._touch(conn, list(found))
-        out: list[bytes | None] = []
-        for key, row_id in zip(keys, ids, strict=True):
-            hit = found.get(row_id)
-            out.append(hit[1] if hit is not None and hit[0] == key else None)
-        return out
+        return [found.get(k) for k in keys]
 
     def mset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
         """Store the pairs in one transaction, committed when this returns."""
         if not key_value_pairs:
             return
         now = time.time_ns()
-        rows = [(_row_id(k), k, sqlite3.Binary(v), now) for k, v in key_value_pairs]
+        rows = [(k, sqlite3.Binary(v), now) for k, v in key_value_pairs]
         with self._using() as conn:
             with self._transaction(conn):
                 conn.executemany(
-                    f"INSERT OR REPLACE INTO {_TABLE} (id, key, value, used) VALUES (?, ?, ?, ?)",
+                    f"INSERT INTO {_TABLE} (key, value, used) VALUES (?, ?, ?) ON CONFLICT(key) "
+                    "DO UPDATE SET value = excluded.value, used = excluded.used",
                     rows,
                 )
             if self.max_bytes is not None:
@@ -167,7 +157,6 @@ class SqliteStore:
             self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
         )
         try:
-            conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")  # only takes effect on a new file
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
             if tables and _TABLE not in tables:
                 raise CacheError(
@@ -198,10 +187,12 @@ class SqliteStore:
             raise
         conn.execute("COMMIT")
 
-    def _touch(self, conn: sqlite3.Connection, ids: list[int]) -> None:
+    def _touch(self, conn: sqlite3.Connection, keys: list[str]) -> None:
         now = time.time_ns()
         with self._transaction(conn):
-            conn.executemany(f"UPDATE {_TABLE} SET used = ? WHERE id = ?", [(now, i) for i in ids])
+            conn.executemany(
+                f"UPDATE {_TABLE} SET used = ? WHERE key = ?", [(now, k) for k in keys]
+            )
 
     @staticmethod
     def _used_bytes(conn: sqlite3.Connection) -> int:

@@ -288,7 +288,7 @@ def test_a_locked_file_is_a_clear_error(tmp_path: Path) -> None:
     first.close()
     holder = sqlite3.connect(path, isolation_level=None)  # another process's long write
     holder.execute("BEGIN IMMEDIATE")
-    holder.execute("INSERT INTO empirio_vectors VALUES (1, 'x', x'00', 0)")
+    holder.execute("INSERT INTO empirio_vectors (key, value, used) VALUES ('x', x'00', 0)")
     try:
         with pytest.raises(CacheError, match="locked"):
             SqliteStore(path, timeout=0.2).mset([("b", b"2")])
