@@ -34,6 +34,7 @@ import weakref
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
+    Callable,
     Coroutine,
     Iterable,
     Iterator,
@@ -85,6 +86,7 @@ from ._errors import (
     ConfigurationError,
     EmpirioError,
     TruncationWarning,
+    UnsupportedFeatureError,
 )
 from ._pace import Concurrency, Limits
 from ._plan import (
@@ -103,8 +105,10 @@ from ._plan import (
     prompt_overhead,
     unique_texts,
 )
+from ._progress import Progress, tqdm_class
 from ._result import EmbeddingResult, Usage, UsageMeter
 from ._retry import RetryPolicy
+from ._secret import SealedKey
 from ._sqlite_store import SqliteStore
 from ._tokens import SAFE_INPUT_TOKENS, QwenTokenizer, get_tokenizer
 from ._views import ViewCache
@@ -299,6 +303,31 @@ class EmbeddingClient:
         self._io_finalizer: weakref.finalize[Any, Any] | None = None
         self._views: ViewCache | None = ViewCache() if share_views else None
         self._cache, self._owns_store = _open_cache(cache)
+        # Set when the endpoint answers a sparse request without sparse vectors: sparse calls
+        # are refused from then on, and dense calls stop asking for both views.
+        self._no_sparse = False
+        # What a copy or a pickle of this client is made from (never the key itself, nor the
+        # connections or the user's http clients, which cannot be copied).
+        self._options: dict[str, Any] = {
+            "base_url": self.base_url,
+            "model": model,
+            "dimensions": self.dimensions,
+            "batch_size": batch_size,
+            "max_concurrency": max_concurrency,
+            "rpm": rpm,
+            "tpm": tpm,
+            "max_retries": max_retries,
+            "timeout": timeout,
+            "overflow": overflow,
+            "instruction_mode": instruction_mode,
+            "query_instruction": query_instruction,
+            "user": user,
+            "encoding_format": encoding_format,
+            "show_progress": show_progress,
+            "allow_insecure": allow_insecure,
+            "share_budget": share_budget,
+            "cache": cache,
+        }
         self._async_http: list[
             tuple[asyncio.AbstractEventLoop, httpx.AsyncClient, AsyncGenerator[None, None]]
         ] = []
@@ -306,6 +335,15 @@ class EmbeddingClient:
         self._calls: dict[CallDriver, tuple[Mapping[Any, Attempt], _Loop | None]] = {}
         self._wired: set[CallDriver] = set()
         _CLIENTS.add(self)
+
+    # ------------------------------------------------------------------ copies
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickles and deep copies are new clients with the same settings: same key (sealed,
+        see :mod:`empirio._secret`), same account budget; fresh connections, usage and locks.
+        ``http_client``/``async_http_client`` are not carried."""
+        options = dict(self._options, share_views=self._views is not None)
+        return _restore_client, (SealedKey(self._api_key.get_secret_value()), options)
 
     # ------------------------------------------------------------------ public helpers
 
@@ -341,7 +379,7 @@ class EmbeddingClient:
         """From now on, ``embed(output="dense")`` and ``embed(output="sparse")`` fetch both views
         in one request and keep the other until asked for (hybrid search bills once)."""
         with self._lock:
-            if self._views is None:
+            if self._views is None and not self._no_sparse:
                 self._views = ViewCache()
 
     @property
@@ -365,6 +403,11 @@ class EmbeddingClient:
     def _check_call(self, kind: str, output: str) -> Call:
         _check_choice("kind", kind, _KINDS, error=ValueError)
         _check_choice("output", output, _OUTPUTS, error=ValueError)
+        if output != "dense" and self._no_sparse:
+            raise UnsupportedFeatureError(
+                f"{self.base_url} does not return sparse vectors (an earlier response had "
+                "none), so output='sparse' or 'both' cannot be served; dense calls still work"
+            )
         return Call(cast(Kind, kind), cast(Output, output))
 
     def _plan(
@@ -548,7 +591,7 @@ class EmbeddingClient:
         return busy
 
     def _step(
-        self, driver: CallDriver, blocked: asyncio.AbstractEventLoop | None
+        self, driver: CallDriver, blocked: asyncio.AbstractEventLoop | None, progress: Progress
     ) -> tuple[tuple[Attempt, ...], float | None] | None:
         """The driver's next step: what to send now, and how long to wait for a completion
         before asking again (``None``: until one completes). ``None`` when the call is over."""
@@ -557,13 +600,19 @@ class EmbeddingClient:
             poll = SLOT_POLL_S * max(1.0, len(self._calls) / self._concurrency.maximum)
             step = driver.step(time.monotonic(), self._busy_elsewhere(driver, blocked), poll)
             self._note_wire(driver)
+            known, driver.known_done = driver.known_done, 0
+        progress.update(known)
         if step is None:
             return None
         timeout = None if step.wake_at is None else max(0.0, step.wake_at - time.monotonic())
         return step.sends, timeout
 
     def _complete(
-        self, driver: CallDriver, attempt: Attempt, outcome: Decoded | EmpirioError, progress: Any
+        self,
+        driver: CallDriver,
+        attempt: Attempt,
+        outcome: Decoded | EmpirioError,
+        progress: Progress,
     ) -> None:
         with self._lock:
             finished = driver.complete(attempt, outcome, time.monotonic())
@@ -627,6 +676,10 @@ class EmbeddingClient:
                     dense=call.dense,
                     sparse=call.sparse,
                 )
+            except UnsupportedFeatureError as exc:
+                with self._lock:
+                    self._no_sparse, self._views = True, None
+                return exc
             except EmpirioError as exc:
                 return exc
         return decode_error(status, content, headers, time.time())
@@ -636,11 +689,15 @@ class EmbeddingClient:
             return APITimeoutError(f"no response from {self.base_url} within {self.timeout} s")
         return APIConnectionError(f"connection to {self.base_url} failed: {type(exc).__name__}")
 
-    def _progress(self, total: int | None, show: bool | None) -> Any:
+    def _progress(
+        self,
+        total: int | None,
+        show: bool | None,
+        on_progress: Callable[[int], object] | None = None,
+    ) -> contextlib.AbstractContextManager[Progress]:
         enabled = self.show_progress if show is None else show
-        if not enabled:
-            return contextlib.nullcontext(_NoProgress())
-        return _tqdm()(total=total, unit="input", desc="Embedding")
+        bar = tqdm_class()(total=total, unit="text", desc="Embedding") if enabled else None
+        return Progress(bar, on_progress)
 
     # ------------------------------------------------------------------ sync shell
 
@@ -654,7 +711,7 @@ class EmbeddingClient:
             return self._io
 
     def _drive_sync(
-        self, plans: Iterator[SegmentPlan], call: Call, progress: Any, *, ahead: int
+        self, plans: Iterator[SegmentPlan], call: Call, progress: Progress, *, ahead: int
     ) -> Iterator[EmbeddingResult]:
         io = self._io_loop()
         if self._user_http is None:
@@ -667,7 +724,7 @@ class EmbeddingClient:
         try:
             while True:
                 yield from driver.ready()
-                step = self._step(driver, blocked)
+                step = self._step(driver, blocked, progress)
                 if step is None:
                     return
                 sends, timeout = step
@@ -697,6 +754,7 @@ class EmbeddingClient:
         kind: Kind = "document",
         output: Output = "dense",
         show_progress: bool | None = None,
+        on_progress: Callable[[int], object] | None = None,
     ) -> EmbeddingResult:
         """Embed ``texts``; every bad input is reported before anything is sent.
 
@@ -705,6 +763,9 @@ class EmbeddingClient:
             kind: ``"document"`` (no instruction) or ``"query"`` (gets the query instruction).
             output: ``"dense"``, ``"sparse"`` or ``"both"`` (one request serves both).
             show_progress: override the client's ``show_progress`` for this call.
+            on_progress: called with a number of texts each time that many more are done
+                (found in the cache, or their request finished): for a progress bar of your
+                own spanning several calls.
 
         Returns:
             An :class:`EmbeddingResult` with one row per text, in order.
@@ -719,14 +780,28 @@ class EmbeddingClient:
         shared = self._shared_lookup(checked, call)
         if shared is not None:
             parked, missing = shared
-            fetched = self.embed(missing, kind=kind, output="both", show_progress=show_progress)
+            try:
+                fetched = self.embed(missing, kind=kind, output="both", show_progress=show_progress)
+            except UnsupportedFeatureError:
+                if call.output != "dense":
+                    raise
+                # The endpoint has no sparse output: the dense view alone, now and from now on.
+                return self.embed(
+                    checked,
+                    kind=kind,
+                    output="dense",
+                    show_progress=show_progress,
+                    on_progress=on_progress,
+                )
             return self._shared_merge(checked, call, parked, missing, fetched)
         if not checked:
             return self._empty(call)
         plan = self._plan(checked, call, 0, 0, 0)
         if not plan.pieces:  # every text was cached: no network, no pacing
+            if on_progress is not None:
+                on_progress(len(checked))
             return known_result(plan, call, self.dimensions)
-        with self._progress(len(plan.pieces), show_progress) as bar:
+        with self._progress(len(checked), show_progress, on_progress) as bar:
             results = list(self._drive_sync(iter([plan]), call, bar, ahead=1))
         return results[0]
 
@@ -738,6 +813,7 @@ class EmbeddingClient:
         output: Output = "dense",
         segment_size: int = 1000,
         show_progress: bool | None = None,
+        on_progress: Callable[[int], object] | None = None,
     ) -> Iterator[EmbeddingResult]:
         """Embed a large or endless stream of texts with bounded memory.
 
@@ -752,7 +828,7 @@ class EmbeddingClient:
         check_collection(texts)
         if isinstance(texts, Sequence):
             check_texts(texts)  # cheap, and finds a bad text before anything is sent
-        with self._progress(total, show_progress) as bar:
+        with self._progress(total, show_progress, on_progress) as bar:
             yield from self._drive_sync(self._plans(texts, call, segment_size), call, bar, ahead=2)
 
     def _shared_lookup(self, texts: list[str], call: Call) -> tuple[list[Any], list[str]] | None:
@@ -853,7 +929,7 @@ class EmbeddingClient:
         return self._read(r.status_code, r.content, r.headers, len(texts), call)
 
     async def _drive_async(
-        self, plans: Iterator[SegmentPlan], call: Call, progress: Any, *, ahead: int
+        self, plans: Iterator[SegmentPlan], call: Call, progress: Progress, *, ahead: int
     ) -> AsyncIterator[EmbeddingResult]:
         loop = asyncio.get_running_loop()
         await self._async_http_for_loop()  # before the first pacing decision, as in sync
@@ -863,7 +939,7 @@ class EmbeddingClient:
             while True:
                 for result in driver.ready():
                     yield result
-                step = self._step(driver, None)
+                step = self._step(driver, None, progress)
                 if step is None:
                     return
                 sends, timeout = step
@@ -892,6 +968,7 @@ class EmbeddingClient:
         kind: Kind = "document",
         output: Output = "dense",
         show_progress: bool | None = None,
+        on_progress: Callable[[int], object] | None = None,
     ) -> EmbeddingResult:
         """:meth:`embed`, natively async: requests run as tasks on the running loop."""
         call = self._check_call(kind, output)
@@ -899,9 +976,24 @@ class EmbeddingClient:
         shared = self._shared_lookup(checked, call)
         if shared is not None:
             parked, missing = shared
-            fetched = await self.aembed(
-                missing, kind=kind, output="both", show_progress=show_progress
-            )
+            try:
+                fetched = await self.aembed(
+                    missing,
+                    kind=kind,
+                    output="both",
+                    show_progress=show_progress,
+                    on_progress=on_progress,
+                )
+            except UnsupportedFeatureError:
+                if call.output != "dense":
+                    raise
+                return await self.aembed(
+                    checked,
+                    kind=kind,
+                    output="dense",
+                    show_progress=show_progress,
+                    on_progress=on_progress,
+                )
             return self._shared_merge(checked, call, parked, missing, fetched)
         if not checked:
             return self._empty(call)
@@ -915,9 +1007,11 @@ class EmbeddingClient:
         else:
             plan = self._plan(checked, call, 0, 0, 0)
         if not plan.pieces:  # every text was cached: no network, no pacing
+            if on_progress is not None:
+                on_progress(len(checked))
             return known_result(plan, call, self.dimensions)
         results = []
-        with self._progress(len(plan.pieces), show_progress) as bar:
+        with self._progress(len(checked), show_progress, on_progress) as bar:
             async for result in self._drive_async(iter([plan]), call, bar, ahead=1):
                 results.append(result)
         return results[0]
@@ -930,6 +1024,7 @@ class EmbeddingClient:
         output: Output = "dense",
         segment_size: int = 1000,
         show_progress: bool | None = None,
+        on_progress: Callable[[int], object] | None = None,
     ) -> AsyncIterator[EmbeddingResult]:
         """:meth:`iter_embed`, natively async."""
         call = self._check_call(kind, output)
@@ -938,7 +1033,7 @@ class EmbeddingClient:
         check_collection(texts)
         if isinstance(texts, Sequence):
             check_texts(texts)  # cheap, and finds a bad text before anything is sent
-        with self._progress(total, show_progress) as bar:
+        with self._progress(total, show_progress, on_progress) as bar:
             async for result in self._drive_async(
                 self._plans(texts, call, segment_size), call, bar, ahead=2
             ):
@@ -997,6 +1092,10 @@ class EmbeddingClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _restore_client(key: SealedKey, options: dict[str, Any]) -> EmbeddingClient:
+    return EmbeddingClient(api_key=SecretStr(key.reveal()), **options)
 
 
 def _open_cache(
@@ -1066,22 +1165,6 @@ class _IOLoop:
             return
         if threading.current_thread() is not self.thread:
             self.thread.join(timeout=5.0)
-
-
-class _NoProgress:
-    def update(self, n: int = 1) -> None:
-        return None
-
-
-def _tqdm() -> Any:
-    """tqdm's notebook widget where ipywidgets is installed, else the text bar. Imported only
-    when a bar is wanted: ``tqdm.auto`` warns in notebooks without ipywidgets."""
-    try:
-        import ipywidgets  # noqa: F401
-        from tqdm.auto import tqdm
-    except ImportError:
-        from tqdm.std import tqdm
-    return tqdm
 
 
 async def _close_at_loop_shutdown(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:

@@ -61,6 +61,7 @@ class _Segment:
         "dense",
         "have",
         "left",
+        "mult",
         "plan",
         "remaining",
         "sizes",
@@ -75,6 +76,7 @@ class _Segment:
         self.plan = plan
         owners = np.fromiter((p.owner for p in plan.pieces), dtype=np.intp, count=len(plan.pieces))
         self.sizes = np.bincount(owners, minlength=n)  # pieces per distinct text
+        self.mult = np.bincount(plan.inverse, minlength=n)  # caller's texts per distinct text
         self.left = self.sizes.copy()  # pieces still to come, per distinct text
         # Pieces are planned owner by owner, so a text's windows are consecutive.
         self.starts = np.searchsorted(owners, np.arange(n))
@@ -205,6 +207,8 @@ class CallDriver:
         #: Whether to collect cache writes (the plans carry cache keys).
         self.keep_cache_pairs = keep_cache_pairs
         self._cache_pairs: list[tuple[str, bytes]] = []
+        #: Caller's texts found known (cached) as segments were planned, for progress.
+        self.known_done = 0
 
     # ------------------------------------------------------------------ the loop
 
@@ -247,7 +251,8 @@ class CallDriver:
         return step
 
     def complete(self, attempt: Attempt, outcome: Decoded | EmpirioError, now: float) -> int:
-        """Take the outcome of ``attempt``; return how many inputs it finished (for progress)."""
+        """Take the outcome of ``attempt``; return how many of the caller's texts it finished
+        (for progress; a text cut into windows counts when its last window arrives)."""
         done = self.engine.complete(attempt, outcome, now)
         request = attempt.request
         finished = 0
@@ -257,7 +262,7 @@ class CallDriver:
             if self.keep_cache_pairs:
                 self._cache_pairs.extend(seg.cache_pairs(completed))
             delta = Usage(requests=1, input_tokens=done.decoded.tokens)
-            finished = len(request)
+            finished = int(seg.mult[completed].sum())
         else:
             delta = Usage(
                 retries=int(done.retried), rate_limited=int(done.throttled), failed_requests=1
@@ -298,7 +303,9 @@ class CallDriver:
             if plan is None:
                 self._exhausted = True
                 return
-            self.segments[plan.index] = _Segment(plan, self.call, self.dimensions)
+            seg = _Segment(plan, self.call, self.dimensions)
+            self.segments[plan.index] = seg
+            self.known_done += int(seg.mult[seg.have].sum())  # cached texts: done already
             self.engine.add(plan.requests)
 
     def _partial(self) -> tuple[EmbeddingResult | None, tuple[int, ...]]:

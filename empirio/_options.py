@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, PrivateAttr, field_validator
+from pydantic import BaseModel, PrivateAttr, SecretStr, field_validator
 
 from ._client import EmbeddingClient
 from ._config import (
@@ -19,6 +19,7 @@ from ._config import (
     resolve_rate,
     validate_dimensions,
 )
+from ._secret import SealedKey
 
 __all__ = ["CLIENT_OPTIONS", "ClientFields", "build_client", "default_rpm", "default_tpm"]
 
@@ -56,17 +57,26 @@ def build_client(fields: object, renames: Mapping[str, str] | None = None) -> Em
 class ClientFields(BaseModel):
     """Behaviour both adapters share; each declares the fields in its framework's conventions.
 
-    Validates ``dimensions``, builds the :class:`EmbeddingClient` from the fields once the model
-    is made (after validation, so that a failure never carries the key inside a pydantic error),
-    and makes sibling objects that share the client.
+    The :class:`EmbeddingClient` is made from the fields (after validation, so that a failure
+    never carries the key inside a pydantic error) and made again whenever they change, by
+    assignment or ``model_copy(update=...)``: an object always behaves as its fields say.
+    A ``client`` passed in is shared until another field changes. Copies (``copy``,
+    ``deepcopy``) and pickles carry the fields, with the key sealed (never in the pickle's
+    bytes); each makes its own client on first use. Sibling objects share the client.
     """
 
-    _client: EmbeddingClient = PrivateAttr()
+    _built: EmbeddingClient | None = PrivateAttr(default=None)
+    # The (client field, options) the client was made or adopted from.
+    _built_from: tuple[Any, tuple[Any, ...]] | None = PrivateAttr(default=None)
     #: client option -> field name, where the framework's convention differs
     _renames: ClassVar[Mapping[str, str]] = {}
     #: fields a sibling must not copy: the clients, and framework machinery
     _not_copied: ClassVar[frozenset[str]] = frozenset(
         {"client", "http_client", "async_http_client", "http_async_client"}
+    )
+    #: fields shared, not copied, by ``deepcopy`` and left out of pickles: connection pools
+    _transport: ClassVar[frozenset[str]] = frozenset(
+        {"http_client", "async_http_client", "http_async_client"}
     )
 
     @field_validator("dimensions", check_fields=False)
@@ -75,19 +85,78 @@ class ClientFields(BaseModel):
         return validate_dimensions(value)
 
     def model_post_init(self, context: Any, /) -> None:
-        shared = getattr(self, "client", None)
-        self._client = shared if shared is not None else build_client(self, self._renames)
+        self._current()  # a bad setting or a missing key fails here, at construction
+
+    def _option_values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, self._renames.get(name, name), None) for name in CLIENT_OPTIONS)
+
+    def _current(self) -> EmbeddingClient:
+        """The client for the fields as they are now."""
+        shared: EmbeddingClient | None = getattr(self, "client", None)
+        options = self._option_values()
+        built, built_from = self._built, self._built_from
+        if built is not None and built_from == (shared, options) and built_from[0] is shared:
+            return built
+        if shared is not None and (built_from is None or built_from[0] is not shared):
+            client = shared  # a client given (or newly assigned) is adopted as it is
+        else:
+            client = build_client(self, self._renames)
+        self._built, self._built_from = client, (shared, options)
+        return client
+
+    @property
+    def _client(self) -> EmbeddingClient:
+        return self._current()
 
     @property
     def empirio_client(self) -> EmbeddingClient:
         """The :class:`empirio.EmbeddingClient` doing the work (usage, token counts, ...)."""
-        return self._client
+        return self._current()
 
     def _sibling_fields(self) -> dict[str, Any]:
         """Fields for the other view's object: the same settings, sharing this client."""
-        self._client.enable_shared_views()
-        fields = self.model_dump(exclude=set(self._not_copied))
-        fields.pop("class_name", None)  # LlamaIndex's serialiser adds it
-        fields["api_key"] = getattr(self, "api_key", None)
-        fields["client"] = self._client
+        client = self._current()
+        client.enable_shared_views()
+        fields = {
+            name: getattr(self, name)
+            for name in type(self).model_fields
+            if name not in self._not_copied and name != "class_name"
+        }
+        fields["client"] = client
         return fields
+
+    # ------------------------------------------------------------------ copies and pickles
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Any:
+        memo = {} if memo is None else memo
+        for name in self._transport:
+            value = getattr(self, name, None)
+            if value is not None:
+                memo[id(value)] = value  # a connection pool is shared, not copied
+        for value in (self._built, self._built_from):
+            if value is not None:
+                memo[id(value)] = None  # the copy makes its own client
+        shared = getattr(self, "client", None)
+        if shared is not None:
+            memo[id(shared)] = None
+        return BaseModel.__deepcopy__(self, memo)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = BaseModel.__getstate__(self)
+        fields = dict(state["__dict__"])
+        key = fields.get("api_key")
+        if isinstance(key, SecretStr):
+            fields["api_key"] = SealedKey(key.get_secret_value())
+        for name in self._transport | {"client"}:
+            if name in fields:
+                fields[name] = None
+        private = dict(state.get("__pydantic_private__") or {})
+        private.update(_built=None, _built_from=None)
+        return {**state, "__dict__": fields, "__pydantic_private__": private}
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        fields = dict(state["__dict__"])
+        key = fields.get("api_key")
+        if isinstance(key, SealedKey):
+            fields["api_key"] = SecretStr(key.reveal())
+        BaseModel.__setstate__(self, {**state, "__dict__": fields})

@@ -38,7 +38,28 @@ class EmpirioSettings(ClientFields):
         protected_namespaces=(),
         # A failed validation would otherwise print every argument, the key included.
         hide_input_in_errors=True,
+        validate_assignment=True,
     )
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        """LangChain's ``dumpd``/``dumps`` and ``load``/``loads`` round-trip these objects."""
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        """``["langchain_empirio"]``: pass it to ``loads(..., valid_namespaces=...)``."""
+        return ["langchain_empirio"]
+
+    @property
+    def lc_secrets(self) -> dict[str, str]:
+        """The key is serialised as a reference to ``EMPIRIOLABS_API_KEY``, never its value."""
+        return {"api_key": API_KEY_ENV}
+
+    @property
+    def lc_attributes(self) -> dict[str, Any]:
+        """The rate limits, always: ``None`` (unpaced) is not their default."""
+        return {"rpm": self.rpm, "tpm": self.tpm}
 
     model: str = DEFAULT_MODEL
     """Model id."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from langchain_core.embeddings import Embeddings
+from langchain_core.load.serializable import Serializable
+from pydantic import ConfigDict
 
 from ._base import EmpirioSettings
 
@@ -14,7 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["EmpirioEmbeddings"]
 
 
-class EmpirioEmbeddings(EmpirioSettings, Embeddings):
+class EmpirioEmbeddings(EmpirioSettings, Embeddings, Serializable):
     """text-embedding-v4 dense embeddings for LangChain.
 
     Batching, exact token limits, pacing to the account's limits, retries and concurrency are
@@ -33,6 +35,9 @@ class EmpirioEmbeddings(EmpirioSettings, Embeddings):
 
     For hybrid search, ``embeddings.sparse()`` gives the sparse view from the same requests.
     """
+
+    # Serializable's config (extra="ignore") would otherwise win: a misspelt field must fail.
+    model_config = ConfigDict(**EmpirioSettings.model_config)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents (no instruction). Returns one list of floats per text, in order."""

@@ -11,6 +11,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "EmpirioSparseEmbeddings needs langchain-qdrant: pip install 'empirio[qdrant]'"
     ) from exc
 
+from langchain_core.load.serializable import Serializable
+from pydantic import ConfigDict
+
 from ._base import EmpirioSettings
 
 if TYPE_CHECKING:
@@ -24,7 +27,7 @@ def _vector(weights: dict[int, float]) -> SparseVector:
     return SparseVector(indices=indices, values=[float(weights[i]) for i in indices])
 
 
-class EmpirioSparseEmbeddings(EmpirioSettings, SparseEmbeddings):
+class EmpirioSparseEmbeddings(EmpirioSettings, SparseEmbeddings, Serializable):
     """text-embedding-v4 sparse vectors (Qwen token id -> weight) for Qdrant hybrid search.
 
     Example:
@@ -42,6 +45,9 @@ class EmpirioSparseEmbeddings(EmpirioSettings, SparseEmbeddings):
     Made with ``EmpirioEmbeddings(...).sparse()`` (or :meth:`dense` from this one), both views
     share one request per text.
     """
+
+    # Serializable's config (extra="ignore") would otherwise win: a misspelt field must fail.
+    model_config = ConfigDict(**EmpirioSettings.model_config)
 
     def embed_documents(self, texts: list[str]) -> list[SparseVector]:
         """Sparse vectors of documents, in order; indices unique and ascending."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Literal
 
 import httpx
@@ -13,8 +15,14 @@ from empirio import DEFAULT_MODEL, DEFAULT_QUERY_INSTRUCTION, EmbeddingClient
 from empirio._config import API_BASE_ENV, API_KEY_ENV
 from empirio._options import ClientFields, default_rpm, default_tpm
 from empirio._plan import InstructionMode, Overflow, as_text_list, check_texts
+from empirio._progress import Progress, tqdm_class
 
 __all__ = ["EmpirioFields"]
+
+#: The progress callback of the batch job under way in this context, if it shows a bar.
+_JOB: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar(
+    "empirio_llamaindex_job", default=None
+)
 
 
 def _env_key() -> SecretStr | None:
@@ -24,8 +32,13 @@ def _env_key() -> SecretStr | None:
 
 class EmpirioFields(ClientFields):
     """Mixin of pydantic fields for :class:`empirio.EmbeddingClient`'s options, with LlamaIndex's
-    conventions (``model_name``, ``embed_batch_size``). The key is excluded from ``to_dict()`` and
-    ``to_json()``; pass ``client=`` to share one :class:`~empirio.EmbeddingClient`."""
+    conventions (``model_name``, ``embed_batch_size``). Pass ``client=`` to share one
+    :class:`~empirio.EmbeddingClient`.
+
+    ``to_dict()``/``to_json()`` hold what changes the vectors (model, dimensions, endpoint,
+    instructions, over-length policy), never the key, nor how they are fetched (limits,
+    concurrency, timeouts, batch sizes): LlamaIndex's ``IngestionPipeline`` keys its cache by
+    them, and a change of ``rpm`` must not re-embed a corpus."""
 
     model_config = ConfigDict(
         arbitrary_types_allowed=True, protected_namespaces=("pydantic_model_",)
@@ -47,26 +60,37 @@ class EmpirioFields(ClientFields):
         default_factory=lambda: os.environ.get(API_BASE_ENV) or None,
         description="Default: EMPIRIOLABS_API_BASE, then EMPIRIOLABS_BASE_URL, then EmpirioLabs.",
     )
-    batch_size: int = Field(default=10, description="Most inputs per request sent.")
-    max_concurrency: int = Field(default=8, description="Most requests in flight.")
+    batch_size: int = Field(exclude=True, default=10, description="Most inputs per request sent.")
+    max_concurrency: int = Field(exclude=True, default=8, description="Most requests in flight.")
     rpm: float | None = Field(
-        default_factory=default_rpm, description="Account requests/minute; None = unpaced."
+        exclude=True,
+        default_factory=default_rpm,
+        description="Account requests/minute; None = unpaced.",
     )
     tpm: float | None = Field(
-        default_factory=default_tpm, description="Account tokens/minute; None = unpaced."
+        exclude=True,
+        default_factory=default_tpm,
+        description="Account tokens/minute; None = unpaced.",
     )
-    max_retries: int = Field(default=10, description="Retries per request.")
-    timeout: float = Field(default=60.0, description="Seconds to wait for a response.")
+    max_retries: int = Field(exclude=True, default=10, description="Retries per request.")
+    timeout: float = Field(
+        exclude=True, default=60.0, description="Seconds to wait for a response."
+    )
     overflow: Overflow = Field(default="truncate", description="truncate, chunk or error.")
     instruction_mode: InstructionMode = Field(default="prompt", description="prompt, api, none.")
     query_instruction: str = Field(
         default=DEFAULT_QUERY_INSTRUCTION, description="Task description for queries."
     )
     user: str | None = Field(default=None, description="End-user id passed through.")
-    encoding_format: Literal["base64", "float"] = Field(default="base64")
-    show_progress: bool = Field(default=False, description="tqdm bar inside each call.")
-    allow_insecure: bool = Field(default=False, description="Key over plain http allowed.")
+    encoding_format: Literal["base64", "float"] = Field(exclude=True, default="base64")
+    show_progress: bool = Field(
+        exclude=True, default=False, description="tqdm bar inside each call."
+    )
+    allow_insecure: bool = Field(
+        exclude=True, default=False, description="Key over plain http allowed."
+    )
     share_budget: Literal["machine", "process", "client"] = Field(
+        exclude=True,
         default="machine",
         description="Who shares this key's rate-limit budget: the machine, the process, or "
         "this object alone.",
@@ -82,15 +106,17 @@ class EmpirioFields(ClientFields):
     client: EmbeddingClient | None = Field(default=None, exclude=True)
 
     # LlamaIndex's batch methods take len() of their input and number bad texts within each
-    # embed_batch_size chunk, after earlier chunks were sent: take any iterable, and check the
-    # whole of it first, naming positions in the caller's list.
+    # embed_batch_size chunk, after earlier chunks were sent; and a bar per chunk floods a
+    # notebook. So: any iterable, checked whole first (positions in the caller's list), and one
+    # bar for the whole job, advanced as each request finishes; LlamaIndex's own is off.
     def get_text_embedding_batch(
         self, texts: Iterable[str], show_progress: bool = False, **kwargs: Any
     ) -> Any:
         """LlamaIndex's batch embedding, for any iterable of texts, checked whole first."""
         checked = check_texts(as_text_list(texts))
         parent: Any = super()
-        return parent.get_text_embedding_batch(checked, show_progress=show_progress, **kwargs)
+        with self._job(len(checked), show_progress):
+            return parent.get_text_embedding_batch(checked, show_progress=False, **kwargs)
 
     async def aget_text_embedding_batch(
         self, texts: Iterable[str], show_progress: bool = False, **kwargs: Any
@@ -98,6 +124,21 @@ class EmpirioFields(ClientFields):
         """:meth:`get_text_embedding_batch`, async."""
         checked = check_texts(as_text_list(texts))
         parent: Any = super()
-        return await parent.aget_text_embedding_batch(
-            checked, show_progress=show_progress, **kwargs
-        )
+        with self._job(len(checked), show_progress):
+            return await parent.aget_text_embedding_batch(checked, show_progress=False, **kwargs)
+
+    @contextlib.contextmanager
+    def _job(self, total: int, show: bool) -> Iterator[None]:
+        if not (show or self.show_progress) or _JOB.get() is not None:
+            yield
+            return
+        with Progress(tqdm_class()(total=total, unit="text", desc="Embedding"), None) as bar:
+            token = _JOB.set(bar.update)
+            try:
+                yield
+            finally:
+                _JOB.reset(token)
+
+    def _call_options(self) -> dict[str, Any]:
+        """Keywords for each call into the client: never a bar of its own (the job has one)."""
+        return {"show_progress": False, "on_progress": _JOB.get()}

@@ -38,6 +38,7 @@ class EmpirioEmbedding(EmpirioFields, BaseEmbedding):
         arbitrary_types_allowed=True,
         extra="forbid",
         hide_input_in_errors=True,
+        validate_assignment=True,
     )
 
     # 1000, not LlamaIndex's usual 100: its sync path embeds one batch after another, each
@@ -47,6 +48,7 @@ class EmpirioEmbedding(EmpirioFields, BaseEmbedding):
         default=1000,
         gt=0,
         le=2048,
+        exclude=True,
         description="Texts per call into the client (which splits them into requests of 10).",
     )
 
@@ -55,10 +57,12 @@ class EmpirioEmbedding(EmpirioFields, BaseEmbedding):
         return "EmpirioEmbedding"
 
     def _get_query_embedding(self, query: str) -> Embedding:
-        return self._client.embed([query], kind="query").dense_rows()[0]
+        return self._client.embed([query], kind="query", **self._call_options()).dense_rows()[0]
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        return (await self._client.aembed([query], kind="query")).dense_rows()[0]
+        return (
+            await self._client.aembed([query], kind="query", **self._call_options())
+        ).dense_rows()[0]
 
     def _get_text_embedding(self, text: str) -> Embedding:
         return self._get_text_embeddings([text])[0]
@@ -69,12 +73,14 @@ class EmpirioEmbedding(EmpirioFields, BaseEmbedding):
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         if not texts:
             return []
-        return self._client.embed(texts, kind="document").dense_rows()
+        return self._client.embed(texts, kind="document", **self._call_options()).dense_rows()
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         if not texts:
             return []
-        return (await self._client.aembed(texts, kind="document")).dense_rows()
+        return (
+            await self._client.aembed(texts, kind="document", **self._call_options())
+        ).dense_rows()
 
     def sparse(self) -> EmpirioSparseEmbedding:
         """The sparse view of the same model, sharing this object's client: dense and sparse of

@@ -47,9 +47,10 @@ class EmpirioSparseEmbedding(EmpirioFields, BaseSparseEmbedding):
         arbitrary_types_allowed=True,
         extra="forbid",
         hide_input_in_errors=True,
+        validate_assignment=True,
     )
 
-    embed_batch_size: int = Field(default=1000, gt=0, le=2048)  # see EmpirioEmbedding
+    embed_batch_size: int = Field(default=1000, gt=0, le=2048, exclude=True)  # see EmpirioEmbedding
 
     @classmethod
     def class_name(cls) -> str:
@@ -58,14 +59,18 @@ class EmpirioSparseEmbedding(EmpirioFields, BaseSparseEmbedding):
     def _embed(self, texts: list[str], kind: Kind) -> list[dict[int, float]]:
         if not texts:
             return []
-        sparse = self._client.embed(texts, kind=kind, output="sparse").sparse
+        sparse = self._client.embed(
+            texts, kind=kind, output="sparse", **self._call_options()
+        ).sparse
         assert sparse is not None
         return sparse
 
     async def _aembed(self, texts: list[str], kind: Kind) -> list[dict[int, float]]:
         if not texts:
             return []
-        result = await self._client.aembed(texts, kind=kind, output="sparse")
+        result = await self._client.aembed(
+            texts, kind=kind, output="sparse", **self._call_options()
+        )
         assert result.sparse is not None
         return result.sparse
 

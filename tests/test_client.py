@@ -562,9 +562,20 @@ def test_a_user_http_client_is_used_and_left_open(emulator_url: str) -> None:
     assert len(seen) == 1
 
 
-def test_pickling_is_refused_not_leaky(emulator_url: str) -> None:
-    with client(emulator_url) as c, pytest.raises(TypeError):
-        pickle.dumps(c)  # it holds a lock: nothing serialises the key by accident
+def test_pickles_and_deep_copies_are_working_clients_without_the_key_in_their_bytes(
+    emulator_url: str,
+) -> None:
+    import copy
+
+    with client(emulator_url, dimensions=256) as c:
+        expected = c.embed(TEXTS[:5]).dense
+        blob = pickle.dumps(c)
+        assert c.api_key.get_secret_value().encode() not in blob
+        for other in (pickle.loads(blob), copy.deepcopy(c)):
+            assert other.dimensions == 256
+            assert other.usage.requests == 0  # a new client: its own usage and connections
+            np.testing.assert_array_equal(other.embed(TEXTS[:5]).dense, expected)
+            other.close()
 
 
 async def test_many_concurrent_calls_share_the_concurrency_limit(make_emulator: Any) -> None:
