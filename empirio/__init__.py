@@ -19,6 +19,7 @@ from ._config import (
     PRICE_PER_MILLION_TOKENS_USD,
     format_query,
 )
+from ._config import package_version as _version
 from ._errors import (
     APIConnectionError,
     APIError,
@@ -46,7 +47,7 @@ from ._result import EmbeddingResult, Usage
 from ._sqlite_store import SqliteStore
 from ._tokens import MAX_INPUT_TOKENS, SAFE_INPUT_TOKENS, QwenTokenizer, get_tokenizer
 
-__version__ = "0.1.0"
+__version__ = _version()
 
 __all__ = [
     "ALLOWED_DIMENSIONS",

@@ -26,7 +26,10 @@ import importlib
 import itertools
 import json
 import logging
+import math
 import os
+import socket
+import sys
 import threading
 import time
 import warnings
@@ -69,6 +72,7 @@ from ._config import (
     TPM_ENV,
     FromEnv,
     is_loopback_url,
+    package_version,
     resolve_api_key,
     resolve_base_url,
     resolve_rate,
@@ -117,7 +121,7 @@ __all__ = ["EmbeddingClient"]
 
 logger = logging.getLogger("empirio")
 
-_VERSION = "0.1.0"
+_VERSION = package_version()
 _MAX_BATCH_SIZE = 2048
 _KINDS = ("document", "query")
 _OUTPUTS = ("dense", "sparse", "both")
@@ -224,6 +228,16 @@ class EmbeddingClient:
                 "no API key: pass api_key=... or set EMPIRIOLABS_API_KEY "
                 "(for the local emulator any non-empty key works)"
             )
+        if key != key.strip():
+            raise ConfigurationError(
+                "the API key has leading or trailing whitespace (a newline copied from a "
+                "file?); remove it"
+            )
+        if not (key.isascii() and key.isprintable()):
+            raise ConfigurationError(
+                "the API key contains characters an HTTP header cannot carry (non-ASCII or "
+                "control characters); check that it was copied whole"
+            )
         self._api_key = SecretStr(key)
         self.base_url = resolve_base_url(base_url)
         if not self.base_url.startswith(("http://", "https://")):
@@ -246,16 +260,37 @@ class EmbeddingClient:
         _check_range("batch_size", batch_size, 1, _MAX_BATCH_SIZE)
         _check_range("max_concurrency", max_concurrency, 1, 1024)
         _check_range("max_retries", max_retries, 0, 100)
+        # Limits nobody set (no argument, no environment variable) are provisional: the first
+        # response that advertises the account's limits replaces them (see _adopt_limits).
+        self._adopt = {
+            name: value is FROM_ENV and not os.environ.get(env, "").strip()
+            for name, value, env in (("rpm", rpm, RPM_ENV), ("tpm", tpm, TPM_ENV))
+        }
         try:
             rpm = resolve_rate(rpm, RPM_ENV, DEFAULT_RPM)
             tpm = resolve_rate(tpm, TPM_ENV, DEFAULT_TPM)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
         for name, rate in (("rpm", rpm), ("tpm", tpm)):
-            if rate is not None and not rate > 0:
-                raise ConfigurationError(f"{name} must be positive or None; got {rate!r}")
-        if not timeout > 0:
-            raise ConfigurationError(f"timeout must be positive seconds; got {timeout!r}")
+            if rate is None:
+                continue
+            if isinstance(rate, bool) or not isinstance(rate, int | float):
+                raise ConfigurationError(
+                    f"{name} must be a number per minute or None; got {type(rate).__name__}"
+                )
+            if not (math.isfinite(rate) and rate >= 1):
+                raise ConfigurationError(
+                    f"{name} must be a finite number of at least 1 per minute, or None for no "
+                    f"limit; got {rate!r}"
+                )
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not (math.isfinite(timeout) and timeout > 0)
+        ):
+            raise ConfigurationError(
+                f"timeout must be a finite positive number of seconds; got {timeout!r}"
+            )
         _check_choice("overflow", overflow, _OVERFLOWS)
         _check_choice("instruction_mode", instruction_mode, _MODES)
         _check_choice("encoding_format", encoding_format, ("base64", "float"))
@@ -314,8 +349,8 @@ class EmbeddingClient:
             "dimensions": self.dimensions,
             "batch_size": batch_size,
             "max_concurrency": max_concurrency,
-            "rpm": rpm,
-            "tpm": tpm,
+            "rpm": FROM_ENV if self._adopt["rpm"] else rpm,
+            "tpm": FROM_ENV if self._adopt["tpm"] else tpm,
             "max_retries": max_retries,
             "timeout": timeout,
             "overflow": overflow,
@@ -518,7 +553,7 @@ class EmbeddingClient:
                 f"truncated to 8,191 tokens: positions {shown}{more}. Pass overflow='chunk' "
                 "to embed them whole, or overflow='error' to refuse them.",
                 TruncationWarning,
-                stacklevel=4,
+                stacklevel=_caller_level(),
             )
         return plan
 
@@ -667,6 +702,8 @@ class EmbeddingClient:
     def _read(
         self, status: int, content: bytes, headers: httpx.Headers, n: int, call: Call
     ) -> Decoded | EmpirioError:
+        if self._adopt["rpm"] or self._adopt["tpm"]:
+            self._adopt_limits(headers)
         if 200 <= status < 300:
             try:
                 return decode_success(
@@ -684,9 +721,55 @@ class EmbeddingClient:
                 return exc
         return decode_error(status, content, headers, time.time())
 
+    def _adopt_limits(self, headers: httpx.Headers) -> None:
+        """Take the limits a server advertises (``x-ratelimit-limit-requests``/``-tokens``, a
+        number per minute or ``unlimited``) in place of defaults nobody chose: a local emulator
+        is then not paced like the real account. Limits given as arguments or in the
+        environment are never changed; where nothing is advertised the defaults stay."""
+        found: dict[str, float | None] = {}
+        for name, header in (
+            ("rpm", "x-ratelimit-limit-requests"),
+            ("tpm", "x-ratelimit-limit-tokens"),
+        ):
+            raw = headers.get(header, "").strip().lower()
+            if not self._adopt[name] or not raw:
+                continue
+            if raw in ("unlimited", "none"):
+                found[name] = None
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                continue
+            if math.isfinite(value) and value >= 1:
+                found[name] = value
+        if not found:
+            return
+        with self._lock:
+            for name in found:
+                self._adopt[name] = False
+            rpm = found.get("rpm", self.rpm)
+            tpm = found.get("tpm", self.tpm)
+            if (rpm, tpm) == (self.rpm, self.tpm):
+                return
+            self.rpm, self.tpm = rpm, tpm
+            self._limits = Limits(rpm, tpm)
+            for driver in self._calls:  # calls under way pace to the new limits at once
+                driver.engine.limits = self._limits
+        logger.info("pacing to the limits the server advertises: rpm=%s, tpm=%s", rpm, tpm)
+
     def _transport_error(self, exc: httpx.HTTPError) -> EmpirioError:
         if isinstance(exc, httpx.TimeoutException):
             return APITimeoutError(f"no response from {self.base_url} within {self.timeout} s")
+        if _caused_by(exc, socket.gaierror) and not self._meter.usage.requests:
+            # Never reached: a wrong host name or no network. Retrying for a minute would
+            # only hide that; once requests have succeeded, a lookup failure is a blip.
+            err = APIConnectionError(
+                f"cannot resolve the host of {self.base_url}: check the address and the "
+                "network (no request has reached it)"
+            )
+            err.retryable = False
+            return err
         return APIConnectionError(f"connection to {self.base_url} failed: {type(exc).__name__}")
 
     def _progress(
@@ -893,6 +976,9 @@ class EmbeddingClient:
             importlib.import_module("anyio._backends._asyncio")
             client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.timeout, connect=min(10.0, self.timeout)),
+                # A loopback server is reached directly: HTTP_PROXY would otherwise receive
+                # the key in clear text over http://.
+                trust_env=not is_loopback_url(self.base_url),
                 limits=httpx.Limits(
                     max_connections=self.max_concurrency + 2,
                     max_keepalive_connections=self.max_concurrency + 2,
@@ -1092,6 +1178,37 @@ class EmbeddingClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+#: Folders of our packages: a warning is reported at the first frame outside them.
+_OUR_DIRS = tuple(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name) + os.sep
+    for name in ("empirio", "langchain_empirio", "llamaindex_empirio", "llama_index")
+)
+
+
+def _caller_level() -> int:
+    """``stacklevel`` for a warning raised by the function calling this, pointing at the
+    user's code however deep the call (``iter_embed`` plans inside generators and drivers)."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_OUR_DIRS):
+        if frame.f_back is None:
+            break
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(10):  # httpx -> httpcore -> OSError: a short chain
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _restore_client(key: SealedKey, options: dict[str, Any]) -> EmbeddingClient:

@@ -27,6 +27,7 @@ __all__ = [
     "FromEnv",
     "format_query",
     "is_loopback_url",
+    "package_version",
     "resolve_api_key",
     "resolve_base_url",
     "resolve_rate",
@@ -56,6 +57,16 @@ PRICE_PER_MILLION_TOKENS_USD = 0.07
 DEFAULT_QUERY_INSTRUCTION = (
     "Given a web search query, retrieve relevant passages that answer the query"
 )
+
+
+def package_version() -> str:
+    """This distribution's version, from its metadata (``pyproject.toml`` is its one home)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("empirio")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
 
 
 def format_query(text: str, instruction: str) -> str:

@@ -37,13 +37,11 @@ class Decoded:
         dense: ``(n, dimensions)`` float32 rows in input order, or ``None``.
         sparse: ``{token_id: weight}`` per input in input order, or ``None``.
         tokens: billed tokens (``usage.total_tokens``).
-        request_id: the response's id, if any.
     """
 
     dense: npt.NDArray[np.float32] | None
     sparse: list[dict[int, float]] | None
     tokens: int
-    request_id: str | None
 
 
 def decode_success(
@@ -102,7 +100,7 @@ def decode_success(
             for s in item.sparse_embedding or ():
                 vec[s.index] = vec.get(s.index, 0.0) + s.value
             out_sparse.append(vec)
-    return Decoded(out_dense, out_sparse, resp.usage.total_tokens, resp.id)
+    return Decoded(out_dense, out_sparse, resp.usage.total_tokens)
 
 
 def decode_error(

@@ -10,6 +10,7 @@ import contextlib
 import importlib.resources
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -113,6 +114,25 @@ def _searchers(
 
 def run_demo(*, dimensions: int = 512, force_emulator: bool = False) -> int:
     """Embed the corpus, run the queries, print hits and cost. Returns an exit status."""
+    import importlib.util
+
+    missing = [
+        (module, extra)
+        for module, extra in (
+            ("langchain_core", "langchain"),
+            ("llama_index.core", "llamaindex"),
+            ("langchain_qdrant", "qdrant"),
+        )
+        if importlib.util.find_spec(module.split(".")[0]) is None
+    ]
+    if missing:
+        extras = ",".join(extra for _, extra in missing)
+        print(
+            f"empirio demo: needs {', '.join(m for m, _ in missing)}, not installed: "
+            f"pip install 'empirio[server,{extras}]'",
+            file=sys.stderr,
+        )
+        return 1
     use_emulator = force_emulator or not os.environ.get(API_KEY_ENV)
     corpus = load_corpus()
     by_id = {d["id"]: d for d in corpus}

@@ -220,7 +220,7 @@ class Engine:
                 self._split(request, (len(request) + 1) // 2, attempt.retries)
                 return Completion()
         throttled = isinstance(outcome, APIStatusError) and outcome.status_code == 429
-        retryable = isinstance(outcome, APIConnectionError) or (
+        retryable = (isinstance(outcome, APIConnectionError) and outcome.retryable) or (
             isinstance(outcome, APIStatusError) and is_retryable_status(outcome.status_code)
         )
         elapsed = now - attempt.first_sent_at

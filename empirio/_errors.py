@@ -104,7 +104,14 @@ class APIError(EmpirioError):
 
 
 class APIConnectionError(APIError):
-    """No response arrived: the connection was refused, reset or closed early."""
+    """No response arrived: the connection was refused, reset or closed early.
+
+    Attributes:
+        retryable: whether retrying may help (``False`` for a host that does not resolve
+            before anything ever reached it: a wrong address or no network).
+    """
+
+    retryable: bool = True
 
 
 class APITimeoutError(APIConnectionError):

@@ -46,11 +46,15 @@ def build_client(fields: object, renames: Mapping[str, str] | None = None) -> Em
     gives it (``{"model": "model_name"}``); options the adapter lacks keep their defaults.
     """
     renames = renames or {}
+    given = getattr(fields, "model_fields_set", None)
     kwargs = {}
     for name in CLIENT_OPTIONS:
         attr = renames.get(name, name)
-        if hasattr(fields, attr):
-            kwargs[name] = getattr(fields, attr)
+        if not hasattr(fields, attr):
+            continue
+        if name in ("rpm", "tpm") and given is not None and attr not in given:
+            continue  # not chosen: the client's default (environment, or what the server says)
+        kwargs[name] = getattr(fields, attr)
     return EmbeddingClient(**kwargs)
 
 

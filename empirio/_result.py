@@ -60,7 +60,8 @@ class Usage:
             else ""
         )
         return (
-            f"{self.requests} requests, {self.input_tokens:,} tokens, "
+            f"{self.requests} request{'' if self.requests == 1 else 's'}, "
+            f"{self.input_tokens:,} tokens, "
             f"${self.cost_usd:.6f} (retries {self.retries}, 429s {self.rate_limited}{abandoned})"
         )
 

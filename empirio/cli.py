@@ -1,15 +1,18 @@
-"""``empirio serve | embed | demo``: the command line."""
+"""``empirio serve | embed | playground | demo``: the command line."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import math
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import FrameType
+from typing import Any
 
 __all__ = ["main"]
 
@@ -85,7 +88,10 @@ def _serve(args: argparse.Namespace) -> int:
             sparse_output=args.sparse,
         )
     except ValueError as exc:
-        print(f"empirio serve: {exc}", file=sys.stderr)
+        print(f"empirio serve: {_flag_names(str(exc))}", file=sys.stderr)
+        return 2
+    if not 0 <= args.port <= 65535:
+        print(f"empirio serve: --port must be 0 to 65535; got {args.port}", file=sys.stderr)
         return 2
     stop = threading.Event()
 
@@ -94,40 +100,91 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    with serve(host=args.host, port=args.port, config=config) as url:
+    try:
+        server = serve(host=args.host, port=args.port, config=config)
+        url = server.__enter__()
+    except (OSError, RuntimeError) as exc:
+        print(f"empirio serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    try:
         print(url, flush=True)
         stop.wait()
+    finally:
+        server.__exit__(None, None, None)
     return 0
 
 
 def _add_embed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "embed",
-        help="embed the lines of a file (or stdin) to JSONL or .npy",
-        description="Embed each line of the input as one text. Settings come from the flags, "
-        "then EMPIRIOLABS_API_KEY / EMPIRIOLABS_API_BASE. The key is read only from the "
-        "environment, never from a flag (flags show in process lists).",
+        help="embed the lines of a file (or stdin) to .npy or JSONL",
+        description="Embed each line of the input as one text (lines end at \\n only; line "
+        "numbers count from 1). Settings come from the flags, then the environment "
+        "(EMPIRIOLABS_API_KEY, EMPIRIOLABS_API_BASE, EMPIRIOLABS_RPM, EMPIRIOLABS_TPM). The "
+        "key is read only from the environment, never from a flag (flags show in process "
+        "lists). Exit status: 0 done, 1 failed, 2 bad usage, 130 interrupted.",
     )
     p.add_argument(
-        "input", nargs="?", default="-", help="a text file, one text per line; - = stdin"
+        "input", nargs="?", default="-", help="a UTF-8 text file, one text per line; - = stdin"
     )
     p.add_argument(
         "-o",
         "--output",
         default="-",
-        help="where to write: a .npy file (dense matrix) or .jsonl; - = JSONL on stdout",
+        help="where to write: a .npy file (the dense matrix) or a .jsonl file; - = JSONL on "
+        "stdout (not to a terminal)",
     )
-    p.add_argument("--dimensions", type=int, default=1024)
-    p.add_argument("--kind", choices=("document", "query"), default="document")
-    p.add_argument("--output-type", choices=("dense", "sparse", "both"), default="dense")
-    p.add_argument("--base-url", default=None)
-    p.add_argument("--batch-size", type=int, default=10)
-    p.add_argument("--max-concurrency", type=int, default=8)
-    p.add_argument("--rpm", type=float, default=50, help="account requests/minute; 0 = unpaced")
     p.add_argument(
-        "--tpm", type=float, default=2_000_000, help="account tokens/minute; 0 = unpaced"
+        "--format",
+        choices=("npy", "jsonl"),
+        default=None,
+        help="the output format (default: from the output's extension)",
     )
-    p.add_argument("--overflow", choices=("truncate", "chunk", "error"), default="truncate")
+    p.add_argument(
+        "--dimensions", type=int, default=1024, help="vector size: 64 to 2048 (default 1024)"
+    )
+    p.add_argument(
+        "--kind",
+        choices=("document", "query"),
+        default="document",
+        help="document (no instruction) or query (with the query instruction)",
+    )
+    p.add_argument(
+        "--output-type",
+        choices=("dense", "sparse", "both"),
+        default="dense",
+        help="which vectors to write; sparse needs JSONL (default dense)",
+    )
+    p.add_argument(
+        "--base-url",
+        default=None,
+        help="the endpoint (default: EMPIRIOLABS_API_BASE, else EmpirioLabs)",
+    )
+    p.add_argument("--batch-size", type=int, default=10, help="inputs per request (default 10)")
+    p.add_argument(
+        "--max-concurrency", type=int, default=8, help="requests in flight at most (default 8)"
+    )
+    p.add_argument(
+        "--rpm",
+        type=float,
+        default=None,
+        help="the account's requests/minute; 0 = unpaced (default: EMPIRIOLABS_RPM, else what "
+        "the server advertises, else 50)",
+    )
+    p.add_argument(
+        "--tpm",
+        type=float,
+        default=None,
+        help="the account's tokens/minute; 0 = unpaced (default: EMPIRIOLABS_TPM, else what "
+        "the server advertises, else 2,000,000)",
+    )
+    p.add_argument(
+        "--overflow",
+        choices=("truncate", "chunk", "error"),
+        default="truncate",
+        help="lines over 8,191 tokens: cut them, embed them in windows, or refuse "
+        "(default truncate)",
+    )
     p.add_argument("--skip-blank", action="store_true", help="skip blank lines instead of failing")
     p.add_argument(
         "--cache",
@@ -140,32 +197,118 @@ def _add_embed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--emulator",
         action="store_true",
-        help="start a local emulator for this run (no key or network needed)",
+        help="start a local emulator for this run (no key or network needed; never paced)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def _embed(args: argparse.Namespace) -> int:
-    import json
+class _Usage(Exception):
+    """A usage error: reported in one line, exit status 2."""
 
+
+_FORMATS = {".npy": "npy", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+
+
+def _read_lines(source: str) -> list[str]:
+    """The input's lines, split at ``\\n`` only (``str.splitlines`` also splits at ``\\f``,
+    ``\\x85``, ``\\u2028`` and more, which are text inside a line here)."""
+    if source == "-":
+        data = sys.stdin.buffer.read()
+        name = "stdin"
+    else:
+        if os.path.isdir(source):
+            raise _Usage(f"{source} is a folder, not a text file")
+        try:
+            with open(source, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            raise _Usage(f"{source}: no such file") from None
+        except PermissionError:
+            raise _Usage(f"{source}: permission denied") from None
+        name = source
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise _Usage(f"{name} is not UTF-8 text (line {line}, byte {exc.start})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def _output_format(args: argparse.Namespace) -> str:
+    if args.format is not None:
+        return str(args.format)
+    if args.output == "-":
+        return "jsonl"
+    ext = os.path.splitext(args.output)[1].lower()
+    if ext not in _FORMATS:
+        raise _Usage(
+            f"cannot tell the format of {args.output!r} from its extension; use .npy or .jsonl, "
+            "or give --format"
+        )
+    return _FORMATS[ext]
+
+
+def _rate(value: float | None, flag: str) -> Any:
+    from ._config import FROM_ENV
+
+    if value is None:
+        return FROM_ENV
+    if not (value >= 0 and math.isfinite(value)):
+        raise _Usage(f"{flag} must be a number of at least 0 (0 = unpaced); got {value}")
+    return value or None
+
+
+def _row_json(index: int, dense: Any, sparse: dict[int, float] | None) -> str:
+    """One JSONL line; floats with the digits of float32, which is what the vectors are."""
+    parts = [f'"index": {index}']
+    if dense is not None:
+        parts.append('"embedding": [' + ", ".join(map(str, dense)) + "]")
+    if sparse is not None:
+        parts.append('"sparse": ' + json.dumps({str(k): v for k, v in sparse.items()}))
+    return "{" + ", ".join(parts) + "}\n"
+
+
+def _embed(args: argparse.Namespace) -> int:
+    try:
+        return _embed_checked(args)
+    except _Usage as exc:
+        print(f"empirio embed: {exc}", file=sys.stderr)
+        return 2
+
+
+def _embed_checked(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ._client import EmbeddingClient
-    from ._errors import EmpirioError
+    from ._errors import ConfigurationError, EmpirioError, InvalidInputError
 
-    if args.input == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        with open(args.input, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
+    fmt = _output_format(args)
+    if fmt == "npy" and args.output == "-":
+        raise _Usage(".npy output needs a file: give -o FILE.npy")
+    if fmt == "npy" and args.output_type != "dense":
+        raise _Usage(".npy holds dense vectors only; use .jsonl for sparse")
+    if args.output == "-" and sys.stdout.isatty():
+        raise _Usage("refusing to write vectors to a terminal: give -o FILE or redirect stdout")
+    if args.output != "-":
+        folder = os.path.dirname(os.path.abspath(args.output))
+        if not os.path.isdir(folder):
+            raise _Usage(f"the output's folder {folder} does not exist")
+    rpm, tpm = _rate(args.rpm, "--rpm"), _rate(args.tpm, "--tpm")
+    lines = _read_lines(args.input)
+    numbers = list(range(1, len(lines) + 1))  # line numbers, from 1
     if args.skip_blank:
-        lines = [line for line in lines if line.strip()]
+        kept = [(n, line) for n, line in zip(numbers, lines, strict=True) if line.strip()]
+        numbers = [n for n, _ in kept]
+        lines = [line for _, line in kept]
     with contextlib.ExitStack() as stack:
         base_url, key = args.base_url, None
         if args.emulator:
             from .emulator import serve
 
-            base_url, key = stack.enter_context(serve()), "emulator-key"
+            base_url, key, rpm, tpm = stack.enter_context(serve()), "emulator-key", None, None
         try:
             client = EmbeddingClient(
                 api_key=key,
@@ -173,34 +316,34 @@ def _embed(args: argparse.Namespace) -> int:
                 dimensions=args.dimensions,
                 batch_size=args.batch_size,
                 max_concurrency=args.max_concurrency,
-                rpm=args.rpm or None,
-                tpm=args.tpm or None,
+                rpm=rpm,
+                tpm=tpm,
                 overflow=args.overflow,
                 show_progress=not args.no_progress,
                 cache=args.cache,
             )
+        except ConfigurationError as exc:
+            text = str(exc)
+            if "no API key" in text:
+                text = "no API key: set EMPIRIOLABS_API_KEY, or use --emulator for a local run"
+            raise _Usage(_flag_names(text)) from None
         except EmpirioError as exc:
             print(f"empirio embed: {exc}", file=sys.stderr)
-            return 2
+            return 1
         stack.enter_context(client)
+        stack.enter_context(_warnings_as_lines())
+        # A file is written under a temporary name and renamed when complete, so that a file
+        # with the output's name is never one that looks finished but is not.
+        tmp = None if args.output == "-" else f"{args.output}.partial-{os.getpid()}"
+        if tmp is not None:
+            _discard_stale(args.output)
+            stack.callback(_discard, tmp)
+        done = 0
         try:
-            to_npy = args.output.endswith(".npy")
-            if to_npy and args.output_type != "dense":
-                print(
-                    "empirio embed: .npy holds dense vectors only; use .jsonl for sparse",
-                    file=sys.stderr,
-                )
-                return 2
             matrix = None
-            out = None
-            # A file is written under a temporary name and renamed when complete, so that a
-            # file with the output's name is never one that looks finished but is not.
-            tmp = None if args.output == "-" else f"{args.output}.partial-{os.getpid()}"
-            if tmp is not None:
-                _discard_stale(args.output)
-                stack.callback(_discard, tmp)
-            if to_npy:
-                assert tmp is not None  # a .npy output is always a file
+            out: Any = None
+            if fmt == "npy":
+                assert tmp is not None
                 matrix = np.lib.format.open_memmap(
                     tmp, mode="w+", dtype=np.float32, shape=(len(lines), args.dimensions)
                 )
@@ -210,20 +353,19 @@ def _embed(args: argparse.Namespace) -> int:
                     if tmp is None
                     else stack.enter_context(open(tmp, "w", encoding="utf-8"))
                 )
-            done = 0
             for part in client.iter_embed(lines, kind=args.kind, output=args.output_type):
                 done = part.offset + len(part)
                 if matrix is not None and part.dense is not None:
                     matrix[part.offset : part.offset + len(part)] = part.dense
                     continue
-                assert out is not None
                 for i in range(len(part)):
-                    row: dict[str, object] = {"index": part.offset + i}
-                    if part.dense is not None:
-                        row["embedding"] = part.dense[i].tolist()
-                    if part.sparse is not None:
-                        row["sparse"] = {str(k): v for k, v in part.sparse[i].items()}
-                    out.write(json.dumps(row) + "\n")
+                    out.write(
+                        _row_json(
+                            numbers[part.offset + i],
+                            None if part.dense is None else part.dense[i],
+                            None if part.sparse is None else part.sparse[i],
+                        )
+                    )
             if matrix is not None:
                 matrix.flush()
                 del matrix  # release the memory map before renaming its file
@@ -231,16 +373,82 @@ def _embed(args: argparse.Namespace) -> int:
                 out.close()
             if tmp is not None:
                 os.replace(tmp, args.output)
-            print(f"empirio embed: {len(lines)} texts; {client.usage}", file=sys.stderr)
+        except InvalidInputError as exc:
+            where = ", ".join(str(numbers[i]) for i in exc.indices[:10] if i < len(numbers))
+            more = ", ..." if len(exc.indices) > 10 else ""
+            plural = "s" if len(exc.indices) > 1 else ""
+            if "empty or whitespace" in str(exc):
+                reason = f"blank line{plural}: {where}{more} (the service refuses empty texts; "
+                reason += "--skip-blank skips them)"
+            elif "exceed the limit" in str(exc):
+                reason = f"line{plural} over 8,191 tokens: {where}{more} (--overflow error)"
+            else:
+                reason = f"{str(exc).split(':')[0]}: line{plural} {where}{more}"
+            sent = done or len(exc.partial_indices)
+            outcome = (
+                "nothing was sent"
+                if not sent
+                else f"{args.output} not written; {sent} of {len(lines)} texts had been embedded"
+            )
+            print(f"empirio embed: {reason}; {outcome}", file=sys.stderr)
+            return 1
         except EmpirioError as exc:
-            finished = exc.partial_indices[-1] + 1 if exc.partial_indices else done
+            finished = len(exc.partial_indices) if exc.partial_indices else done
             print(
                 f"empirio embed: {exc}\nempirio embed: {args.output} not written; "
-                f"{finished} of {len(lines)} texts had been embedded; {client.usage}",
+                f"{finished} of {len(lines)} texts had been embedded"
+                + ("; they are in the cache: run again to resume" if args.cache else "")
+                + f"; {client.usage}",
                 file=sys.stderr,
             )
             return 1
+        except KeyboardInterrupt:
+            print(
+                f"empirio embed: interrupted; {args.output} not written; {done} of "
+                f"{len(lines)} texts had been embedded"
+                + ("; they are in the cache: run again to resume" if args.cache else ""),
+                file=sys.stderr,
+            )
+            return 130
+        print(f"empirio embed: {len(lines)} texts; {client.usage}", file=sys.stderr)
     return 0
+
+
+def _flag_names(text: str) -> str:
+    """Python's keyword names in a message, as this command's flags."""
+    for name in (
+        "batch_size",
+        "max_concurrency",
+        "dimensions",
+        "rpm",
+        "tpm",
+        "base_url",
+        "fail_rate",
+        "drop_rate",
+        "max_batch",
+        "latency_ms",
+        "storm_s",
+        "credit_tokens",
+    ):
+        text = text.replace(f"{name}=", f"--{name.replace('_', '-')} ").replace(
+            f"{name} must", f"--{name.replace('_', '-')} must"
+        )
+    return text
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Warnings as one line each, written above the progress bar rather than through it."""
+    import warnings
+
+    from tqdm import tqdm
+
+    def show(message: Any, category: Any, *rest: Any, **kw: Any) -> None:
+        tqdm.write(f"empirio embed: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def _discard(path: str) -> None:
@@ -270,6 +478,51 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _add_playground(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "playground",
+        help="try text-embedding-v4 in the browser with every API parameter",
+        description="Start a local web app to embed and rank texts with every parameter the "
+        "API has, then copy the code. Uses the real service when EMPIRIOLABS_API_KEY is set "
+        "(the key stays in this process), else a local emulator. Ctrl-C stops it.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (default 0)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.add_argument("--emulator", action="store_true", help="use the emulator even with a key")
+
+
+def _playground(args: argparse.Namespace) -> int:
+    from .playground import open_in_browser, playground
+
+    if not 0 <= args.port <= 65535:
+        print(f"empirio playground: --port must be 0 to 65535; got {args.port}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        running = playground(host=args.host, port=args.port, force_emulator=args.emulator)
+        url = running.__enter__()
+    except (OSError, RuntimeError) as exc:
+        print(
+            f"empirio playground: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr
+        )
+        return 1
+    try:
+        print(url, flush=True)
+        if not args.no_browser:
+            open_in_browser(url)
+        stop.wait()
+    finally:
+        running.__exit__(None, None, None)
+    return 0
+
+
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
@@ -283,24 +536,53 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``empirio`` command; returns the exit status."""
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="empirio", description="text-embedding-v4 through EmpirioLabs: tools."
     )
+    parser.add_argument("--version", action="version", version=f"empirio {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_embed(sub)
+    _add_playground(sub)
     _add_demo(sub)
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        return _serve(args)
-    if args.command == "embed":
-        return _embed(args)
-    if args.command == "demo":
-        from ._demo import run_demo
+    try:
+        if args.command in ("serve", "demo", "playground"):
+            missing = _missing_server_extra()
+            if missing:
+                print(
+                    f"empirio {args.command}: needs {missing}, which is not installed: "
+                    "pip install 'empirio[server]'",
+                    file=sys.stderr,
+                )
+                return 1
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "embed":
+            return _embed(args)
+        if args.command == "playground":
+            return _playground(args)
+        if args.command == "demo":
+            from ._demo import run_demo
 
-        return run_demo(dimensions=args.dimensions, force_emulator=args.emulator)
+            return run_demo(dimensions=args.dimensions, force_emulator=args.emulator)
+    except KeyboardInterrupt:
+        print(f"empirio {args.command}: interrupted", file=sys.stderr)
+        return 130
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return 2  # pragma: no cover
+
+
+def _missing_server_extra() -> str | None:
+    """The first package of the ``server`` extra that cannot be imported, if any."""
+    import importlib.util
+
+    for name in ("uvicorn", "orjson"):
+        if importlib.util.find_spec(name) is None:
+            return name
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+try:
+    import langchain_core  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess without the extra
+    raise ImportError(
+        "langchain_empirio needs langchain-core, which is not installed: "
+        "pip install 'empirio[langchain]'"
+    ) from exc
+
 from .embeddings import EmpirioEmbeddings
 
 if TYPE_CHECKING:

@@ -6,6 +6,14 @@ from llamaindex_empirio import EmpirioEmbedding
 Settings.embed_model = EmpirioEmbedding(dimensions=512)
 """
 
+try:
+    import llama_index.core  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess without the extra
+    raise ImportError(
+        "llamaindex_empirio needs llama-index-core, which is not installed: "
+        "pip install 'empirio[llamaindex]'"
+    ) from exc
+
 from .embeddings import EmpirioEmbedding
 from .sparse import EmpirioSparseEmbedding
 

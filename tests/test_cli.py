@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 
 def run(
@@ -36,7 +37,7 @@ def test_embed_to_npy(tmp_path: Path) -> None:
     m = np.load(out)
     assert m.shape == (3, 64)
     np.testing.assert_array_equal(m[0], m[2])
-    assert "1 requests" in r.stderr
+    assert "1 request," in r.stderr
 
 
 def test_embed_to_jsonl_with_sparse(tmp_path: Path) -> None:
@@ -55,15 +56,20 @@ def test_embed_to_jsonl_with_sparse(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
-    assert [row["index"] for row in rows] == [0, 1]
+    assert [row["index"] for row in rows] == [1, 3]  # line numbers, from 1, kept when skipping
     assert len(rows[0]["embedding"]) == 128
     assert rows[0]["sparse"]
+    # float32 digits: each printed number reads back as exactly the float32 it came from
+    text = r.stdout.splitlines()[0]
+    first = text.split('"embedding": [')[1].split(",")[0]
+    assert len(first.lstrip("-").lstrip("0.")) <= 9
 
 
 def test_embed_blank_line_fails_clearly() -> None:
     r = run("embed", "--emulator", stdin="a\n\nb\n")
     assert r.returncode == 1
-    assert "positions [1]" in r.stderr
+    assert "blank line: 2" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_embed_without_a_key_says_how_to_set_it() -> None:
@@ -153,3 +159,126 @@ def test_a_run_killed_with_sigkill_resumes_from_the_cache_paying_only_for_the_re
     r = subprocess.run(argv_clean, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     np.testing.assert_array_equal(np.load(out), np.load(clean))
+
+
+def test_version_and_help_on_every_option() -> None:
+    from empirio import __version__
+
+    r = run("--version")
+    assert r.returncode == 0
+    assert r.stdout.strip() == f"empirio {__version__}"
+    for command in ("embed", "serve"):
+        text = run(command, "--help").stdout
+        import re
+
+        # every option line is followed by help text (argparse puts it on the same line or next)
+        options = re.findall(r"^  (-[-\w, ]+?)(?:\s{2,}(\S.*))?$", text, re.M)
+        assert options
+        bare = [o for o, h in options if not h]
+        for o in bare:
+            assert re.search(re.escape(o) + r".*\n\s{20,}\S", text), f"{command} {o} has no help"
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "status", "message"),
+    [
+        (("embed", "/no/such/file.txt", "--emulator"), "", 2, "no such file"),
+        (("embed", "/tmp", "--emulator"), "", 2, "is a folder"),
+        (("embed", "--emulator", "-o", "out.csv"), "a\n", 2, "cannot tell the format"),
+        (("embed", "--emulator", "-o", "/no/such/dir/out.npy"), "a\n", 2, "does not exist"),
+        (("embed", "--emulator", "--rpm", "-1"), "a\n", 2, "--rpm must be"),
+        (("embed", "--emulator", "--dimensions", "100"), "a\n", 2, "choose one of"),
+        (("embed",), "a\n", 2, "set EMPIRIOLABS_API_KEY"),
+        (("serve", "--port", "99999"), "", 2, "--port must be 0 to 65535"),
+        (("serve", "--rpm", "-1"), "", 2, "rpm must be at least 1"),
+        (("serve", "--fail-rate", "2"), "", 2, "--fail-rate must be"),
+    ],
+)
+def test_errors_are_one_line_with_exit_codes(
+    args: tuple[str, ...], stdin: str, status: int, message: str, tmp_path: Path
+) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "empirio", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "EMPIRIOLABS_API_KEY"},
+    )
+    assert r.returncode == status, r.stderr
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_non_utf8_input_is_named_with_its_line(tmp_path: Path) -> None:
+    src = tmp_path / "latin1.txt"
+    src.write_bytes("caf\u00e9\nna\u00efve\n".encode("latin-1"))
+    r = run("embed", str(src), "--emulator")
+    assert r.returncode == 2
+    assert "not UTF-8 text (line 1" in r.stderr
+
+
+def test_lines_split_at_newline_only(tmp_path: Path) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("one\fstill one\ntwo\x85two\nthree\u2028three\r\nfour\n", encoding="utf-8")
+    out = tmp_path / "v.npy"
+    r = run("embed", str(src), "--emulator", "-o", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert np.load(out).shape == (4, 1024)
+
+
+def test_a_busy_port_is_one_line() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        r = run("serve", "--port", str(port))
+    assert r.returncode == 1
+    assert "cannot listen" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_emulator_runs_are_not_paced_and_ctrl_c_exits_130(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    lines = "\n".join(f"line {i}" for i in range(2000)) + "\n"
+    src = tmp_path / "in.txt"
+    src.write_text(lines, encoding="utf-8")
+    out = tmp_path / "v.npy"
+    r = run("embed", str(src), "--emulator", "-o", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "200 requests" in r.stderr  # 2,000 lines, all sent (paced at 50 RPM: four minutes)
+    # Ctrl-C: a real account's pace (the emulator told to have one) and an interrupt.
+    env = {k: v for k, v in os.environ.items() if k != "EMPIRIOLABS_API_KEY"}
+    env["EMPIRIOLABS_API_KEY"] = "k"
+    from empirio.emulator import EmulatorConfig, serve
+
+    with serve(config=EmulatorConfig(rpm=60)) as url:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "empirio",
+                "embed",
+                str(src),
+                "--base-url",
+                url,
+                "-o",
+                str(out.with_suffix(".b.npy")),
+                "--no-progress",
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(4)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert "Traceback" not in err

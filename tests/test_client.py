@@ -603,3 +603,73 @@ def test_dense_rows_are_python_floats_and_refused_for_sparse_only(emulator_url: 
         assert all(type(x) is float for x in rows[1])
         with pytest.raises(ValueError, match="no dense vectors"):
             c.embed(["a"], output="sparse").dense_rows()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"rpm": 0.5}, "at least 1 per minute"),
+        ({"tpm": float("inf")}, "finite number"),
+        ({"timeout": float("inf")}, "finite positive"),
+        ({"rpm": "50"}, "must be a number"),
+        ({"timeout": "5"}, "finite positive"),
+        ({"api_key": "sk-key-with-newline-0123456789\n"}, "whitespace"),
+        ({"api_key": "sk-key-caf\u00e9-0123456789"}, "non-ASCII"),
+    ],
+)
+def test_bad_settings_and_keys_are_configuration_errors_without_the_key(
+    settings: dict[str, Any], message: str
+) -> None:
+    from empirio import ConfigurationError
+
+    kw: dict[str, Any] = {"api_key": "sk-a-fine-key-0123456789", **settings}
+    with pytest.raises(ConfigurationError, match=message) as info:
+        EmbeddingClient(**kw)
+    assert str(kw["api_key"]).strip() not in str(info.value)
+
+
+def test_a_host_that_does_not_resolve_fails_at_once() -> None:
+    from empirio import APIConnectionError
+
+    c = EmbeddingClient(
+        api_key="sk-a-fine-key-0123456789", base_url="https://no-such-host.invalid/v1", rpm=None
+    )
+    with pytest.raises(APIConnectionError, match="cannot resolve"):
+        c.embed(["x"])
+    assert c.usage.retries == 0
+
+
+def test_unset_limits_adopt_what_a_local_server_advertises(
+    make_emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EMPIRIOLABS_RPM", raising=False)
+    monkeypatch.delenv("EMPIRIOLABS_TPM", raising=False)
+    free = make_emulator()
+    with EmbeddingClient(api_key="k", base_url=free) as c:
+        assert (c.rpm, c.tpm) == (50, 2_000_000)  # the real account's, until told otherwise
+        c.embed(TEXTS[:200])  # 20 requests: four minutes at 50 a minute
+        assert (c.rpm, c.tpm) == (None, None)
+    limited = make_emulator(rpm=600, tpm=900_000)
+    with EmbeddingClient(api_key="k", base_url=limited) as c:
+        c.embed(TEXTS[:10])
+        assert (c.rpm, c.tpm) == (600, 900_000)
+    with EmbeddingClient(api_key="k", base_url=free, rpm=50) as c:  # chosen: kept
+        c.embed(TEXTS[:10])
+        assert c.rpm == 50
+    monkeypatch.setenv("EMPIRIOLABS_RPM", "100")
+    with EmbeddingClient(api_key="k", base_url=free) as c:  # from the environment: kept
+        c.embed(TEXTS[:10])
+        assert (c.rpm, c.tpm) == (100, None)
+
+
+def test_truncation_warnings_point_at_the_callers_line(emulator_url: str) -> None:
+    from empirio import TruncationWarning
+
+    long = "word " * 9000
+    with client(emulator_url) as c:
+        with pytest.warns(TruncationWarning) as caught:
+            c.embed(["short", long])
+        assert caught[0].filename == __file__
+        with pytest.warns(TruncationWarning) as caught:
+            list(c.iter_embed(["short", long], segment_size=1))
+        assert caught[0].filename == __file__

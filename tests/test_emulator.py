@@ -549,4 +549,31 @@ def test_cli_serve_rejects_bad_rates() -> None:
         timeout=60,
     )
     assert out.returncode == 2
-    assert "fail_rate must be within [0, 1]" in out.stderr
+    assert "fail-rate must be within [0, 1]" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model":"text-embedding-v4","input":["\\ud800"]}',
+        b'{"model":"text-embedding-v4","input":["a"],"dimensions":' + b"9" * 5000 + b"}",
+        b'{"model":"text-embedding-v4","input":' + b"[" * 100000 + b"]" * 100000 + b"}",
+    ],
+    ids=["lone surrogate", "5000 digits", "deep nesting"],
+)
+def test_every_bad_request_gets_a_json_error_and_costs_nothing(
+    make_emulator: Any, body: bytes
+) -> None:
+    import httpx
+
+    url = make_emulator(credit_tokens=1000)
+    r = httpx.post(
+        f"{url}/embeddings",
+        content=body,
+        headers={"Authorization": "Bearer k", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 400
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert stats(url)["tokens"] == 0

@@ -34,7 +34,7 @@ def req(rid: int, n: int = 10, first: int = 0) -> PlannedRequest:
 
 def ok(a: Attempt) -> Decoded:
     n = len(a.request)
-    return Decoded(np.zeros((n, 4), np.float32), None, 5 * n, None)
+    return Decoded(np.zeros((n, 4), np.float32), None, 5 * n)
 
 
 def engine(

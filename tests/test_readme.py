@@ -19,13 +19,18 @@ def test_the_readme_has_python_blocks() -> None:
 
 
 def test_every_python_block_runs(
-    emulator_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("EMPIRIOLABS_API_KEY", "readme-key")
-    monkeypatch.setenv("EMPIRIOLABS_API_BASE", emulator_url)
-    # The emulator has no account limits; pacing at the real 50 RPM would only add waiting.
-    monkeypatch.setenv("EMPIRIOLABS_RPM", "none")
-    monkeypatch.setenv("EMPIRIOLABS_TPM", "none")
+    # As a new user runs them: no key, nothing configured. The first block starts an emulator
+    # (start_if_no_key); the variables it sets are undone after the test.
+    for var in (
+        "EMPIRIOLABS_API_KEY",
+        "EMPIRIOLABS_API_BASE",
+        "EMPIRIOLABS_BASE_URL",
+        "EMPIRIOLABS_RPM",
+        "EMPIRIOLABS_TPM",
+    ):
+        monkeypatch.delenv(var, raising=False)
     namespace: dict[str, object] = {"__name__": "readme"}
     for i, block in enumerate(python_blocks()):
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import random
 import time
 import uuid
@@ -35,6 +36,8 @@ from ._embed import HashEmbedder
 from ._limits import AccountLimiter, Verdict
 
 __all__ = ["EmulatorConfig", "EmulatorStats", "create_app"]
+
+logger = logging.getLogger("empirio.emulator")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -114,6 +117,10 @@ class EmulatorConfig:
             raise ValueError(f"latency_ms must not be negative; got {self.latency_ms}")
         if not 0 <= self.storm_s < float("inf"):
             raise ValueError(f"storm_s must be non-negative seconds; got {self.storm_s}")
+        for name in ("rpm", "tpm", "credit_tokens"):
+            value = getattr(self, name)
+            if value is not None and not value >= 1:
+                raise ValueError(f"{name} must be at least 1 (or unset for no limit); got {value}")
 
 
 @dataclass(slots=True)
@@ -214,6 +221,16 @@ class EmulatorApp:
         except _Reject as r:
             await _respond(send, r.status, _error_body(r, request_id), request_id, r.headers)
 
+    def _limit_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The account limits, advertised as OpenAI-style headers (``unlimited`` where there is
+        none), so that a client not told its limits adopts these rather than pacing a local
+        server like the real account."""
+        cfg = self.config
+        return (
+            (b"x-ratelimit-limit-requests", str(cfg.rpm or "unlimited").encode()),
+            (b"x-ratelimit-limit-tokens", str(cfg.tpm or "unlimited").encode()),
+        )
+
     def _models(self) -> dict[str, Any]:
         return {
             "object": "list",
@@ -255,10 +272,21 @@ class EmulatorApp:
             req = _parse(body)
             payload = self._embed(req, request_id, arrived)
             stats.by_status[200] += 1
-            await _respond(send, 200, payload, request_id)
+            await _respond(send, 200, payload, request_id, self._limit_headers())
         except _Reject as r:
             stats.by_status[r.status] += 1
-            await _respond(send, r.status, _error_body(r, request_id), request_id, r.headers)
+            await _respond(
+                send,
+                r.status,
+                _error_body(r, request_id),
+                request_id,
+                (*r.headers, *self._limit_headers()),
+            )
+        except Exception:  # a bug of ours: still an OpenAI-style JSON error, never plain text
+            logger.exception("emulator: request %s failed", request_id)
+            stats.by_status[500] += 1
+            oops = _Reject(500, "The server had an error processing your request.", "server_error")
+            await _respond(send, 500, _error_body(oops, request_id), request_id)
         finally:
             stats.in_flight -= 1
 
@@ -395,6 +423,14 @@ class EmulatorApp:
         return _dumps(body)
 
 
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _parse(body: bytes) -> EmbeddingRequest:
     try:
         raw = json.loads(body)
@@ -402,6 +438,23 @@ def _parse(body: bytes) -> EmbeddingRequest:
         raise _Reject(
             400, f"We could not parse the JSON body of your request: {exc}", "invalid_json"
         ) from None
+    except (ValueError, RecursionError):  # a 5,000-digit number, nesting thousands deep
+        raise _Reject(
+            400,
+            "We could not parse the JSON body of your request: a number too long or "
+            "nesting too deep.",
+            "invalid_json",
+        ) from None
+    texts = raw.get("input") if isinstance(raw, dict) else None
+    for text in [texts] if isinstance(texts, str) else texts if isinstance(texts, list) else ():
+        if isinstance(text, str) and not _encodes(text):
+            # Checked before anything is counted: an invalid request uses no quota or credit.
+            raise _Reject(
+                400,
+                _ALGO + "Value error, input contains invalid Unicode (a lone surrogate escape).",
+                "InvalidParameter",
+                param="input",
+            )
     if not isinstance(raw, dict):
         raise _Reject(400, "The request body must be a JSON object.", "invalid_json")
     try:

@@ -28,16 +28,19 @@ def start_if_no_key(*, quiet: bool = False) -> str | None:
         quiet: do not print which endpoint is used.
     """
     with _lock:
-        if _running:
+        if _running and os.environ.get(API_BASE_ENV) == _running[0]:
             return _running[0]
         if os.environ.get(API_KEY_ENV):
             if not quiet:
                 print("Using the real EmpirioLabs service (EMPIRIOLABS_API_KEY is set).")
             return None
-        stack = contextlib.ExitStack()
-        url = stack.enter_context(serve())
-        atexit.register(stack.close)
-        _running.append(url)
+        if _running:  # started before, and the environment was reset since: point at it again
+            url = _running[0]
+        else:
+            stack = contextlib.ExitStack()
+            url = stack.enter_context(serve())
+            atexit.register(stack.close)
+            _running.append(url)
         os.environ.update(
             {API_KEY_ENV: "emulator", API_BASE_ENV: url, RPM_ENV: "none", TPM_ENV: "none"}
         )

@@ -10,7 +10,7 @@ from typing import Any
 
 from ._app import EmulatorConfig, create_app
 
-__all__ = ["serve"]
+__all__ = ["run_app", "serve"]
 
 
 @contextlib.contextmanager
@@ -34,13 +34,37 @@ def serve(
 
     The server stops, and its port is released, when the ``with`` block ends.
     """
+    app = create_app(config, **options)
+    with run_app(app, host=host, port=port, name="empirio-emulator", timeout=startup_timeout) as (
+        shown,
+        bound_port,
+    ):
+        yield f"http://{shown}:{bound_port}/v1"
+
+
+@contextlib.contextmanager
+def run_app(
+    app: Any, *, host: str, port: int, name: str, timeout: float = 30.0
+) -> Iterator[tuple[str, int]]:
+    """Serve an ASGI ``app`` with uvicorn in a daemon thread; yield ``(host for URLs, port)``.
+
+    Shared by the emulator and the playground. The server stops, and its port is released, when
+    the ``with`` block ends.
+
+    Raises:
+        OSError: the address cannot be bound (the port is taken, say).
+        RuntimeError: the server did not start within ``timeout`` seconds.
+    """
     import uvicorn  # the server extra; imported here so the client never needs it
 
-    app = create_app(config, **options)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
     bound_port = sock.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(
@@ -53,21 +77,18 @@ def serve(
             timeout_graceful_shutdown=2,
         )
     )
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="empirio-emulator", daemon=True
-    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=name, daemon=True)
     thread.start()
     try:
         waited = 0.0
         while not server.started:
             if not thread.is_alive():
-                raise RuntimeError("the emulator failed to start; see the log above")
-            if waited >= startup_timeout:
-                raise RuntimeError(f"the emulator did not start within {startup_timeout} s")
+                raise RuntimeError(f"{name} failed to start; see the log above")
+            if waited >= timeout:
+                raise RuntimeError(f"{name} did not start within {timeout} s")
             threading.Event().wait(0.01)
             waited += 0.01
-        shown = f"[{host}]" if family == socket.AF_INET6 else host
-        yield f"http://{shown}:{bound_port}/v1"
+        yield (f"[{host}]" if family == socket.AF_INET6 else host), bound_port
     finally:
         server.should_exit = True
         thread.join(timeout=10)

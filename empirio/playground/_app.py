@@ -1,0 +1,205 @@
+"""The playground's web app: one static page and a JSON API, as a bare ASGI app (the emulator's
+stack: uvicorn, no framework, no front-end build).
+
+The key stays in this process: the page, its assets and every response carry only what the
+embedding calls returned and what the page needs to show, and the tests check every byte the
+browser receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.resources
+import json
+import logging
+import os
+import webbrowser
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import SecretStr, ValidationError
+
+from .._config import (
+    ALLOWED_DIMENSIONS,
+    API_BASE_ENV,
+    API_KEY_ENV,
+    DEFAULT_QUERY_INSTRUCTION,
+    resolve_base_url,
+)
+from ._run import MAX_DOCUMENTS, MAX_QUERIES, RunSettings, run
+
+__all__ = ["Backend", "backend_from_env", "create_app", "open_in_browser", "playground", "show"]
+
+logger = logging.getLogger("empirio.playground")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_MAX_BODY = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where the playground's calls go.
+
+    Attributes:
+        api_key: the key (kept here, never sent to the page).
+        base_url: the endpoint.
+        emulator: whether it is the local emulator (the page says so plainly).
+    """
+
+    api_key: SecretStr
+    base_url: str
+    emulator: bool
+
+    def __repr__(self) -> str:
+        return f"Backend(base_url={self.base_url!r}, emulator={self.emulator})"
+
+
+def _page() -> bytes:
+    return importlib.resources.files("empirio.playground").joinpath("index.html").read_bytes()
+
+
+def create_app(backend: Backend) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The ASGI app for ``backend``."""
+    page = _page()
+    info = json.dumps(
+        {
+            "emulator": backend.emulator,
+            "endpoint": "the local emulator" if backend.emulator else backend.base_url,
+            "dimensions": list(ALLOWED_DIMENSIONS),
+            "query_instruction": DEFAULT_QUERY_INSTRUCTION,
+            "max_documents": MAX_DOCUMENTS,
+            "max_queries": MAX_QUERIES,
+        }
+    ).encode()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        method, path = scope["method"], scope["path"]
+        try:
+            if method == "GET" and path in ("/", "/index.html"):
+                await _send(send, 200, page, "text/html; charset=utf-8")
+            elif method == "GET" and path == "/api/info":
+                await _send(send, 200, info)
+            elif method == "POST" and path == "/api/run":
+                body = await _read(receive)
+                try:
+                    settings = RunSettings.model_validate_json(body)
+                except ValidationError as exc:
+                    first = exc.errors(include_input=False)[0]
+                    where = ".".join(str(p) for p in first["loc"]) or "request"
+                    await _error(send, 400, "InvalidInputError", f"{where}: {first['msg']}")
+                    return
+                result = await asyncio.to_thread(
+                    run,
+                    settings,
+                    api_key=backend.api_key,
+                    base_url=backend.base_url,
+                    paced=not backend.emulator,
+                )
+                await _send(send, 200, json.dumps(result).encode())
+            else:
+                await _error(send, 404, "NotFound", f"no {method} {path} here")
+        except Exception:  # the server stays up whatever a run does
+            logger.exception("playground: %s %s failed", method, path)
+            await _error(send, 500, "InternalError", "the playground failed; see its log")
+
+    return app
+
+
+async def _read(receive: Receive) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > _MAX_BODY:
+            raise ValueError("request too large")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _send(send: Send, status: int, body: bytes, kind: str = "application/json") -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", kind.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+                # The page talks to this server only: no third-party script can read a thing.
+                (
+                    b"content-security-policy",
+                    b"default-src 'self'; script-src 'self' 'unsafe-inline'; "
+                    b"style-src 'self' 'unsafe-inline'; img-src 'self' data:",
+                ),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _error(send: Send, status: int, kind: str, message: str) -> None:
+    body = json.dumps({"error": {"type": kind, "message": message, "status": status}})
+    await _send(send, status, body.encode())
+
+
+def backend_from_env(*, force_emulator: bool = False) -> tuple[Backend, contextlib.ExitStack]:
+    """The real service if ``EMPIRIOLABS_API_KEY`` is set (and not ``force_emulator``), else a
+    local emulator started now (stopped when the returned stack closes)."""
+    stack = contextlib.ExitStack()
+    key = os.environ.get(API_KEY_ENV)
+    if key and not force_emulator:
+        base = resolve_base_url(os.environ.get(API_BASE_ENV))
+        return Backend(SecretStr(key), base, emulator=False), stack
+    from ..emulator import serve
+
+    url = stack.enter_context(serve())
+    return Backend(SecretStr("emulator"), url, emulator=True), stack
+
+
+@contextlib.contextmanager
+def playground(
+    *, host: str = "127.0.0.1", port: int = 0, force_emulator: bool = False
+) -> Iterator[str]:
+    """Run the playground in a background thread; yield its URL (``http://127.0.0.1:PORT/``)."""
+    from ..emulator._server import run_app
+
+    backend, stack = backend_from_env(force_emulator=force_emulator)
+    with (
+        stack,
+        run_app(create_app(backend), host=host, port=port, name="empirio-playground") as (
+            shown,
+            bound,
+        ),
+    ):
+        yield f"http://{shown}:{bound}/"
+
+
+_SHOWN: list[tuple[str, contextlib.ExitStack]] = []
+
+
+def show(*, height: int = 900, force_emulator: bool = False) -> Any:
+    """The playground inside a Jupyter notebook: starts it once per kernel and returns an
+    ``IPython.display.IFrame`` of it."""
+    from IPython.display import IFrame
+
+    if not _SHOWN:
+        stack = contextlib.ExitStack()
+        url = stack.enter_context(playground(force_emulator=force_emulator))
+        _SHOWN.append((url, stack))
+    return IFrame(_SHOWN[0][0], width="100%", height=height)
+
+
+def open_in_browser(url: str) -> None:
+    """Open ``url`` in the user's browser, quietly doing nothing where there is none."""
+    with contextlib.suppress(Exception):
+        webbrowser.open(url)

@@ -1,0 +1,167 @@
+"""The playground in a real headless browser (Debian's chromium driven by Playwright), against
+the emulator: texts in, settings changed, results read back from the DOM; errors shown; the key
+absent from every byte the browser receives."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from empirio import get_tokenizer
+from empirio.emulator import serve
+from empirio.playground import playground
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "playground.png"
+SECRET = "sk-playground-secret-never-in-the-page-0123456789"
+
+if CHROMIUM is None:  # CI installs it (.ci/run); elsewhere say how
+    if os.environ.get("EMPIRIO_REQUIRE_BROWSER"):
+        raise RuntimeError("chromium is missing: apt-get install chromium")
+    pytest.skip("needs Debian's chromium: apt-get install chromium", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 1100})
+    pg = context.new_page()
+    yield pg
+    context.close()
+
+
+@pytest.fixture
+def local(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The playground with no key: on its own emulator."""
+    monkeypatch.delenv("EMPIRIOLABS_API_KEY", raising=False)
+    with playground() as url:
+        yield url
+
+
+def run(page: Any, n: int = 1) -> None:
+    page.click("#run")
+    page.wait_for_selector(f"body[data-runs='{n}']", timeout=60_000)
+
+
+def test_texts_and_settings_in_results_out(page: Any, local: str) -> None:
+    docs = [
+        "To reset your password, open Settings and click Forgot password.",
+        "Refunds go to the original payment card.",
+        "The cat sat on the mat and purred.",
+    ]
+    page.goto(local)
+    assert "LOCAL EMULATOR" in page.inner_text("#mode-banner")
+    page.fill("#documents", "\n".join(docs))
+    page.fill("#queries", "how do I reset my password\nthe cat on the mat")
+    page.select_option("#dimensions", "256")
+    page.select_option("#output", "both")
+    run(page)
+    assert page.inner_text("#error") == ""
+    queries = page.query_selector_all("#rankings .query")
+    assert len(queries) == 2
+    first = queries[0].query_selector_all("li")
+    assert len(first) == 3
+    assert "reset your password" in first[0].inner_text()
+    scores = [float(li.get_attribute("data-score")) for li in first]
+    assert scores == sorted(scores, reverse=True)
+    assert "The cat sat" in queries[1].query_selector("li").inner_text()
+    # exact Qwen token counts, documents first
+    counts = [int(td.inner_text()) for td in page.query_selector_all("#tokens td.tokens")]
+    tok = get_tokenizer()
+    assert counts[:3] == [tok.count(d) for d in docs]
+    page.evaluate("window.scrollTo(0, 0)")
+    if os.environ.get("EMPIRIO_UPDATE_SCREENSHOT"):  # the README's picture, by this browser
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT))
+    # the code reproduces the settings; the last call carried them
+    assert "dimensions=256" in page.inner_text("#code-core")
+    page.click(".tabs button[data-tab='langchain']")
+    assert "EmpirioEmbeddings(dimensions=256)" in page.inner_text("#code-langchain")
+    assert '"dimensions": 256' in page.inner_text("#raw-request")
+    assert "$EMPIRIOLABS_API_KEY" in page.inner_text("#curl")
+    # sparse tokens, the heatmap and every dimension are there
+    assert page.query_selector_all("#sparse .pill")
+    assert len(page.query_selector_all("#heatmap tr")) == 1 + 5
+    assert len(page.query_selector_all("#dims tr")) == 1 + 8
+    assert "requests" in page.inner_text("#usage")
+    # another run with other settings: dense only, 64 dimensions
+    page.select_option("#dimensions", "64")
+    page.select_option("#output", "dense")
+    run(page, 2)
+    assert '"dimensions": 64' in page.inner_text("#raw-request")
+    assert "Choose output sparse" in page.inner_text("#sparse")
+
+
+def test_over_length_texts_are_flagged(page: Any, local: str) -> None:
+    page.goto(local)
+    page.fill("#documents", "short text\n" + "word " * 9000)
+    page.select_option("#overflow", "chunk")
+    run(page)
+    over = page.query_selector_all("#tokens tr.over")
+    assert len(over) == 1
+    assert "windows" in over[0].inner_text()
+    page.select_option("#overflow", "error")
+    run(page, 2)
+    assert "exceed the limit of 8191 tokens" in page.inner_text("#error")
+
+
+def test_service_errors_show_in_the_page_and_the_server_stays_up(
+    page: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with serve(credit_tokens=30) as api:
+        monkeypatch.setenv("EMPIRIOLABS_API_KEY", SECRET)
+        monkeypatch.setenv("EMPIRIOLABS_API_BASE", api)
+        monkeypatch.setenv("EMPIRIOLABS_RPM", "none")
+        monkeypatch.setenv("EMPIRIOLABS_TPM", "none")
+        with playground() as url:
+            page.goto(url)
+            assert "Real service" in page.inner_text("#mode-banner")
+            page.fill("#documents", "\n".join(f"document number {i}" for i in range(30)))
+            run(page)
+            assert "HTTP 402" in page.inner_text("#error")
+            page.fill("#model", "text-embedding-v9")
+            run(page, 2)
+            assert "HTTP 404" in page.inner_text("#error")
+            assert "does not exist" in page.inner_text("#error")
+
+
+def test_the_key_is_absent_from_every_byte_the_browser_receives(
+    page: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    received: list[bytes] = []
+
+    def keep(response: Any) -> None:
+        with contextlib.suppress(Exception):  # redirects and aborted requests have no body
+            received.append(response.body())
+
+    page.on("response", keep)
+    with serve() as api:
+        monkeypatch.setenv("EMPIRIOLABS_API_KEY", SECRET)
+        monkeypatch.setenv("EMPIRIOLABS_API_BASE", api)
+        with playground() as url:
+            page.goto(url)
+            page.fill("#queries", "a question")
+            page.select_option("#output", "both")
+            run(page)
+            page.fill("#model", "no-such-model")
+            run(page, 2)
+            received.append(page.content().encode())
+    assert len(received) >= 4
+    for body in received:
+        assert SECRET.encode() not in body
+        assert SECRET[10:30].encode() not in body
