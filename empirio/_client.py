@@ -133,6 +133,13 @@ _SCOPES: tuple[str, ...] = get_args(BudgetScope)
 _WAIT_SLICE_S = 0.5
 #: Async calls of more texts than this are planned (tokenised) off the event loop.
 _PLAN_IN_THREAD = 200
+#: Calls of more texts than this (with overflow other than "error", whose refusals must come
+#: before anything is sent) are planned in segments: a small first one, so that sending starts
+#: at once, and the rest on a planning thread, well ahead of the sends. Planning 9,000 texts
+#: at once held the first send back by about half a second.
+_PIPELINE_MIN = 1000
+_FIRST_SEGMENT = 100
+_SEGMENT = 1000
 _T = TypeVar("_T")
 _Loop = asyncio.AbstractEventLoop
 #: Every client of this process, so that a forked child can make each forget its parent's
@@ -557,6 +564,32 @@ class EmbeddingClient:
             )
         return plan
 
+    def _pipelines(self, texts: Sequence[str]) -> bool:
+        """Whether a call of ``texts`` is planned in segments (see ``_PIPELINE_MIN``)."""
+        return len(texts) > _PIPELINE_MIN and self.overflow != "error"
+
+    def _pipelined_plans(self, texts: list[str], call: Call) -> Iterator[SegmentPlan]:
+        """Plans of ``texts`` in segments: the first (small) one here, the others on a planning
+        thread started now, so they are ready long before the sends reach them."""
+        bounds = [(0, _FIRST_SEGMENT)] + [
+            (a, min(a + _SEGMENT, len(texts))) for a in range(_FIRST_SEGMENT, len(texts), _SEGMENT)
+        ]
+        first = self._plan(texts[:_FIRST_SEGMENT], call, 0, 0, 0)
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="empirio-plan")
+        # Request ids must be unique within the call: each segment gets its own range.
+        futures = [
+            pool.submit(self._plan_quietly, texts[a:b], call, i, a, i << 24)
+            for i, (a, b) in enumerate(bounds[1:], start=1)
+        ]
+        pool.shutdown(wait=False)
+        try:
+            yield first
+            for future in futures:
+                yield self._warn_truncated(future.result())
+        finally:
+            for future in futures:
+                future.cancel()  # the call ended early: plan no more
+
     def _plans(self, texts: Iterable[str], call: Call, segment_size: int) -> Iterator[SegmentPlan]:
         """Plan ``texts`` lazily, ``segment_size`` at a time."""
         it = iter(texts)
@@ -879,6 +912,16 @@ class EmbeddingClient:
             return self._shared_merge(checked, call, parked, missing, fetched)
         if not checked:
             return self._empty(call)
+        if self._pipelines(checked):
+            parts: list[EmbeddingResult] = []
+            with self._progress(len(checked), show_progress, on_progress) as bar:
+                try:
+                    plans = self._pipelined_plans(checked, call)
+                    parts.extend(self._drive_sync(plans, call, bar, ahead=4))
+                except EmpirioError as exc:
+                    _prepend_partial(exc, parts)
+                    raise
+            return _concatenate(parts)
         plan = self._plan(checked, call, 0, 0, 0)
         if not plan.pieces:  # every text was cached: no network, no pacing
             if on_progress is not None:
@@ -1083,6 +1126,17 @@ class EmbeddingClient:
             return self._shared_merge(checked, call, parked, missing, fetched)
         if not checked:
             return self._empty(call)
+        if self._pipelines(checked):
+            parts: list[EmbeddingResult] = []
+            with self._progress(len(checked), show_progress, on_progress) as bar:
+                try:
+                    plans = self._pipelined_plans(checked, call)
+                    async for part in self._drive_async(plans, call, bar, ahead=4):
+                        parts.append(part)
+                except EmpirioError as exc:
+                    _prepend_partial(exc, parts)
+                    raise
+            return _concatenate(parts)
         if len(checked) > _PLAN_IN_THREAD:
             # Tokenising thousands of texts would hold the loop (and the sends of every other
             # call on it) for tens of milliseconds, making their arrivals jitter: do it aside.
@@ -1198,6 +1252,30 @@ def _caller_level() -> int:
         frame = frame.f_back
         level += 1
     return level
+
+
+def _concatenate(parts: Sequence[EmbeddingResult]) -> EmbeddingResult:
+    """The results of a call's segments, in order, as one."""
+    dense = None
+    if parts[0].dense is not None:
+        dense = np.concatenate([cast(np.ndarray, p.dense) for p in parts])
+    sparse = None
+    if parts[0].sparse is not None:
+        sparse = [vec for p in parts for vec in cast(list[dict[int, float]], p.sparse)]
+    usage = Usage()
+    for p in parts:
+        usage = usage + p.usage
+    return EmbeddingResult(dense, sparse, usage)
+
+
+def _prepend_partial(exc: EmpirioError, parts: Sequence[EmbeddingResult]) -> None:
+    """Add the segments a call had already handed out to the partial result its error carries."""
+    if not parts:
+        return
+    done = list(parts) + ([exc.partial] if exc.partial is not None else [])
+    indices = [p.offset + i for p in parts for i in range(len(p))]
+    exc.partial = _concatenate(done)
+    exc.partial_indices = tuple(indices) + exc.partial_indices
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:

@@ -19,6 +19,11 @@ from empirio._progress import Progress, tqdm_class
 
 __all__ = ["EmpirioFields"]
 
+#: The vectors of the batch job under way in this context, by text (see ``_prefetch``).
+_PREFETCHED: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "empirio_llamaindex_prefetched", default=None
+)
+
 #: The progress callback of the batch job under way in this context, if it shows a bar.
 _JOB: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar(
     "empirio_llamaindex_job", default=None
@@ -115,7 +120,7 @@ class EmpirioFields(ClientFields):
         """LlamaIndex's batch embedding, for any iterable of texts, checked whole first."""
         checked = check_texts(as_text_list(texts))
         parent: Any = super()
-        with self._job(len(checked), show_progress):
+        with self._job(len(checked), show_progress), self._serving(self._prefetch(checked)):
             return parent.get_text_embedding_batch(checked, show_progress=False, **kwargs)
 
     async def aget_text_embedding_batch(
@@ -124,7 +129,7 @@ class EmpirioFields(ClientFields):
         """:meth:`get_text_embedding_batch`, async."""
         checked = check_texts(as_text_list(texts))
         parent: Any = super()
-        with self._job(len(checked), show_progress):
+        with self._job(len(checked), show_progress), self._serving(await self._aprefetch(checked)):
             return await parent.aget_text_embedding_batch(checked, show_progress=False, **kwargs)
 
     @contextlib.contextmanager
@@ -138,6 +143,40 @@ class EmpirioFields(ClientFields):
                 yield
             finally:
                 _JOB.reset(token)
+
+    # LlamaIndex's batch loop embeds one embed_batch_size chunk after another, each waiting for
+    # its slowest request (a latency lost per chunk, and its sync path never overlaps them).
+    # So the whole job is embedded first, as one pipelined call into the client, and the
+    # chunks LlamaIndex then asks for are served from it: its callbacks and events still fire.
+    def _prefetch(self, texts: list[str]) -> dict[str, Any] | None:
+        """The job's vectors by text, fetched in one call; ``None`` to leave it to the chunks."""
+        return None
+
+    async def _aprefetch(self, texts: list[str]) -> dict[str, Any] | None:
+        """:meth:`_prefetch`, async."""
+        return None
+
+    def _can_prefetch(self, texts: list[str]) -> bool:
+        # LlamaIndex's own embeddings cache skips texts it has: embedding them all would pay
+        # for those again. Small jobs are one chunk anyway.
+        return getattr(self, "embeddings_cache", None) is None and len(texts) > int(
+            getattr(self, "embed_batch_size", 10**9)
+        )
+
+    @contextlib.contextmanager
+    def _serving(self, vectors: dict[str, Any] | None) -> Iterator[None]:
+        token = _PREFETCHED.set(vectors)
+        try:
+            yield
+        finally:
+            _PREFETCHED.reset(token)
+
+    def _prefetched(self, texts: list[str]) -> list[Any] | None:
+        """The vectors of ``texts`` if this job fetched them all already, else ``None``."""
+        vectors = _PREFETCHED.get()
+        if vectors is None or any(t not in vectors for t in texts):
+            return None
+        return [vectors[t] for t in texts]
 
     def _call_options(self) -> dict[str, Any]:
         """Keywords for each call into the client: never a bar of its own (the job has one)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import ConfigDict, Field
@@ -73,14 +73,34 @@ class EmpirioEmbedding(EmpirioFields, BaseEmbedding):
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         if not texts:
             return []
+        done = self._prefetched(texts)
+        if done is not None:
+            return [row.tolist() for row in done]
         return self._client.embed(texts, kind="document", **self._call_options()).dense_rows()
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         if not texts:
             return []
+        done = self._prefetched(texts)
+        if done is not None:
+            return [row.tolist() for row in done]
         return (
             await self._client.aembed(texts, kind="document", **self._call_options())
         ).dense_rows()
+
+    def _prefetch(self, texts: list[str]) -> dict[str, Any] | None:
+        if not self._can_prefetch(texts):
+            return None
+        dense = self._client.embed(texts, kind="document", **self._call_options()).dense
+        assert dense is not None
+        return dict(zip(texts, dense, strict=True))
+
+    async def _aprefetch(self, texts: list[str]) -> dict[str, Any] | None:
+        if not self._can_prefetch(texts):
+            return None
+        result = await self._client.aembed(texts, kind="document", **self._call_options())
+        assert result.dense is not None
+        return dict(zip(texts, result.dense, strict=True))
 
     def sparse(self) -> EmpirioSparseEmbedding:
         """The sparse view of the same model, sharing this object's client: dense and sparse of

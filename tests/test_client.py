@@ -673,3 +673,44 @@ def test_truncation_warnings_point_at_the_callers_line(emulator_url: str) -> Non
         with pytest.warns(TruncationWarning) as caught:
             list(c.iter_embed(["short", long], segment_size=1))
         assert caught[0].filename == __file__
+
+
+MANY = [f"pipelined text {i} on subject {i % 17}" for i in range(2500)]
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_large_calls_are_planned_in_segments_and_come_back_whole_and_in_order(
+    make_emulator: Any, use_async: bool
+) -> None:
+    url = make_emulator()
+    with client(url) as c:
+        reference = np.concatenate(
+            [c.embed(MANY[i : i + 500]).dense for i in range(0, 2500, 500)]  # type: ignore[misc]
+        )
+        got = await c.aembed(MANY) if use_async else c.embed(MANY)
+        if use_async:
+            await c.aclose()
+    np.testing.assert_array_equal(got.dense, reference)
+    assert got.usage.requests == 250
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_a_402_in_a_later_segment_keeps_every_earlier_text(
+    make_emulator: Any, use_async: bool
+) -> None:
+    tokens = get_tokenizer()
+    first = sum(tokens.count(t) + 1 for t in MANY[:1500])
+    plain = make_emulator()
+    with client(plain) as c:
+        reference = c.embed(MANY[:500]).dense
+    url = make_emulator(credit_tokens=first)
+
+    async def embed(c: EmbeddingClient) -> object:
+        return await c.aembed(MANY) if use_async else c.embed(MANY)
+
+    with client(url, max_concurrency=1) as c, pytest.raises(InsufficientCreditsError) as info:
+        await embed(c)
+    err = info.value
+    assert err.partial_indices == tuple(range(1500))
+    assert err.partial is not None
+    np.testing.assert_array_equal(err.partial.dense[:500], reference)  # type: ignore[index]

@@ -234,3 +234,22 @@ async def test_a_bad_text_is_named_by_its_position_in_the_whole_list_before_send
     with pytest.raises(InvalidInputError, match=r"positions \[150\]"):
         await embed()
     assert stats(url)["requests"] == 0
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_a_large_job_is_one_pipelined_call_and_every_chunk_event_still_fires(
+    make_emulator: Any, use_async: bool
+) -> None:
+    url = make_emulator()
+    debug = LlamaDebugHandler()
+    e = make(url, embed_batch_size=100, callback_manager=CallbackManager([debug]))
+    texts = [f"job passage {i} about {i % 13}" for i in range(1200)]
+    got = (
+        await e.aget_text_embedding_batch(texts) if use_async else e.get_text_embedding_batch(texts)
+    )
+    if use_async:
+        await e.empirio_client.aclose()
+    assert stats(url)["requests"] == 120  # fetched once, then served to LlamaIndex's 12 chunks
+    assert len(debug.get_event_pairs(CBEventType.EMBEDDING)) == 12
+    expected = e.empirio_client.embed(texts).dense
+    np.testing.assert_array_equal(np.array(got, dtype=np.float32), expected)
