@@ -61,10 +61,6 @@ from ._cache import (
     endpoint_identity,
 )
 from ._config import (
-    DEFAULT_DIMENSIONS,
-    DEFAULT_MAX_BATCH,
-    DEFAULT_MODEL,
-    DEFAULT_QUERY_INSTRUCTION,
     DEFAULT_RPM,
     DEFAULT_TPM,
     FROM_ENV,
@@ -113,6 +109,7 @@ from ._progress import Progress, tqdm_class
 from ._result import EmbeddingResult, Usage, UsageMeter
 from ._retry import RetryPolicy
 from ._secret import SealedKey
+from ._settings import DEFAULTS
 from ._sqlite_store import SqliteStore
 from ._tokens import SAFE_INPUT_TOKENS, QwenTokenizer, get_tokenizer
 from ._views import ViewCache
@@ -207,26 +204,26 @@ class EmbeddingClient:
         *,
         api_key: str | SecretStr | None = None,
         base_url: str | None = None,
-        model: str = DEFAULT_MODEL,
-        dimensions: int = DEFAULT_DIMENSIONS,
-        batch_size: int = DEFAULT_MAX_BATCH,
-        max_concurrency: int = 8,
-        rpm: float | FromEnv | None = FROM_ENV,
-        tpm: float | FromEnv | None = FROM_ENV,
-        max_retries: int = 10,
-        timeout: float = 60.0,
-        overflow: Overflow = "truncate",
-        instruction_mode: InstructionMode = "prompt",
-        query_instruction: str = DEFAULT_QUERY_INSTRUCTION,
-        user: str | None = None,
-        encoding_format: Literal["base64", "float"] = "base64",
-        show_progress: bool = False,
-        allow_insecure: bool = False,
-        http_client: httpx.Client | None = None,
-        async_http_client: httpx.AsyncClient | None = None,
-        share_views: bool = False,
-        share_budget: BudgetScope = "machine",
-        cache: str | os.PathLike[str] | EmbeddingStore | None = None,
+        model: str = DEFAULTS["model"],
+        dimensions: int = DEFAULTS["dimensions"],
+        batch_size: int = DEFAULTS["batch_size"],
+        max_concurrency: int = DEFAULTS["max_concurrency"],
+        rpm: float | FromEnv | None = DEFAULTS["rpm"],
+        tpm: float | FromEnv | None = DEFAULTS["tpm"],
+        max_retries: int = DEFAULTS["max_retries"],
+        timeout: float = DEFAULTS["timeout"],
+        overflow: Overflow = DEFAULTS["overflow"],
+        instruction_mode: InstructionMode = DEFAULTS["instruction_mode"],
+        query_instruction: str = DEFAULTS["query_instruction"],
+        user: str | None = DEFAULTS["user"],
+        encoding_format: Literal["base64", "float"] = DEFAULTS["encoding_format"],
+        show_progress: bool = DEFAULTS["show_progress"],
+        allow_insecure: bool = DEFAULTS["allow_insecure"],
+        http_client: httpx.Client | None = DEFAULTS["http_client"],
+        async_http_client: httpx.AsyncClient | None = DEFAULTS["async_http_client"],
+        share_views: bool = DEFAULTS["share_views"],
+        share_budget: BudgetScope = DEFAULTS["share_budget"],
+        cache: str | os.PathLike[str] | EmbeddingStore | None = DEFAULTS["cache"],
     ) -> None:
         raw_key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         key = resolve_api_key(raw_key)

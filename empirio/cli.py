@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import Any
 
+from ._settings import DEFAULTS
+
 __all__ = ["main"]
 
 
@@ -141,7 +143,10 @@ def _add_embed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="the output format (default: from the output's extension)",
     )
     p.add_argument(
-        "--dimensions", type=int, default=1024, help="vector size: 64 to 2048 (default 1024)"
+        "--dimensions",
+        type=int,
+        default=DEFAULTS["dimensions"],
+        help=f"vector size: 64 to 2048 (default {DEFAULTS['dimensions']})",
     )
     p.add_argument(
         "--kind",
@@ -160,9 +165,17 @@ def _add_embed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=None,
         help="the endpoint (default: EMPIRIOLABS_API_BASE, else EmpirioLabs)",
     )
-    p.add_argument("--batch-size", type=int, default=10, help="inputs per request (default 10)")
     p.add_argument(
-        "--max-concurrency", type=int, default=8, help="requests in flight at most (default 8)"
+        "--batch-size",
+        type=int,
+        default=DEFAULTS["batch_size"],
+        help=f"inputs per request (default {DEFAULTS['batch_size']})",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=DEFAULTS["max_concurrency"],
+        help=f"requests in flight at most (default {DEFAULTS['max_concurrency']})",
     )
     p.add_argument(
         "--rpm",
@@ -181,9 +194,9 @@ def _add_embed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--overflow",
         choices=("truncate", "chunk", "error"),
-        default="truncate",
+        default=DEFAULTS["overflow"],
         help="lines over 8,191 tokens: cut them, embed them in windows, or refuse "
-        "(default truncate)",
+        f"(default {DEFAULTS['overflow']})",
     )
     p.add_argument("--skip-blank", action="store_true", help="skip blank lines instead of failing")
     p.add_argument(
@@ -530,7 +543,9 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Embeds a bundled corpus and runs a few dense and hybrid queries. Uses the "
         "real service when EMPIRIOLABS_API_KEY is set, else a local emulator.",
     )
-    p.add_argument("--dimensions", type=int, default=512)
+    p.add_argument(
+        "--dimensions", type=int, default=512, help="vector size for the demo (default 512)"
+    )
     p.add_argument("--emulator", action="store_true", help="use the emulator even with a key")
 
 

@@ -9,10 +9,11 @@ import httpx
 from langchain_core.utils import from_env, secret_from_env
 from pydantic import ConfigDict, Field, SecretStr
 
-from empirio import DEFAULT_MODEL, DEFAULT_QUERY_INSTRUCTION, EmbeddingClient
+from empirio import EmbeddingClient
 from empirio._config import API_BASE_ENV, API_KEY_ENV
 from empirio._options import ClientFields, default_rpm, default_tpm
 from empirio._plan import InstructionMode, Overflow
+from empirio._settings import DEFAULTS
 
 __all__ = ["EmpirioSettings"]
 
@@ -61,42 +62,42 @@ class EmpirioSettings(ClientFields):
         """The rate limits, always: ``None`` (unpaced) is not their default."""
         return {"rpm": self.rpm, "tpm": self.tpm}
 
-    model: str = DEFAULT_MODEL
+    model: str = DEFAULTS["model"]
     """Model id."""
-    dimensions: int = 1024
+    dimensions: int = DEFAULTS["dimensions"]
     """Output dimensions: 64, 128, 256, 512, 768, 1024, 1536 or 2048."""
     api_key: SecretStr | None = Field(default_factory=secret_from_env(API_KEY_ENV, default=None))
     """API key; default from ``EMPIRIOLABS_API_KEY``."""
     base_url: str | None = Field(default_factory=from_env(API_BASE_ENV, default=None))
     """Endpoint; default from ``EMPIRIOLABS_API_BASE`` (then ``EMPIRIOLABS_BASE_URL``)."""
-    batch_size: int = 10
+    batch_size: int = DEFAULTS["batch_size"]
     """Most inputs per request (10 at EmpirioLabs)."""
-    max_concurrency: int = 8
+    max_concurrency: int = DEFAULTS["max_concurrency"]
     """Most requests in flight."""
     rpm: float | None = Field(default_factory=default_rpm)
     """Account requests per minute, paced client-side; ``None`` = unpaced. Default
     ``EMPIRIOLABS_RPM`` or 50."""
     tpm: float | None = Field(default_factory=default_tpm)
     """Account tokens per minute; ``None`` = unpaced. Default ``EMPIRIOLABS_TPM`` or 2,000,000."""
-    max_retries: int = 10
+    max_retries: int = DEFAULTS["max_retries"]
     """Retries per request for 408/409/429/5xx and lost connections."""
-    timeout: float = 60.0
+    timeout: float = DEFAULTS["timeout"]
     """Seconds to wait for each response."""
-    overflow: Overflow = "truncate"
+    overflow: Overflow = DEFAULTS["overflow"]
     """Texts over 8,191 tokens: ``"truncate"``, ``"chunk"`` or ``"error"``."""
-    instruction_mode: InstructionMode = "prompt"
+    instruction_mode: InstructionMode = DEFAULTS["instruction_mode"]
     """How queries get their instruction: ``"prompt"``, ``"api"`` or ``"none"``."""
-    query_instruction: str = DEFAULT_QUERY_INSTRUCTION
+    query_instruction: str = DEFAULTS["query_instruction"]
     """Task description for queries."""
-    user: str | None = None
+    user: str | None = DEFAULTS["user"]
     """End-user id passed through to the service."""
-    encoding_format: Literal["base64", "float"] = "base64"
+    encoding_format: Literal["base64", "float"] = DEFAULTS["encoding_format"]
     """Wire format of vectors."""
-    show_progress_bar: bool = False
+    show_progress_bar: bool = DEFAULTS["show_progress"]
     """Show a tqdm bar for long calls."""
-    allow_insecure: bool = False
+    allow_insecure: bool = DEFAULTS["allow_insecure"]
     """Allow the key over plain http to a non-loopback host."""
-    share_budget: Literal["machine", "process", "client"] = "machine"
+    share_budget: Literal["machine", "process", "client"] = DEFAULTS["share_budget"]
     """Who shares the rate-limit budget of this key: every process of the machine, this
     process, or this object alone."""
     cache: Any = Field(default=None, exclude=True)

@@ -11,11 +11,12 @@ from typing import Any, ClassVar, Literal
 import httpx
 from llama_index.core.bridge.pydantic import ConfigDict, Field, SecretStr
 
-from empirio import DEFAULT_MODEL, DEFAULT_QUERY_INSTRUCTION, EmbeddingClient
+from empirio import EmbeddingClient
 from empirio._config import API_BASE_ENV, API_KEY_ENV
 from empirio._options import ClientFields, default_rpm, default_tpm
 from empirio._plan import InstructionMode, Overflow, as_text_list, check_texts
 from empirio._progress import Progress, tqdm_class
+from empirio._settings import DEFAULTS, SETTINGS
 
 __all__ = ["EmpirioFields"]
 
@@ -28,6 +29,11 @@ _PREFETCHED: contextvars.ContextVar[dict[str, Any] | None] = contextvars.Context
 _JOB: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar(
     "empirio_llamaindex_job", default=None
 )
+
+
+def _doc(name: str) -> str:
+    """The setting's description, from empirio's one table of settings."""
+    return next(s.doc for s in SETTINGS if s.name == name).capitalize() + "."
 
 
 def _env_key() -> SecretStr | None:
@@ -56,8 +62,8 @@ class EmpirioFields(ClientFields):
         "rate_limiter",
     }
 
-    model_name: str = Field(default=DEFAULT_MODEL, description="Model id.")
-    dimensions: int = Field(default=1024, description="64, 128, 256, 512, 768, 1024, 1536 or 2048.")
+    model_name: str = Field(default=DEFAULTS["model"], description=_doc("model"))
+    dimensions: int = Field(default=DEFAULTS["dimensions"], description=_doc("dimensions"))
     api_key: SecretStr | None = Field(
         default_factory=_env_key, exclude=True, description="Default: EMPIRIOLABS_API_KEY."
     )
@@ -65,40 +71,40 @@ class EmpirioFields(ClientFields):
         default_factory=lambda: os.environ.get(API_BASE_ENV) or None,
         description="Default: EMPIRIOLABS_API_BASE, then EMPIRIOLABS_BASE_URL, then EmpirioLabs.",
     )
-    batch_size: int = Field(exclude=True, default=10, description="Most inputs per request sent.")
-    max_concurrency: int = Field(exclude=True, default=8, description="Most requests in flight.")
-    rpm: float | None = Field(
-        exclude=True,
-        default_factory=default_rpm,
-        description="Account requests/minute; None = unpaced.",
+    # Fields that change how vectors are fetched, not the vectors, are excluded from to_dict().
+    batch_size: int = Field(
+        exclude=True, default=DEFAULTS["batch_size"], description=_doc("batch_size")
     )
-    tpm: float | None = Field(
-        exclude=True,
-        default_factory=default_tpm,
-        description="Account tokens/minute; None = unpaced.",
+    max_concurrency: int = Field(
+        exclude=True, default=DEFAULTS["max_concurrency"], description=_doc("max_concurrency")
     )
-    max_retries: int = Field(exclude=True, default=10, description="Retries per request.")
-    timeout: float = Field(
-        exclude=True, default=60.0, description="Seconds to wait for a response."
+    rpm: float | None = Field(exclude=True, default_factory=default_rpm, description=_doc("rpm"))
+    tpm: float | None = Field(exclude=True, default_factory=default_tpm, description=_doc("tpm"))
+    max_retries: int = Field(
+        exclude=True, default=DEFAULTS["max_retries"], description=_doc("max_retries")
     )
-    overflow: Overflow = Field(default="truncate", description="truncate, chunk or error.")
-    instruction_mode: InstructionMode = Field(default="prompt", description="prompt, api, none.")
+    timeout: float = Field(exclude=True, default=DEFAULTS["timeout"], description=_doc("timeout"))
+    overflow: Overflow = Field(default=DEFAULTS["overflow"], description=_doc("overflow"))
+    instruction_mode: InstructionMode = Field(
+        default=DEFAULTS["instruction_mode"], description=_doc("instruction_mode")
+    )
     query_instruction: str = Field(
-        default=DEFAULT_QUERY_INSTRUCTION, description="Task description for queries."
+        default=DEFAULTS["query_instruction"], description=_doc("query_instruction")
     )
-    user: str | None = Field(default=None, description="End-user id passed through.")
-    encoding_format: Literal["base64", "float"] = Field(exclude=True, default="base64")
+    user: str | None = Field(default=DEFAULTS["user"], description=_doc("user"))
+    encoding_format: Literal["base64", "float"] = Field(
+        exclude=True, default=DEFAULTS["encoding_format"], description=_doc("encoding_format")
+    )
     show_progress: bool = Field(
-        exclude=True, default=False, description="tqdm bar inside each call."
+        exclude=True,
+        default=DEFAULTS["show_progress"],
+        description="One progress bar per batch job (get_text_embedding_batch).",
     )
     allow_insecure: bool = Field(
-        exclude=True, default=False, description="Key over plain http allowed."
+        exclude=True, default=DEFAULTS["allow_insecure"], description=_doc("allow_insecure")
     )
     share_budget: Literal["machine", "process", "client"] = Field(
-        exclude=True,
-        default="machine",
-        description="Who shares this key's rate-limit budget: the machine, the process, or "
-        "this object alone.",
+        exclude=True, default=DEFAULTS["share_budget"], description=_doc("share_budget")
     )
     cache: Any = Field(
         default=None,
