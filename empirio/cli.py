@@ -215,6 +215,16 @@ def _add_embed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+class _Count:
+    """A running count, for ``on_progress``."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, k: int) -> None:
+        self.n += k
+
+
 class _Usage(Exception):
     """A usage error: reported in one line, exit status 2."""
 
@@ -352,6 +362,7 @@ def _embed_checked(args: argparse.Namespace) -> int:
             _discard_stale(args.output)
             stack.callback(_discard, tmp)
         done = 0
+        finished = _Count()  # texts whose requests finished, handed out or not
         try:
             matrix = None
             out: Any = None
@@ -366,7 +377,9 @@ def _embed_checked(args: argparse.Namespace) -> int:
                     if tmp is None
                     else stack.enter_context(open(tmp, "w", encoding="utf-8"))
                 )
-            for part in client.iter_embed(lines, kind=args.kind, output=args.output_type):
+            for part in client.iter_embed(
+                lines, kind=args.kind, output=args.output_type, on_progress=finished.add
+            ):
                 done = part.offset + len(part)
                 if matrix is not None and part.dense is not None:
                     matrix[part.offset : part.offset + len(part)] = part.dense
@@ -406,10 +419,10 @@ def _embed_checked(args: argparse.Namespace) -> int:
             print(f"empirio embed: {reason}; {outcome}", file=sys.stderr)
             return 1
         except EmpirioError as exc:
-            finished = len(exc.partial_indices) if exc.partial_indices else done
+            paid = max(done + len(exc.partial_indices), finished.n)
             print(
                 f"empirio embed: {exc}\nempirio embed: {args.output} not written; "
-                f"{finished} of {len(lines)} texts had been embedded"
+                f"{paid} of {len(lines)} texts had been embedded"
                 + ("; they are in the cache: run again to resume" if args.cache else "")
                 + f"; {client.usage}",
                 file=sys.stderr,
@@ -417,8 +430,8 @@ def _embed_checked(args: argparse.Namespace) -> int:
             return 1
         except KeyboardInterrupt:
             print(
-                f"empirio embed: interrupted; {args.output} not written; {done} of "
-                f"{len(lines)} texts had been embedded"
+                f"empirio embed: interrupted; {args.output} not written; "
+                f"{max(done, finished.n)} of {len(lines)} texts had been embedded"
                 + ("; they are in the cache: run again to resume" if args.cache else ""),
                 file=sys.stderr,
             )

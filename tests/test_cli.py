@@ -258,27 +258,22 @@ def test_emulator_runs_are_not_paced_and_ctrl_c_exits_130(tmp_path: Path) -> Non
     env["EMPIRIOLABS_API_KEY"] = "k"
     from empirio.emulator import EmulatorConfig, serve
 
+    from .conftest import stats
+
     with serve(config=EmulatorConfig(rpm=60)) as url:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "empirio",
-                "embed",
-                str(src),
-                "--base-url",
-                url,
-                "-o",
-                str(out.with_suffix(".b.npy")),
-                "--no-progress",
-            ],
-            env=env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        time.sleep(4)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        argv = [sys.executable, "-m", "empirio", "embed", str(src), "--base-url", url]
+        argv += ["-o", str(out.with_suffix(".b.npy")), "--no-progress"]
+        proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while stats(url)["requests"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)  # interrupt a run under way, not the interpreter starting
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert "Traceback" not in err
