@@ -35,6 +35,7 @@ __all__ = [
     "check_collection",
     "check_texts",
     "combine_windows",
+    "encodes",
     "over_limit",
     "pack",
     "plan_segment",
@@ -206,7 +207,7 @@ def check_texts(texts: Sequence[object], offset: int = 0) -> list[str]:
     try:
         "".join(strs).encode("utf-8")  # one pass finds whether any text cannot be sent
     except UnicodeEncodeError:
-        unsendable = [offset + i for i, t in enumerate(strs) if not _encodes(t)]
+        unsendable = [offset + i for i, t in enumerate(strs) if not encodes(t)]
         raise InvalidInputError(
             f"{len(unsendable)} texts contain lone surrogates (such as '\\ud800'), which are not "
             f"valid Unicode and cannot be sent: positions {_show(unsendable)}",
@@ -222,7 +223,8 @@ def check_texts(texts: Sequence[object], offset: int = 0) -> list[str]:
     return strs
 
 
-def _encodes(text: str) -> bool:
+def encodes(text: str) -> bool:
+    """Whether ``text`` can be sent (it holds no lone surrogate)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import Any
 
@@ -92,8 +92,21 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"empirio serve: {_flag_names(str(exc))}", file=sys.stderr)
         return 2
+    return _serve_until_stopped(
+        "serve", args, lambda: serve(host=args.host, port=args.port, config=config)
+    )
+
+
+def _serve_until_stopped(
+    command: str,
+    args: argparse.Namespace,
+    start: Callable[[], contextlib.AbstractContextManager[str]],
+    on_ready: Callable[[str], None] | None = None,
+) -> int:
+    """Run a local server until SIGINT or SIGTERM: print its URL, then wait. One-line errors
+    for a bad port (2) or an address that cannot be bound (1)."""
     if not 0 <= args.port <= 65535:
-        print(f"empirio serve: --port must be 0 to 65535; got {args.port}", file=sys.stderr)
+        print(f"empirio {command}: --port must be 0 to 65535; got {args.port}", file=sys.stderr)
         return 2
     stop = threading.Event()
 
@@ -103,13 +116,17 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:
-        server = serve(host=args.host, port=args.port, config=config)
+        server = start()
         url = server.__enter__()
     except (OSError, RuntimeError) as exc:
-        print(f"empirio serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        print(
+            f"empirio {command}: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr
+        )
         return 1
     try:
         print(url, flush=True)
+        if on_ready is not None:
+            on_ready(url)
         stop.wait()
     finally:
         server.__exit__(None, None, None)
@@ -521,32 +538,12 @@ def _add_playground(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _playground(args: argparse.Namespace) -> int:
     from .playground import open_in_browser, playground
 
-    if not 0 <= args.port <= 65535:
-        print(f"empirio playground: --port must be 0 to 65535; got {args.port}", file=sys.stderr)
-        return 2
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    try:
-        running = playground(host=args.host, port=args.port, force_emulator=args.emulator)
-        url = running.__enter__()
-    except (OSError, RuntimeError) as exc:
-        print(
-            f"empirio playground: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr
-        )
-        return 1
-    try:
-        print(url, flush=True)
-        if not args.no_browser:
-            open_in_browser(url)
-        stop.wait()
-    finally:
-        running.__exit__(None, None, None)
-    return 0
+    return _serve_until_stopped(
+        "playground",
+        args,
+        lambda: playground(host=args.host, port=args.port, force_emulator=args.emulator),
+        None if args.no_browser else open_in_browser,
+    )
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -165,3 +165,34 @@ def test_the_key_is_absent_from_every_byte_the_browser_receives(
     for body in received:
         assert SECRET.encode() not in body
         assert SECRET[10:30].encode() not in body
+
+
+def test_the_command_prints_its_url_serves_the_page_and_stops_on_sigterm() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    env = {k: v for k, v in os.environ.items() if k != "EMPIRIOLABS_API_KEY"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "empirio", "playground", "--no-browser"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        page = httpx.get(url, timeout=30)
+        assert page.status_code == 200
+        assert "text-embedding-v4 playground" in page.text
+        assert httpx.get(url + "api/info", timeout=30).json()["emulator"] is True
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

@@ -30,6 +30,7 @@ from .._config import (
     DEFAULT_QUERY_INSTRUCTION,
     format_query,
 )
+from .._plan import encodes
 from .._tokens import MAX_INPUT_TOKENS, get_tokenizer
 from .._wire import EmbeddingRequest, encode_base64
 from ._embed import HashEmbedder
@@ -423,14 +424,6 @@ class EmulatorApp:
         return _dumps(body)
 
 
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _parse(body: bytes) -> EmbeddingRequest:
     try:
         raw = json.loads(body)
@@ -447,7 +440,7 @@ def _parse(body: bytes) -> EmbeddingRequest:
         ) from None
     texts = raw.get("input") if isinstance(raw, dict) else None
     for text in [texts] if isinstance(texts, str) else texts if isinstance(texts, list) else ():
-        if isinstance(text, str) and not _encodes(text):
+        if isinstance(text, str) and not encodes(text):
             # Checked before anything is counted: an invalid request uses no quota or credit.
             raise _Reject(
                 400,
