@@ -31,7 +31,6 @@ __all__ = [
     "SegmentPlan",
     "Unique",
     "as_text_list",
-    "assemble",
     "check_collection",
     "check_texts",
     "combine_windows",
@@ -440,56 +439,3 @@ def combine_windows(
             for k, v in vec.items():
                 merged[k] = merged.get(k, 0.0) + v * share
     return row, merged
-
-
-def assemble(
-    plan: SegmentPlan,
-    dense: npt.NDArray[np.float32] | None,
-    sparse: Sequence[dict[int, float]] | None,
-) -> tuple[npt.NDArray[np.float32] | None, list[dict[int, float]] | None]:
-    """Per-piece results -> per-text results in the caller's order (the whole segment at once;
-    :class:`empirio._driver.CallDriver` does the same as requests finish).
-
-    A text cut into windows gets :func:`combine_windows` of its windows; a known text gets its
-    known vector.
-
-    Args:
-        plan: the segment's plan.
-        dense: one row per piece, or ``None``.
-        sparse: one dict per piece, or ``None``.
-
-    Returns:
-        ``(dense, sparse)`` with one row / dict per text of the segment.
-    """
-    by_owner: dict[int, list[int]] = {}
-    for i, piece in enumerate(plan.pieces):
-        by_owner.setdefault(piece.owner, []).append(i)
-    known = plan.known
-    uniq_dense = None
-    if dense is not None:
-        uniq_dense = np.zeros((plan.n_unique, dense.shape[1]), dtype=np.float32)
-        if known is not None and known.dense is not None:
-            uniq_dense[list(known.unique)] = known.dense
-    uniq_sparse: list[dict[int, float]] = [{} for _ in range(plan.n_unique)]
-    if sparse is not None and known is not None and known.sparse is not None:
-        for u, vec in zip(known.unique, known.sparse, strict=True):
-            uniq_sparse[u] = vec
-    for owner, rows in by_owner.items():
-        if len(rows) == 1:
-            if uniq_dense is not None and dense is not None:
-                uniq_dense[owner] = dense[rows[0]]
-            if sparse is not None:
-                uniq_sparse[owner] = sparse[rows[0]]
-            continue
-        row, merged = combine_windows(
-            None if dense is None else dense[rows],
-            None if sparse is None else [sparse[r] for r in rows],
-            [plan.pieces[r].tokens for r in rows],
-        )
-        if uniq_dense is not None and row is not None:
-            uniq_dense[owner] = row
-        if merged is not None:
-            uniq_sparse[owner] = merged
-    out_dense = None if uniq_dense is None else uniq_dense[plan.inverse]
-    out_sparse = None if sparse is None else [dict(uniq_sparse[u]) for u in plan.inverse.tolist()]
-    return out_dense, out_sparse

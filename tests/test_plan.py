@@ -8,7 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from empirio import InvalidInputError, format_query
-from empirio._plan import assemble, check_texts, pack, plan_segment
+from empirio._decode import Decoded
+from empirio._driver import Call, _Segment
+from empirio._plan import SegmentPlan, check_texts, pack, plan_segment
 from empirio._tokens import get_tokenizer
 
 tok = get_tokenizer()
@@ -101,7 +103,21 @@ def test_requests_respect_batch_size_and_token_budget() -> None:
     assert sum(len(r) for r in plan.requests) == 25
 
 
-def test_assemble_maps_back_to_caller_order() -> None:
+def assemble(
+    plan: SegmentPlan, dense: np.ndarray, sparse: list[dict[int, float]]
+) -> tuple[np.ndarray | None, list[dict[int, float]] | None]:
+    """Feed each request's rows to the driver's per-segment buffers, last request first (so
+    windows arrive out of order), and read the segment back."""
+    seg = _Segment(plan, Call("document", "both"), dense.shape[1])
+    for request in reversed(plan.requests):
+        rows = list(request.pieces)
+        seg.store(request, Decoded(dense[rows], [sparse[r] for r in rows], 1))
+    assert seg.remaining == 0
+    result = seg.result()
+    return result.dense, result.sparse
+
+
+def test_assembly_maps_back_to_caller_order() -> None:
     plan = plan_segment(["x", "y", "x"], tokenizer=tok)
     dense = np.array([[1, 0], [0, 1]], dtype=np.float32)
     out, sparse = assemble(plan, dense, [{1: 1.0}, {2: 2.0}])
@@ -110,10 +126,11 @@ def test_assemble_maps_back_to_caller_order() -> None:
     assert sparse == [{1: 1.0}, {2: 2.0}, {1: 1.0}]
 
 
-def test_assemble_chunks_is_the_token_weighted_mean_renormalised() -> None:
-    plan = plan_segment([LONG], tokenizer=tok, overflow="chunk")
+def test_chunks_are_the_token_weighted_mean_renormalised_in_any_arrival_order() -> None:
+    plan = plan_segment([LONG], tokenizer=tok, overflow="chunk", batch_size=1)
     k = len(plan.pieces)
     assert k >= 3
+    assert len(plan.requests) == k  # one window per request: they arrive in reverse
     w = np.array([p.tokens for p in plan.pieces], dtype=np.float64)
     rows = np.eye(k, 8, dtype=np.float32)
     windows = [{7: 1.0}] + [{7: 3.0, 9: 1.0}] * (k - 1)
