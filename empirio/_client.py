@@ -565,27 +565,34 @@ class EmbeddingClient:
         """Whether a call of ``texts`` is planned in segments (see ``_PIPELINE_MIN``)."""
         return len(texts) > _PIPELINE_MIN and self.overflow != "error"
 
-    def _pipelined_plans(self, texts: list[str], call: Call) -> Iterator[SegmentPlan]:
-        """Plans of ``texts`` in segments: the first (small) one here, the others on a planning
-        thread started now, so they are ready long before the sends reach them."""
+    def _pipelined_plans(self, texts: list[str], call: Call) -> Iterator[SegmentPlan | None]:
+        """Plans of ``texts`` in segments: the first (small) one here, each later one on a
+        planning thread while the one before it is sent. Planned one ahead, not all at once:
+        a burst of tokenising competes with the paced sends for the interpreter and makes
+        their arrivals jitter."""
         bounds = [(0, _FIRST_SEGMENT)] + [
             (a, min(a + _SEGMENT, len(texts))) for a in range(_FIRST_SEGMENT, len(texts), _SEGMENT)
         ]
-        first = self._plan(texts[:_FIRST_SEGMENT], call, 0, 0, 0)
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="empirio-plan")
-        # Request ids must be unique within the call: each segment gets its own range.
-        futures = [
-            pool.submit(self._plan_quietly, texts[a:b], call, i, a, i << 24)
-            for i, (a, b) in enumerate(bounds[1:], start=1)
-        ]
-        pool.shutdown(wait=False)
+
+        def plan(i: int) -> concurrent.futures.Future[SegmentPlan]:
+            a, b = bounds[i]
+            # Request ids must be unique within the call: each segment gets its own range.
+            return pool.submit(self._plan_quietly, texts[a:b], call, i, a, i << 24)
+
+        ahead = plan(1) if len(bounds) > 1 else None
         try:
-            yield first
-            for future in futures:
-                yield self._warn_truncated(future.result())
+            yield self._plan(texts[:_FIRST_SEGMENT], call, 0, 0, 0)
+            for i in range(1, len(bounds)):
+                assert ahead is not None
+                while not ahead.done():
+                    yield None  # not ready: the driver sends what it has and asks again
+                current, ahead = ahead, plan(i + 1) if i + 1 < len(bounds) else None
+                yield self._warn_truncated(current.result())
         finally:
-            for future in futures:
-                future.cancel()  # the call ended early: plan no more
+            if ahead is not None:
+                ahead.cancel()  # the call ended early: plan no more
+            pool.shutdown(wait=False)
 
     def _plans(self, texts: Iterable[str], call: Call, segment_size: int) -> Iterator[SegmentPlan]:
         """Plan ``texts`` lazily, ``segment_size`` at a time."""
@@ -602,7 +609,7 @@ class EmbeddingClient:
 
     def _new_driver(
         self,
-        plans: Iterator[SegmentPlan],
+        plans: Iterator[SegmentPlan | None],
         call: Call,
         ahead: int,
         pending: Mapping[Any, Attempt],
@@ -824,7 +831,12 @@ class EmbeddingClient:
             return self._io
 
     def _drive_sync(
-        self, plans: Iterator[SegmentPlan], call: Call, progress: Progress, *, ahead: int
+        self,
+        plans: Iterator[SegmentPlan | None],
+        call: Call,
+        progress: Progress,
+        *,
+        ahead: int,
     ) -> Iterator[EmbeddingResult]:
         io = self._io_loop()
         if self._user_http is None:
@@ -927,6 +939,72 @@ class EmbeddingClient:
         with self._progress(len(checked), show_progress, on_progress) as bar:
             results = list(self._drive_sync(iter([plan]), call, bar, ahead=1))
         return results[0]
+
+    def embed_as_lists(
+        self,
+        texts: Sequence[str],
+        *,
+        kind: Kind = "document",
+        show_progress: bool | None = None,
+        on_progress: Callable[[int], object] | None = None,
+    ) -> list[list[float]]:
+        """``embed(texts, kind=kind).dense_rows()``: the dense vectors as lists of Python
+        floats, which LangChain and LlamaIndex return. For large calls each segment is
+        converted on a worker thread as it arrives, while later ones are still being sent:
+        converting 9,000 vectors at the end would add most of a second to the call."""
+        checked = check_texts(as_text_list(texts))
+        if not self._pipelines(checked) or self._views is not None:
+            return self.embed(
+                checked, kind=kind, show_progress=show_progress, on_progress=on_progress
+            ).dense_rows()
+        call = self._check_call(kind, "dense")
+        parts: list[EmbeddingResult] = []
+        with (
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="empirio-lists") as pool,
+            self._progress(len(checked), show_progress, on_progress) as bar,
+        ):
+            converted = []
+            try:
+                for part in self._drive_sync(
+                    self._pipelined_plans(checked, call), call, bar, ahead=4
+                ):
+                    parts.append(part)
+                    converted.append(pool.submit(part.dense_rows))
+            except EmpirioError as exc:
+                _prepend_partial(exc, parts)
+                raise
+            return [row for future in converted for row in future.result()]
+
+    async def aembed_as_lists(
+        self,
+        texts: Sequence[str],
+        *,
+        kind: Kind = "document",
+        show_progress: bool | None = None,
+        on_progress: Callable[[int], object] | None = None,
+    ) -> list[list[float]]:
+        """:meth:`embed_as_lists`, natively async (conversions run off the event loop)."""
+        checked = check_texts(as_text_list(texts))
+        if not self._pipelines(checked) or self._views is not None:
+            result = await self.aembed(
+                checked, kind=kind, show_progress=show_progress, on_progress=on_progress
+            )
+            return result.dense_rows()
+        call = self._check_call(kind, "dense")
+        loop = asyncio.get_running_loop()
+        parts: list[EmbeddingResult] = []
+        converted: list[asyncio.Future[list[list[float]]]] = []
+        with self._progress(len(checked), show_progress, on_progress) as bar:
+            try:
+                async for part in self._drive_async(
+                    self._pipelined_plans(checked, call), call, bar, ahead=4
+                ):
+                    parts.append(part)
+                    converted.append(loop.run_in_executor(None, part.dense_rows))
+            except EmpirioError as exc:
+                _prepend_partial(exc, parts)
+                raise
+        return [row for rows in await asyncio.gather(*converted) for row in rows]
 
     def iter_embed(
         self,
@@ -1055,7 +1133,12 @@ class EmbeddingClient:
         return self._read(r.status_code, r.content, r.headers, len(texts), call)
 
     async def _drive_async(
-        self, plans: Iterator[SegmentPlan], call: Call, progress: Progress, *, ahead: int
+        self,
+        plans: Iterator[SegmentPlan | None],
+        call: Call,
+        progress: Progress,
+        *,
+        ahead: int,
     ) -> AsyncIterator[EmbeddingResult]:
         loop = asyncio.get_running_loop()
         await self._async_http_for_loop()  # before the first pacing decision, as in sync

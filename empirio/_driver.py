@@ -31,7 +31,11 @@ from ._errors import EmpirioError
 from ._plan import Kind, Output, PlannedRequest, SegmentPlan, combine_windows
 from ._result import EmbeddingResult, Usage, UsageMeter
 
-__all__ = ["Call", "CallDriver", "known_result"]
+__all__ = ["PLAN_POLL_S", "Call", "CallDriver", "known_result"]
+
+#: How soon a driver waiting for a segment planned elsewhere looks again, in seconds.
+PLAN_POLL_S = 0.005
+_END = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +178,9 @@ class CallDriver:
         call: what is asked for.
         dimensions: vector size.
         plans: the call's segments, planned lazily (planning may raise
-            :class:`InvalidInputError`; nothing of that segment is sent).
+            :class:`InvalidInputError`; nothing of that segment is sent). ``None`` from it
+            means the next plan is not ready yet (planned on another thread): asked again
+            within ``PLAN_POLL_S``.
         engine: this call's scheduler.
         meter: the client's running usage, to which every outcome is added.
         ahead: how many segments may be open at once (memory bound of streaming calls).
@@ -186,7 +192,7 @@ class CallDriver:
         self,
         call: Call,
         dimensions: int,
-        plans: Iterator[SegmentPlan],
+        plans: Iterator[SegmentPlan | None],
         engine: Engine,
         meter: UsageMeter,
         *,
@@ -204,6 +210,7 @@ class CallDriver:
         self._exhausted = False
         self._closed = False
         self._plan_error: EmpirioError | None = None
+        self._planning = False  # the next plan is not ready yet (see ``plans``)
         #: Whether to collect cache writes (the plans carry cache keys).
         self.keep_cache_pairs = keep_cache_pairs
         self._cache_pairs: list[tuple[str, bytes]] = []
@@ -246,6 +253,9 @@ class CallDriver:
         if seg is not None and seg.remaining == 0:
             return Step((), now)  # a segment of known texts is ready: hand it out first
         step = self.engine.step(now, busy_elsewhere, poll)
+        if self._planning:  # a segment is being planned: look again soon
+            soon = now + PLAN_POLL_S
+            return Step(step.sends, soon if step.wake_at is None else min(step.wake_at, soon))
         if step.wake_at is None and not step.sends and not self.engine.has_in_flight:
             raise RuntimeError("empirio: nothing in flight and nothing scheduled")  # a bug
         return step
@@ -294,15 +304,20 @@ class CallDriver:
     # ------------------------------------------------------------------ bookkeeping
 
     def _fill(self) -> None:
+        self._planning = False
         while not self._exhausted and len(self.segments) < self.ahead:
             try:
-                plan = next(self._plans, None)
+                plan = next(self._plans, _END)
             except EmpirioError as exc:  # bad input in a later segment: nothing of it is sent,
                 self._plan_error = exc  # what was planned before it still goes
                 return
-            if plan is None:
+            if plan is _END:
                 self._exhausted = True
                 return
+            if plan is None:  # being planned elsewhere: look again soon, never block for it
+                self._planning = True
+                return
+            assert isinstance(plan, SegmentPlan)
             seg = _Segment(plan, self.call, self.dimensions)
             self.segments[plan.index] = seg
             self.known_done += int(seg.mult[seg.have].sum())  # cached texts: done already

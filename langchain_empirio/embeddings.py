@@ -43,7 +43,7 @@ class EmpirioEmbeddings(EmpirioSettings, Embeddings, Serializable):
         """Embed documents (no instruction). Returns one list of floats per text, in order."""
         if not texts:
             return []
-        return self._client.embed(texts, kind="document").dense_rows()
+        return self._client.embed_as_lists(texts, kind="document")
 
     def embed_query(self, text: str) -> list[float]:
         """Embed a search query (with the query instruction)."""
@@ -53,7 +53,7 @@ class EmpirioEmbeddings(EmpirioSettings, Embeddings, Serializable):
         """:meth:`embed_documents`, natively async."""
         if not texts:
             return []
-        return (await self._client.aembed(texts, kind="document")).dense_rows()
+        return await self._client.aembed_as_lists(texts, kind="document")
 
     async def aembed_query(self, text: str) -> list[float]:
         """:meth:`embed_query`, natively async."""

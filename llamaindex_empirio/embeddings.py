@@ -75,7 +75,7 @@ class EmpirioEmbedding(EmpirioFields, BaseEmbedding):
             return []
         done = self._prefetched(texts)
         if done is not None:
-            return [row.tolist() for row in done]
+            return done
         return self._client.embed(texts, kind="document", **self._call_options()).dense_rows()
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
@@ -83,7 +83,7 @@ class EmpirioEmbedding(EmpirioFields, BaseEmbedding):
             return []
         done = self._prefetched(texts)
         if done is not None:
-            return [row.tolist() for row in done]
+            return done
         return (
             await self._client.aembed(texts, kind="document", **self._call_options())
         ).dense_rows()
@@ -91,16 +91,14 @@ class EmpirioEmbedding(EmpirioFields, BaseEmbedding):
     def _prefetch(self, texts: list[str]) -> dict[str, Any] | None:
         if not self._can_prefetch(texts):
             return None
-        dense = self._client.embed(texts, kind="document", **self._call_options()).dense
-        assert dense is not None
-        return dict(zip(texts, dense, strict=True))
+        rows = self._client.embed_as_lists(texts, kind="document", **self._call_options())
+        return dict(zip(texts, rows, strict=True))
 
     async def _aprefetch(self, texts: list[str]) -> dict[str, Any] | None:
         if not self._can_prefetch(texts):
             return None
-        result = await self._client.aembed(texts, kind="document", **self._call_options())
-        assert result.dense is not None
-        return dict(zip(texts, result.dense, strict=True))
+        rows = await self._client.aembed_as_lists(texts, kind="document", **self._call_options())
+        return dict(zip(texts, rows, strict=True))
 
     def sparse(self) -> EmpirioSparseEmbedding:
         """The sparse view of the same model, sharing this object's client: dense and sparse of

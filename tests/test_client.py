@@ -714,3 +714,13 @@ async def test_a_402_in_a_later_segment_keeps_every_earlier_text(
     assert err.partial_indices == tuple(range(1500))
     assert err.partial is not None
     np.testing.assert_array_equal(err.partial.dense[:500], reference)  # type: ignore[index]
+
+
+async def test_embed_as_lists_is_embed_then_dense_rows(make_emulator: Any) -> None:
+    url = make_emulator()
+    with client(url) as c:
+        expected = c.embed(MANY).dense_rows()
+        assert c.embed_as_lists(MANY) == expected
+        assert await c.aembed_as_lists(MANY) == expected
+        assert c.embed_as_lists(MANY[:5]) == expected[:5]  # small calls: one plan, same result
+        await c.aclose()
