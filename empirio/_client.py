@@ -573,7 +573,7 @@ class EmbeddingClient:
         bounds = [(0, _FIRST_SEGMENT)] + [
             (a, min(a + _SEGMENT, len(texts))) for a in range(_FIRST_SEGMENT, len(texts), _SEGMENT)
         ]
-        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="empirio-plan")
+        pool = _background_pool("empirio-plan")
 
         def plan(i: int) -> concurrent.futures.Future[SegmentPlan]:
             a, b = bounds[i]
@@ -960,7 +960,7 @@ class EmbeddingClient:
         call = self._check_call(kind, "dense")
         parts: list[EmbeddingResult] = []
         with (
-            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="empirio-lists") as pool,
+            _background_pool("empirio-lists") as pool,
             self._progress(len(checked), show_progress, on_progress) as bar,
         ):
             converted = []
@@ -994,17 +994,20 @@ class EmbeddingClient:
         loop = asyncio.get_running_loop()
         parts: list[EmbeddingResult] = []
         converted: list[asyncio.Future[list[list[float]]]] = []
-        with self._progress(len(checked), show_progress, on_progress) as bar:
+        with (
+            _background_pool("empirio-lists") as pool,
+            self._progress(len(checked), show_progress, on_progress) as bar,
+        ):
             try:
                 async for part in self._drive_async(
                     self._pipelined_plans(checked, call), call, bar, ahead=4
                 ):
                     parts.append(part)
-                    converted.append(loop.run_in_executor(None, part.dense_rows))
+                    converted.append(loop.run_in_executor(pool, part.dense_rows))
             except EmpirioError as exc:
                 _prepend_partial(exc, parts)
                 raise
-        return [row for rows in await asyncio.gather(*converted) for row in rows]
+            return [row for rows in await asyncio.gather(*converted) for row in rows]
 
     def iter_embed(
         self,
@@ -1332,6 +1335,20 @@ def _caller_level() -> int:
         frame = frame.f_back
         level += 1
     return level
+
+
+def _background_pool(name: str) -> concurrent.futures.ThreadPoolExecutor:
+    """One worker thread for work that runs ahead of the sends (planning, converting), at a
+    lower scheduling priority where the OS allows: on a busy machine it must not take the CPU
+    from the thread that sends on time."""
+    return concurrent.futures.ThreadPoolExecutor(
+        1, thread_name_prefix=name, initializer=_lower_priority
+    )
+
+
+def _lower_priority() -> None:
+    with contextlib.suppress(AttributeError, OSError):  # Linux: per thread; elsewhere: no-op
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def _concatenate(parts: Sequence[EmbeddingResult]) -> EmbeddingResult:
