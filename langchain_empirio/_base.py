@@ -10,10 +10,16 @@ from langchain_core.utils import from_env, secret_from_env
 from pydantic import ConfigDict, Field, SecretStr
 
 from empirio import EmbeddingClient
-from empirio._config import API_BASE_ENV, API_KEY_ENV
-from empirio._options import ClientFields, default_rpm, default_tpm
-from empirio._plan import InstructionMode, Overflow
-from empirio._settings import DEFAULTS
+from empirio.integration import (
+    API_BASE_ENV,
+    API_KEY_ENV,
+    DEFAULTS,
+    ClientFields,
+    InstructionMode,
+    Overflow,
+    default_rpm,
+    default_tpm,
+)
 
 __all__ = ["EmpirioSettings"]
 

@@ -12,11 +12,21 @@ import httpx
 from llama_index.core.bridge.pydantic import ConfigDict, Field, SecretStr
 
 from empirio import EmbeddingClient
-from empirio._config import API_BASE_ENV, API_KEY_ENV
-from empirio._options import ClientFields, default_rpm, default_tpm
-from empirio._plan import InstructionMode, Overflow, as_text_list, check_texts
-from empirio._progress import Progress, tqdm_class
-from empirio._settings import DEFAULTS, SETTINGS
+from empirio.integration import (
+    API_BASE_ENV,
+    API_KEY_ENV,
+    DEFAULTS,
+    SETTINGS,
+    ClientFields,
+    InstructionMode,
+    Overflow,
+    Progress,
+    as_text_list,
+    check_texts,
+    default_rpm,
+    default_tpm,
+    tqdm_class,
+)
 
 __all__ = ["EmpirioFields"]
 

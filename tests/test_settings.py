@@ -78,3 +78,14 @@ def test_cli_flags_default_to_the_table() -> None:
 
 def test_the_readme_table_is_the_tables_output() -> None:
     assert readme_table() in README.read_text(encoding="utf-8")
+
+
+def test_adapters_import_only_public_empirio_names() -> None:
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    for package in ("langchain_empirio", "llamaindex_empirio"):
+        for source in (root / package).glob("*.py"):
+            text = source.read_text(encoding="utf-8")
+            private = re.findall(r"^\s*(?:from|import) empirio\._\w+", text, re.M)
+            assert not private, f"{source.name} imports {private}"

@@ -1,0 +1,35 @@
+"""What framework adapters build on: the public surface ``langchain_empirio`` and
+``llamaindex_empirio`` import from (and an adapter for another framework would).
+
+Nothing here is needed to use the client; it is the shared machinery of the adapters, kept in
+one place so that each adapter stays field declarations and mapping only.
+"""
+
+from ._config import API_BASE_ENV, API_KEY_ENV, BASE_URL_ENV
+from ._options import CLIENT_OPTIONS, ClientFields, build_client, default_rpm, default_tpm
+from ._plan import InstructionMode, Kind, Output, Overflow, as_text_list, check_texts
+from ._progress import Progress, tqdm_class
+from ._settings import DEFAULTS, SETTINGS, Setting, readme_table
+
+__all__ = [
+    "API_BASE_ENV",
+    "API_KEY_ENV",
+    "BASE_URL_ENV",
+    "CLIENT_OPTIONS",
+    "DEFAULTS",
+    "SETTINGS",
+    "ClientFields",
+    "InstructionMode",
+    "Kind",
+    "Output",
+    "Overflow",
+    "Progress",
+    "Setting",
+    "as_text_list",
+    "build_client",
+    "check_texts",
+    "default_rpm",
+    "default_tpm",
+    "readme_table",
+    "tqdm_class",
+]
