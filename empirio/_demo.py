@@ -116,6 +116,12 @@ def run_demo(*, dimensions: int = 512, force_emulator: bool = False) -> int:
     """Embed the corpus, run the queries, print hits and cost. Returns an exit status."""
     import importlib.util
 
+    def absent(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is None
+        except (ImportError, ValueError):  # a module stubbed out as None, or broken
+            return True
+
     missing = [
         (module, extra)
         for module, extra in (
@@ -123,7 +129,7 @@ def run_demo(*, dimensions: int = 512, force_emulator: bool = False) -> int:
             ("llama_index.core", "llamaindex"),
             ("langchain_qdrant", "qdrant"),
         )
-        if importlib.util.find_spec(module.split(".")[0]) is None
+        if absent(module)
     ]
     if missing:
         extras = ",".join(extra for _, extra in missing)

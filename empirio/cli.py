@@ -605,7 +605,11 @@ def _missing_server_extra() -> str | None:
     import importlib.util
 
     for name in ("uvicorn", "orjson"):
-        if importlib.util.find_spec(name) is None:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a module stubbed out as None, or broken
+            found = False
+        if not found:
             return name
     return None
 

@@ -277,3 +277,24 @@ def test_emulator_runs_are_not_paced_and_ctrl_c_exits_130(tmp_path: Path) -> Non
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("import langchain_empirio", "pip install 'empirio[langchain]'"),
+        ("import llamaindex_empirio", "pip install 'empirio[llamaindex]'"),
+        ("from empirio.cli import main; raise SystemExit(main(['serve']))", "empirio[server]"),
+        ("from empirio.cli import main; raise SystemExit(main(['demo']))", "empirio[server"),
+    ],
+    ids=["langchain", "llamaindex", "serve", "demo"],
+)
+def test_a_missing_extra_is_named(code: str, message: str) -> None:
+    # The extras' packages made unimportable, as in an environment without them.
+    blocked = "langchain_core llama_index uvicorn orjson langchain_qdrant".split()
+    stub = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in blocked)
+    r = subprocess.run(
+        [sys.executable, "-c", stub + code], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode != 0
+    assert message in r.stderr
