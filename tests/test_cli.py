@@ -263,7 +263,15 @@ def test_emulator_runs_are_not_paced_and_ctrl_c_exits_130(tmp_path: Path) -> Non
     with serve(config=EmulatorConfig(rpm=60)) as url:
         argv = [sys.executable, "-m", "empirio", "embed", str(src), "--base-url", url]
         argv += ["-o", str(out.with_suffix(".b.npy")), "--no-progress"]
-        proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+            # A test run started in the background (CI scripts do this) inherits SIGINT as
+            # ignored, and so would the child: give it the disposition a terminal gives.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         try:
             deadline = time.monotonic() + 60
             while stats(url)["requests"] < 2 and time.monotonic() < deadline:

@@ -235,6 +235,9 @@ def test_ctrl_c_gives_control_back_at_once(tmp_path: Path, emulator_process: Any
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A run started in the background inherits SIGINT as ignored: give the child a
+        # terminal's disposition.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "started"
