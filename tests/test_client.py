@@ -628,9 +628,16 @@ def test_bad_settings_and_keys_are_configuration_errors_without_the_key(
     assert str(kw["api_key"]).strip() not in str(info.value)
 
 
-def test_a_host_that_does_not_resolve_fails_at_once() -> None:
+def test_a_host_that_does_not_resolve_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
     from empirio import APIConnectionError
 
+    def no_such_host(*args: object, **kwargs: object) -> object:
+        # The resolver's answer for an unknown name, without asking one (tests stay offline).
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
     c = EmbeddingClient(
         api_key="sk-a-fine-key-0123456789", base_url="https://no-such-host.invalid/v1", rpm=None
     )
