@@ -341,7 +341,7 @@ class EmbeddingClient:
         self._io: _IOLoop | None = None
         self._io_finalizer: weakref.finalize[Any, Any] | None = None
         self._views: ViewCache | None = ViewCache() if share_views else None
-        self._cache, self._owns_store = _open_cache(cache)
+        self._cache, self._own_store = _open_cache(cache)
         # Set when the endpoint answers a sparse request without sparse vectors: sparse calls
         # are refused from then on, and dense calls stop asking for both views.
         self._no_sparse = False
@@ -1274,8 +1274,8 @@ class EmbeddingClient:
             finalizer.detach()
         if io is not None:
             io.close()
-        if self._owns_store and isinstance(self._cache.store if self._cache else None, SqliteStore):
-            cast(SqliteStore, cast(EmbeddingCache, self._cache).store).close()
+        if self._own_store is not None:
+            self._own_store.close()
 
     def _after_fork_in_child(self) -> None:
         """Forget the parent's connections, thread, loops, calls and locks; keep the settings,
@@ -1392,20 +1392,21 @@ def _restore_client(key: SealedKey, options: dict[str, Any]) -> EmbeddingClient:
 
 def _open_cache(
     cache: str | os.PathLike[str] | EmbeddingStore | None,
-) -> tuple[EmbeddingCache | None, bool]:
-    """The client's cache, and whether the client opened (and so closes) its store."""
+) -> tuple[EmbeddingCache | None, SqliteStore | None]:
+    """The client's cache, and the store the client opened itself (and so closes), if any."""
     if cache is None:
-        return None, False
+        return None, None
     if isinstance(cache, str | os.PathLike):
-        return EmbeddingCache(SqliteStore(cache)), True
+        store = SqliteStore(cache)
+        return EmbeddingCache(store), store
     if isinstance(cache, EmbeddingCache):
-        return cache, False
+        return cache, None
     if not isinstance(cache, EmbeddingStore):
         raise ConfigurationError(
             f"cache must be a file path or a store with mget/mset (an EmbeddingStore); got "
             f"{type(cache).__name__}"
         )
-    return EmbeddingCache(cache), False
+    return EmbeddingCache(cache), None
 
 
 def _after_fork_in_child() -> None:

@@ -68,6 +68,18 @@ def http() -> Iterator[httpx.Client]:
         yield client
 
 
+def unconfigured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment of a new user: no key, no endpoint, no limits set (undone after)."""
+    for var in (
+        "EMPIRIOLABS_API_KEY",
+        "EMPIRIOLABS_API_BASE",
+        "EMPIRIOLABS_BASE_URL",
+        "EMPIRIOLABS_RPM",
+        "EMPIRIOLABS_TPM",
+    ):
+        monkeypatch.delenv(var, raising=False)
+
+
 def stats(base_url: str) -> dict[str, Any]:
     """The emulator's counters."""
     root = base_url.removesuffix("/v1")

@@ -9,6 +9,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from .conftest import unconfigured
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
 
@@ -20,14 +22,7 @@ def test_there_are_five_notebooks() -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # The kernel inherits this environment: no key, so the notebook starts its own emulator.
-    for var in (
-        "EMPIRIOLABS_API_KEY",
-        "EMPIRIOLABS_API_BASE",
-        "EMPIRIOLABS_BASE_URL",
-        "EMPIRIOLABS_RPM",
-        "EMPIRIOLABS_TPM",
-    ):
-        monkeypatch.delenv(var, raising=False)
+    unconfigured(monkeypatch)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     work = tmp_path / "nb"

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import unconfigured
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -23,14 +25,7 @@ def test_every_python_block_runs(
 ) -> None:
     # As a new user runs them: no key, nothing configured. The first block starts an emulator
     # (start_if_no_key); the variables it sets are undone after the test.
-    for var in (
-        "EMPIRIOLABS_API_KEY",
-        "EMPIRIOLABS_API_BASE",
-        "EMPIRIOLABS_BASE_URL",
-        "EMPIRIOLABS_RPM",
-        "EMPIRIOLABS_TPM",
-    ):
-        monkeypatch.delenv(var, raising=False)
+    unconfigured(monkeypatch)
     namespace: dict[str, object] = {"__name__": "readme"}
     for i, block in enumerate(python_blocks()):
         try:
