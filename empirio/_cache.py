@@ -4,9 +4,10 @@ embedded default (:mod:`empirio._sqlite_store`).
 
 The key is exactly what changes a vector and nothing else:
 
-* the endpoint's identity (the host and path, so that a local emulator's vectors are never
-  served for the real service's; any port of this machine counts as one endpoint, since local
-  servers start on a new port each run),
+* the endpoint's identity: the host and path of a remote server; for a server on this
+  machine, what it says it serves (the emulator's :data:`IDENTITY_HEADER`, so that emulators
+  with the same vectors share entries whatever port they start on), else its port (a local
+  proxy to the real service must never be served an emulator's vectors),
 * the model and the dimensions,
 * the task fields actually sent (``text_type``/``instruct`` with ``instruction_mode="api"``),
 * the view stored (``dense`` or ``sparse``; a call for ``both`` reads and writes both),
@@ -36,6 +37,7 @@ import numpy.typing as npt
 from ._config import is_loopback_url
 
 __all__ = [
+    "IDENTITY_HEADER",
     "CacheScope",
     "CacheStats",
     "EmbeddingCache",
@@ -49,6 +51,9 @@ __all__ = [
 ]
 
 View = Literal["dense", "sparse"]
+#: The response header with which a local server says which vectors it serves (the emulator:
+#: ``emulator-hashed-<vector seed>``); read from ``GET {base_url}/models``.
+IDENTITY_HEADER = "x-empirio-vectors"
 #: Bumped whenever the key material or the value format changes: old entries then miss.
 _FORMAT = b"empirio-cache-1"
 _SPARSE_ENTRY = 12  # bytes per non-zero: int32 id + float64 weight
@@ -125,12 +130,24 @@ def decode_sparse(value: bytes) -> dict[int, float] | None:
     return dict(zip(ids, weights, strict=True))
 
 
-def endpoint_identity(base_url: str) -> str:
-    """The endpoint as far as vectors go: host and path; every local port is one endpoint."""
-    if is_loopback_url(base_url):
-        return "local" + (urlsplit(base_url).path.rstrip("/") or "")
+def endpoint_identity(base_url: str, declared: str | None = None) -> str:
+    """The endpoint as far as vectors go.
+
+    Args:
+        base_url: the endpoint.
+        declared: for a server on this machine, the :data:`IDENTITY_HEADER` it sent, if any.
+
+    Returns:
+        host and path for a remote server; ``declared`` (and the path) for a local server that
+        said what it serves; else the local port and path.
+    """
     parts = urlsplit(base_url)
-    return f"{(parts.hostname or '').lower()}{parts.path.rstrip('/')}"
+    path = parts.path.rstrip("/")
+    if is_loopback_url(base_url):
+        if declared:
+            return f"local:{declared}{path}"
+        return f"local:{parts.port or ''}{path}"
+    return f"{(parts.hostname or '').lower()}{path}"
 
 
 @dataclass(frozen=True, slots=True)

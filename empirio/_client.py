@@ -52,6 +52,7 @@ from pydantic import SecretStr
 
 from ._budget import Budget, BudgetScope, LocalBudget, budget_for
 from ._cache import (
+    IDENTITY_HEADER,
     CacheScope,
     EmbeddingCache,
     EmbeddingStore,
@@ -75,10 +76,12 @@ from ._config import (
     validate_dimensions,
 )
 from ._decode import Decoded, decode_error, decode_success
+from ._distinct import Distinct
 from ._driver import Call, CallDriver, known_result
 from ._engine import SLOT_POLL_S, Attempt, BatchLimit, Engine
 from ._errors import (
     APIConnectionError,
+    APIResponseValidationError,
     APIStatusError,
     APITimeoutError,
     CacheError,
@@ -342,6 +345,7 @@ class EmbeddingClient:
         self._io_finalizer: weakref.finalize[Any, Any] | None = None
         self._views: ViewCache | None = ViewCache() if share_views else None
         self._cache, self._own_store = _open_cache(cache)
+        self._identity: str | None = None  # the endpoint's, for cache keys: asked on first use
         # Set when the endpoint answers a sparse request without sparse vectors: sparse calls
         # are refused from then on, and dense calls stop asking for both views.
         self._no_sparse = False
@@ -484,7 +488,7 @@ class EmbeddingClient:
         assert cache is not None
         api = call.kind == "query" and self.instruction_mode == "api"
         scope = CacheScope(
-            endpoint=endpoint_identity(self.base_url),
+            endpoint=self._endpoint_identity(),
             model=self.model,
             dimensions=self.dimensions,
             text_type="query" if api else "",
@@ -533,6 +537,24 @@ class EmbeddingClient:
         )
         return Known(tuple(hits), dense, sparse), keys
 
+    def _endpoint_identity(self) -> str:
+        """The endpoint's identity for cache keys (see :func:`~empirio._cache.endpoint_identity`).
+        A server on this machine is asked once, with ``GET /models``, what it serves; one that
+        does not say (or does not answer) is known by its port."""
+        if self._identity is None:
+            declared = None
+            if is_loopback_url(self.base_url):
+                with contextlib.suppress(httpx.HTTPError):
+                    r = httpx.get(
+                        f"{self.base_url}/models",
+                        headers=self._headers,
+                        timeout=min(5.0, self.timeout),
+                        trust_env=False,
+                    )
+                    declared = r.headers.get(IDENTITY_HEADER)
+            self._identity = endpoint_identity(self.base_url, declared)
+        return self._identity
+
     def _save(self, driver: CallDriver) -> None:
         """Write the vectors of the texts ``driver`` finished to the cache. A failure to write
         warns and the call goes on: its vectors are still returned."""
@@ -548,9 +570,14 @@ class EmbeddingClient:
                 stacklevel=2,
             )
 
-    def _warn_truncated(self, plan: SegmentPlan) -> SegmentPlan:
+    def _warn_truncated(
+        self, plan: SegmentPlan, positions: Sequence[int] | None = None
+    ) -> SegmentPlan:
+        """Warn of the texts ``plan`` truncated; ``positions`` maps the plan's positions to the
+        caller's (a call whose duplicates were set aside: each text's first position)."""
         if plan.truncated:
-            shown = ", ".join(f"{i} ({n} tokens)" for i, n in plan.truncated[:5])
+            at = (lambda i: i) if positions is None else positions.__getitem__
+            shown = ", ".join(f"{at(i)} ({n} tokens)" for i, n in plan.truncated[:5])
             more = f" and {len(plan.truncated) - 5} more" if len(plan.truncated) > 5 else ""
             warnings.warn(
                 f"{len(plan.truncated)} texts exceeded the model's input limit and were "
@@ -565,11 +592,13 @@ class EmbeddingClient:
         """Whether a call of ``texts`` is planned in segments (see ``_PIPELINE_MIN``)."""
         return len(texts) > _PIPELINE_MIN and self.overflow != "error"
 
-    def _pipelined_plans(self, texts: list[str], call: Call) -> Iterator[SegmentPlan | None]:
+    def _pipelined_plans(
+        self, texts: list[str], call: Call, positions: Sequence[int] | None = None
+    ) -> Iterator[SegmentPlan | None]:
         """Plans of ``texts`` in segments: the first (small) one here, each later one on a
         planning thread while the one before it is sent. Planned one ahead, not all at once:
         a burst of tokenising competes with the paced sends for the interpreter and makes
-        their arrivals jitter."""
+        their arrivals jitter. ``positions``: see :meth:`_warn_truncated`."""
         bounds = [(0, _FIRST_SEGMENT)] + [
             (a, min(a + _SEGMENT, len(texts))) for a in range(_FIRST_SEGMENT, len(texts), _SEGMENT)
         ]
@@ -582,13 +611,14 @@ class EmbeddingClient:
 
         ahead = plan(1) if len(bounds) > 1 else None
         try:
-            yield self._plan(texts[:_FIRST_SEGMENT], call, 0, 0, 0)
+            first = self._plan_quietly(texts[:_FIRST_SEGMENT], call, 0, 0, 0)
+            yield self._warn_truncated(first, positions)
             for i in range(1, len(bounds)):
                 assert ahead is not None
                 while not ahead.done():
                     yield None  # not ready: the driver sends what it has and asks again
                 current, ahead = ahead, plan(i + 1) if i + 1 < len(bounds) else None
-                yield self._warn_truncated(current.result())
+                yield self._warn_truncated(current.result(), positions)
         finally:
             if ahead is not None:
                 ahead.cancel()  # the call ended early: plan no more
@@ -756,7 +786,9 @@ class EmbeddingClient:
                 return exc
             except EmpirioError as exc:
                 return exc
-        return decode_error(status, content, headers, time.time())
+        return decode_error(
+            status, content, headers, time.time(), (self._api_key.get_secret_value(),)
+        )
 
     def _adopt_limits(self, headers: httpx.Headers) -> None:
         """Take the limits a server advertises (``x-ratelimit-limit-requests``/``-tokens``, a
@@ -796,8 +828,6 @@ class EmbeddingClient:
         logger.info("pacing to the limits the server advertises: rpm=%s, tpm=%s", rpm, tpm)
 
     def _transport_error(self, exc: httpx.HTTPError) -> EmpirioError:
-        if isinstance(exc, httpx.TimeoutException):
-            return APITimeoutError(f"no response from {self.base_url} within {self.timeout} s")
         if _caused_by(exc, socket.gaierror) and not self._meter.usage.requests:
             # Never reached: a wrong host name or no network. Retrying for a minute would
             # only hide that; once requests have succeeded, a lookup failure is a blip.
@@ -922,15 +952,17 @@ class EmbeddingClient:
         if not checked:
             return self._empty(call)
         if self._pipelines(checked):
+            distinct = Distinct.of(checked)
             parts: list[EmbeddingResult] = []
             with self._progress(len(checked), show_progress, on_progress) as bar:
+                bar.update(distinct.repeats)
                 try:
-                    plans = self._pipelined_plans(checked, call)
+                    plans = self._pipelined_plans(distinct.texts, call, distinct.first)
                     parts.extend(self._drive_sync(plans, call, bar, ahead=4))
                 except EmpirioError as exc:
                     _prepend_partial(exc, parts)
-                    raise
-            return _concatenate(parts)
+                    raise distinct.spread_error(exc) from None
+            return distinct.spread(_concatenate(parts))
         plan = self._plan(checked, call, 0, 0, 0)
         if not plan.pieces:  # every text was cached: no network, no pacing
             if on_progress is not None:
@@ -958,22 +990,23 @@ class EmbeddingClient:
                 checked, kind=kind, show_progress=show_progress, on_progress=on_progress
             ).dense_rows()
         call = self._check_call(kind, "dense")
+        distinct = Distinct.of(checked)
         parts: list[EmbeddingResult] = []
         with (
             _background_pool("empirio-lists") as pool,
             self._progress(len(checked), show_progress, on_progress) as bar,
         ):
+            bar.update(distinct.repeats)
             converted = []
             try:
-                for part in self._drive_sync(
-                    self._pipelined_plans(checked, call), call, bar, ahead=4
-                ):
+                plans = self._pipelined_plans(distinct.texts, call, distinct.first)
+                for part in self._drive_sync(plans, call, bar, ahead=4):
                     parts.append(part)
                     converted.append(pool.submit(part.dense_rows))
             except EmpirioError as exc:
                 _prepend_partial(exc, parts)
-                raise
-            return [row for future in converted for row in future.result()]
+                raise distinct.spread_error(exc) from None
+            return distinct.spread_rows([row for f in converted for row in f.result()])
 
     async def aembed_as_lists(
         self,
@@ -991,6 +1024,7 @@ class EmbeddingClient:
             )
             return result.dense_rows()
         call = self._check_call(kind, "dense")
+        distinct = Distinct.of(checked)
         loop = asyncio.get_running_loop()
         parts: list[EmbeddingResult] = []
         converted: list[asyncio.Future[list[list[float]]]] = []
@@ -998,16 +1032,18 @@ class EmbeddingClient:
             _background_pool("empirio-lists") as pool,
             self._progress(len(checked), show_progress, on_progress) as bar,
         ):
+            bar.update(distinct.repeats)
             try:
-                async for part in self._drive_async(
-                    self._pipelined_plans(checked, call), call, bar, ahead=4
-                ):
+                plans = self._pipelined_plans(distinct.texts, call, distinct.first)
+                async for part in self._drive_async(plans, call, bar, ahead=4):
                     parts.append(part)
                     converted.append(loop.run_in_executor(pool, part.dense_rows))
             except EmpirioError as exc:
                 _prepend_partial(exc, parts)
-                raise
-            return [row for rows in await asyncio.gather(*converted) for row in rows]
+                raise distinct.spread_error(exc) from None
+            return distinct.spread_rows(
+                [r for rows in await asyncio.gather(*converted) for r in rows]
+            )
 
     def iter_embed(
         self,
@@ -1118,22 +1154,39 @@ class EmbeddingClient:
 
     async def _send(self, attempt: Attempt, call: Call, *, sync: bool) -> Decoded | EmpirioError:
         """Send one attempt on the running loop; ``sync``: for the sync shell (which uses the
-        ``http_client`` it was given, on a worker thread, where it was given one)."""
+        ``http_client`` it was given, on a worker thread, where it was given one).
+
+        ``timeout`` bounds the whole exchange, headers and body: httpx's own timeouts bound each
+        read, so a server trickling a byte a second would otherwise hold the call for ever.
+        """
         texts = attempt.request.texts
         body = self._body(texts, call)
         self._budget.sent(self._limits, attempt.sent_at, time.monotonic())
+        cap = _response_cap(len(texts), self.dimensions, call)
         try:
             if sync and self._user_http is not None:
                 post = functools.partial(
-                    self._user_http.post, self._url, content=body, headers=self._headers
+                    _post_capped_sync, self._user_http, self._url, body, self._headers, cap
                 )
-                r = await asyncio.get_running_loop().run_in_executor(None, post)
+                got = await asyncio.wait_for(
+                    asyncio.get_running_loop().run_in_executor(None, post), self.timeout
+                )
             else:
                 http = await self._async_http_for_loop()
-                r = await http.post(self._url, content=body, headers=self._headers)
+                got = await asyncio.wait_for(
+                    _post_capped(http, self._url, body, self._headers, cap), self.timeout
+                )
+        except (TimeoutError, httpx.TimeoutException):
+            return APITimeoutError(f"no response from {self.base_url} within {self.timeout} s")
         except httpx.HTTPError as exc:
             return self._transport_error(exc)
-        return self._read(r.status_code, r.content, r.headers, len(texts), call)
+        except _TooLarge:
+            return APIResponseValidationError(
+                f"the response from {self.base_url} is larger than {cap:,} bytes decoded, far "
+                f"more than {len(texts)} embeddings take: refused"
+            )
+        status, content, headers = got
+        return self._read(status, content, headers, len(texts), call)
 
     async def _drive_async(
         self,
@@ -1210,16 +1263,18 @@ class EmbeddingClient:
         if not checked:
             return self._empty(call)
         if self._pipelines(checked):
+            distinct = Distinct.of(checked)
             parts: list[EmbeddingResult] = []
             with self._progress(len(checked), show_progress, on_progress) as bar:
+                bar.update(distinct.repeats)
                 try:
-                    plans = self._pipelined_plans(checked, call)
+                    plans = self._pipelined_plans(distinct.texts, call, distinct.first)
                     async for part in self._drive_async(plans, call, bar, ahead=4):
                         parts.append(part)
                 except EmpirioError as exc:
                     _prepend_partial(exc, parts)
-                    raise
-            return _concatenate(parts)
+                    raise distinct.spread_error(exc) from None
+            return distinct.spread(_concatenate(parts))
         if len(checked) > _PLAN_IN_THREAD:
             # Tokenising thousands of texts would hold the loop (and the sends of every other
             # call on it) for tens of milliseconds, making their arrivals jitter: do it aside.
@@ -1468,6 +1523,45 @@ async def _close_at_loop_shutdown(client: httpx.AsyncClient) -> AsyncGenerator[N
         yield  # pragma: no cover - never resumed a second time
     finally:
         await client.aclose()
+
+
+class _TooLarge(Exception):
+    """A response body grew past the size its request can explain (a compression bomb)."""
+
+
+def _response_cap(n: int, dimensions: int, call: Call) -> int:
+    """The most bytes a decoded response to ``n`` inputs may hold: float-list JSON takes at
+    most ~26 bytes a component, sparse output at most a few thousand weights of ~60 bytes."""
+    per_input = 26 * dimensions + (512 * 1024 if call.sparse else 0) + 1024
+    return 1024 * 1024 + n * per_input
+
+
+async def _post_capped(
+    http: httpx.AsyncClient, url: str, body: bytes, headers: Mapping[str, str], cap: int
+) -> tuple[int, bytes, httpx.Headers]:
+    """POST and read the body, refusing one that decodes to more than ``cap`` bytes."""
+    async with http.stream("POST", url, content=body, headers=headers) as r:
+        chunks, size = [], 0
+        async for chunk in r.aiter_bytes():
+            size += len(chunk)
+            if size > cap:
+                raise _TooLarge
+            chunks.append(chunk)
+        return r.status_code, b"".join(chunks), r.headers
+
+
+def _post_capped_sync(
+    http: httpx.Client, url: str, body: bytes, headers: Mapping[str, str], cap: int
+) -> tuple[int, bytes, httpx.Headers]:
+    """:func:`_post_capped` for a user's ``httpx.Client`` (a line-for-line mirror)."""
+    with http.stream("POST", url, content=body, headers=headers) as r:
+        chunks, size = [], 0
+        for chunk in r.iter_bytes():
+            size += len(chunk)
+            if size > cap:
+                raise _TooLarge
+            chunks.append(chunk)
+        return r.status_code, b"".join(chunks), r.headers
 
 
 def _describe(outcome: object) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,9 +18,16 @@ from ._errors import (
     status_error,
 )
 from ._retry import parse_retry_after
+from ._secret import redact
 from ._wire import EmbeddingResponse, ErrorEnvelope, decode_base64
 
-__all__ = ["Decoded", "batch_limit_from", "decode_error", "decode_success"]
+__all__ = ["NORM_TOLERANCE", "Decoded", "batch_limit_from", "decode_error", "decode_success"]
+
+#: How far a dense row's L2 norm may be from 1 (the service returns unit vectors; float32
+#: rounding and base64 transport move it by about 1e-7). A row outside is not a vector.
+NORM_TOLERANCE = 0.01
+#: Sparse ids are vocabulary ids, stored as int32 in the cache.
+_MAX_SPARSE_ID = 2**31 - 1
 
 # "...batch size is invalid, it should not be larger than 10..." (seen upstream), and kin.
 _BATCH_LIMIT_RE = re.compile(
@@ -87,6 +95,7 @@ def decode_success(
                         f"embedding {row} has {len(emb)} components, expected {dimensions}"
                     )
                 out_dense[row] = emb
+        _check_rows(out_dense)
     out_sparse = None
     if sparse:
         if any(item.sparse_embedding is None for item in items):
@@ -95,18 +104,44 @@ def decode_success(
                 "ignored): this endpoint does not support sparse output"
             )
         out_sparse = []
-        for item in items:
+        for row, item in enumerate(items):
             vec: dict[int, float] = {}
             for s in item.sparse_embedding or ():
+                if not (0 <= s.index <= _MAX_SPARSE_ID and math.isfinite(s.value)):
+                    raise APIResponseValidationError(
+                        f"sparse embedding {row} has token id {s.index} with weight {s.value}: "
+                        f"ids must be from 0 to {_MAX_SPARSE_ID}, weights finite"
+                    )
                 vec[s.index] = vec.get(s.index, 0.0) + s.value
             out_sparse.append(vec)
     return Decoded(out_dense, out_sparse, resp.usage.total_tokens)
 
 
+def _check_rows(rows: npt.NDArray[np.float32]) -> None:
+    """Refuse rows that are not unit vectors: NaN or infinite components, all zeros, or a norm
+    far from 1. Such a row would be returned, cached and searched as if it meant something."""
+    finite = np.isfinite(rows).all(axis=1)
+    norms = np.linalg.norm(np.where(np.isfinite(rows), rows, 0.0).astype(np.float64), axis=1)
+    bad = np.flatnonzero(~finite | (np.abs(norms - 1.0) > NORM_TOLERANCE))
+    if bad.size:
+        row = int(bad[0])
+        ok = bool(np.isfinite(rows[row]).all())
+        what = f"L2 norm {norms[row]:.6g}" if ok else "non-finite components"
+        raise APIResponseValidationError(
+            f"embedding {row} is not a unit vector ({what}; {bad.size} of {len(rows)} rows "
+            "bad): the server's answer was not trusted, nor cached"
+        )
+
+
 def decode_error(
-    status: int, body: bytes, headers: Mapping[str, str], now_epoch: float
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str],
+    now_epoch: float,
+    secrets: tuple[str, ...] = (),
 ) -> APIStatusError:
-    """The typed error for a non-2xx response; tolerant of bodies that are not JSON."""
+    """The typed error for a non-2xx response; tolerant of bodies that are not JSON. Every
+    ``secrets`` (the key) that the server echoed is masked out of what it says."""
     message, code, request_id = "", None, headers.get("x-request-id")
     try:
         env = ErrorEnvelope.model_validate_json(body)
@@ -117,9 +152,9 @@ def decode_error(
         message = body[:300].decode("utf-8", errors="replace").strip()
     return status_error(
         status,
-        message or f"HTTP {status} with no message",
-        code=code,
-        request_id=request_id,
+        redact(message, *secrets) or f"HTTP {status} with no message",
+        code=None if code is None else redact(code, *secrets),
+        request_id=None if request_id is None else redact(request_id, *secrets),
         retry_after=parse_retry_after(headers, now_epoch),
     )
 

@@ -34,7 +34,12 @@ from dataclasses import dataclass
 
 from ._budget import Budget
 from ._decode import Decoded, batch_limit_from
-from ._errors import APIConnectionError, APIStatusError, EmpirioError
+from ._errors import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
+    EmpirioError,
+)
 from ._pace import Concurrency, Limits
 from ._plan import PlannedRequest
 from ._retry import RetryPolicy, is_retryable_status
@@ -220,8 +225,12 @@ class Engine:
                 self._split(request, (len(request) + 1) // 2, attempt.retries)
                 return Completion()
         throttled = isinstance(outcome, APIStatusError) and outcome.status_code == 429
-        retryable = (isinstance(outcome, APIConnectionError) and outcome.retryable) or (
-            isinstance(outcome, APIStatusError) and is_retryable_status(outcome.status_code)
+        retryable = (
+            (isinstance(outcome, APIConnectionError) and outcome.retryable)
+            or (isinstance(outcome, APIStatusError) and is_retryable_status(outcome.status_code))
+            # A body that breaks the contract (a vector that is not one) may be a glitch on the
+            # way: tried once more, never more (a server that always lies is not a blip).
+            or (isinstance(outcome, APIResponseValidationError) and attempt.retries == 0)
         )
         elapsed = now - attempt.first_sent_at
         if retryable and not self.policy.gives_up(

@@ -1,4 +1,4 @@
-"""The key inside pickles and copies.
+"""The key inside pickles and copies, and out of other people's text.
 
 A pickled client must carry its key to work in another process, but the key must never appear
 in the pickle's bytes or text (where logs, caches and ``pickletools`` would show it). A
@@ -9,8 +9,27 @@ pad travels with it, so treat pickles as secrets), but nothing that reads the by
 from __future__ import annotations
 
 import secrets
+from urllib.parse import quote
 
-__all__ = ["SealedKey"]
+__all__ = ["MASK", "SealedKey", "redact"]
+
+#: What a secret is replaced with wherever it would be shown.
+MASK = "**********"
+#: Shorter secrets are not searched for: replacing every "k" in a message hides nothing real
+#: (keys are long) and makes the message unreadable.
+_MIN_SECRET = 4
+
+
+def redact(text: str, *secrets_: str | None) -> str:
+    """``text`` with every occurrence of each secret (as is, and percent-encoded, as gateways
+    that echo a request line show it) replaced by :data:`MASK`. Applied to whatever a server
+    sends back before it enters an error, a log, the CLI or the playground's page."""
+    for secret in secrets_:
+        if not secret or len(secret) < _MIN_SECRET:
+            continue
+        for form in {secret, quote(secret, safe="")}:
+            text = text.replace(form, MASK)
+    return text
 
 
 class SealedKey:

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._conn: sqlite3.Connection | None = None
+        _STORES.add(self)
         with self._using() as conn:  # open now: a bad file is an error at once, not mid-job
             del conn
 
@@ -76,6 +78,13 @@ class SqliteStore:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._after_fork()
+        _STORES.add(self)
+
+    def _after_fork(self) -> None:
+        # A fork while another thread held the lock (a busy cache) would leave the child's copy
+        # held for ever: the child gets a new lock, and opens its own connection on first use
+        # (the parent's, and any transaction it had open, are not the child's to touch).
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._conn = None
@@ -233,3 +242,15 @@ class SqliteStore:
         else:
             why = f"cannot be used: {exc}"
         return CacheError(f"the embedding cache {self.path} {why}")
+
+
+#: Every store of this process, so that a forked child can renew their locks and connections.
+_STORES: weakref.WeakSet[SqliteStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -148,15 +148,43 @@ def test_long_texts_are_keyed_by_the_overflow_policy_that_shaped_them(
     np.testing.assert_array_equal(again.dense, chunked.dense)
 
 
-def test_a_fully_cached_call_touches_neither_network_nor_pacer(url: str, tmp_path: Path) -> None:
+def test_a_fully_cached_call_touches_neither_network_nor_pacer(
+    make_emulator: Any, tmp_path: Path
+) -> None:
     path = tmp_path / "c.sqlite3"
-    client(url, path).embed(TEXTS)
-    # Pointed at a closed port and paced to one request a minute: a send would fail or wait.
-    dead = client("http://127.0.0.1:9/v1", path, rpm=1, max_retries=0)
-    assert dead.embed(TEXTS).dense.shape == (40, 1024)  # type: ignore[union-attr]
-    parts = list(dead.iter_embed(TEXTS, segment_size=7))
+    client(make_emulator(), path).embed(TEXTS)
+    # Another emulator with the same vectors, on another port (a fresh run), paced to one
+    # request a minute: a send would be counted there, or wait for a minute.
+    again = make_emulator()
+    paced = client(again, path, rpm=1, max_retries=0)
+    assert paced.embed(TEXTS).dense.shape == (40, 1024)  # type: ignore[union-attr]
+    parts = list(paced.iter_embed(TEXTS, segment_size=7))
     assert [p.offset for p in parts] == list(range(0, 40, 7))
-    assert dead.usage.requests == 0
+    assert paced.usage.requests == 0
+    assert requests(again) == 0
+
+
+def test_servers_that_serve_other_vectors_never_share_entries(
+    make_emulator: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "c.sqlite3"
+    first = make_emulator(vector_seed=1)
+    other = make_emulator(vector_seed=2)
+    a = client(first, path).embed(TEXTS[:5]).dense
+    b = client(other, path).embed(TEXTS[:5]).dense
+    assert requests(other) == 1  # not served the first emulator's vectors
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(client(other, path).embed(TEXTS[:5]).dense, b)
+    # A local server that does not say what it serves (a proxy to the real service, say) is
+    # known by its port: it is never served an emulator's entries.
+    from empirio._cache import endpoint_identity
+
+    assert endpoint_identity("http://127.0.0.1:8001/v1") != endpoint_identity(
+        "http://127.0.0.1:8002/v1"
+    )
+    assert endpoint_identity("http://127.0.0.1:8001/v1", "emulator-hashed-1") == (
+        endpoint_identity("http://localhost:9999/v1", "emulator-hashed-1")
+    )
 
 
 async def test_async_calls_share_the_cache(url: str, tmp_path: Path) -> None:

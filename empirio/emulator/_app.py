@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .._cache import IDENTITY_HEADER
 from .._config import (
     ALLOWED_DIMENSIONS,
     DEFAULT_DIMENSIONS,
@@ -206,7 +207,8 @@ class EmulatorApp:
                 await self._embeddings(scope, receive, send, request_id)
                 return
             if path == "/v1/models" and method == "GET":
-                await _respond(send, 200, _dumps(self._models()), request_id)
+                identity = ((IDENTITY_HEADER.encode(), self.identity.encode()),)
+                await _respond(send, 200, _dumps(self._models()), request_id, identity)
                 return
             if path == "/_emulator/stats" and method == "GET":
                 await _respond(send, 200, _dumps(self.stats.snapshot()), request_id)
@@ -230,7 +232,14 @@ class EmulatorApp:
         return (
             (b"x-ratelimit-limit-requests", str(cfg.rpm or "unlimited").encode()),
             (b"x-ratelimit-limit-tokens", str(cfg.tpm or "unlimited").encode()),
+            (IDENTITY_HEADER.encode(), self.identity.encode()),
         )
+
+    @property
+    def identity(self) -> str:
+        """Which vectors this emulator serves (see :data:`IDENTITY_HEADER`): emulators with the
+        same identity on any port serve the same vectors, so a cache may share their entries."""
+        return f"emulator-hashed-{self.config.vector_seed}"
 
     def _models(self) -> dict[str, Any]:
         return {
