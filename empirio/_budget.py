@@ -291,11 +291,33 @@ def budget_for(scope: BudgetScope, base_url: str, api_key: str) -> Budget:
         return budget
 
 
+_HELD: list[LocalBudget | SqliteBudget] = []
+
+
+def _before_fork() -> None:
+    # As for the cache (see _sqlite_store): no thread may be inside SQLite when the process
+    # forks, or the child inherits SQLite's own mutexes held.
+    for budget in list(_LIVE):
+        if isinstance(budget, SqliteBudget):
+            budget._lock.acquire()
+            _HELD.append(budget)
+
+
+def _after_fork_in_parent() -> None:
+    while _HELD:
+        _HELD.pop()._lock.release()
+
+
 def _after_fork_in_child() -> None:
     global _REGISTRY_LOCK
+    _HELD.clear()
     _REGISTRY_LOCK = threading.Lock()
     for budget in list(_LIVE):
         budget._after_fork()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)

@@ -346,6 +346,7 @@ class EmbeddingClient:
         self._views: ViewCache | None = ViewCache() if share_views else None
         self._cache, self._own_store = _open_cache(cache)
         self._identity: str | None = None  # the endpoint's, for cache keys: asked on first use
+        self._identity_lock = threading.Lock()
         # Set when the endpoint answers a sparse request without sparse vectors: sparse calls
         # are refused from then on, and dense calls stop asking for both views.
         self._no_sparse = False
@@ -541,7 +542,9 @@ class EmbeddingClient:
         """The endpoint's identity for cache keys (see :func:`~empirio._cache.endpoint_identity`).
         A server on this machine is asked once, with ``GET /models``, what it serves; one that
         does not say (or does not answer) is known by its port."""
-        if self._identity is None:
+        with self._identity_lock:  # one probe, however many threads look up at once
+            if self._identity is not None:
+                return self._identity
             declared = None
             if is_loopback_url(self.base_url):
                 with contextlib.suppress(httpx.HTTPError):
@@ -553,7 +556,7 @@ class EmbeddingClient:
                     )
                     declared = r.headers.get(IDENTITY_HEADER)
             self._identity = endpoint_identity(self.base_url, declared)
-        return self._identity
+            return self._identity
 
     def _save(self, driver: CallDriver) -> None:
         """Write the vectors of the texts ``driver`` finished to the cache. A failure to write
@@ -1336,6 +1339,7 @@ class EmbeddingClient:
         """Forget the parent's connections, thread, loops, calls and locks; keep the settings,
         the usage so far and the budget (which renews its own state, see ``_budget``)."""
         self._lock = threading.Lock()
+        self._identity_lock = threading.Lock()
         if self._io_finalizer is not None:
             self._io_finalizer.detach()  # the parent's thread is not ours to stop
         self._io, self._io_finalizer = None, None

@@ -1,0 +1,293 @@
+"""Trust, round 3: what a lying or hostile server, a fork beside a busy cache and a large call
+with duplicates could do before, each against a real server on 127.0.0.1.
+
+The lying servers are tiny stdlib HTTP servers written here (the emulator tells the truth), so
+each test can answer exactly as the fault it reproduces.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from empirio import (
+    APIResponseValidationError,
+    APITimeoutError,
+    AuthenticationError,
+    EmbeddingClient,
+)
+from empirio._wire import encode_base64
+
+from .conftest import stats
+
+KEY = "sk-trust-test-key-0123456789abcdef"
+
+#: (status, headers, body) for one request, given its parsed JSON body and its number (from 1).
+Answer = Callable[[dict[str, Any], int], tuple[int, dict[str, str], bytes]]
+
+
+class _Server:
+    def __init__(self, answer: Answer, *, trickle: bool = False) -> None:
+        self.answer = answer
+        self.trickle = trickle
+        self.count = 0
+        self.lock = threading.Lock()
+
+
+@pytest.fixture
+def lying_server() -> Iterator[Callable[..., tuple[str, _Server]]]:
+    """Start stdlib HTTP servers that answer as told; all are stopped at the end."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(answer: Answer, *, trickle: bool = False) -> tuple[str, _Server]:
+        state = _Server(answer, trickle=trickle)
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # /models: says nothing about what it serves
+                self._reply(200, {}, b'{"object":"list","data":[]}')
+
+            def do_POST(self) -> None:
+                size = int(self.headers.get("content-length", "0"))
+                body = json.loads(self.rfile.read(size) or b"{}")
+                with state.lock:
+                    state.count += 1
+                    n = state.count
+                status, headers, payload = state.answer(body, n)
+                self._reply(status, headers, payload)
+
+            def _reply(self, status: int, headers: dict[str, str], payload: bytes) -> None:
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                if state.trickle:
+                    for i in range(len(payload)):
+                        self.wfile.write(payload[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(1.0)
+                else:
+                    self.wfile.write(payload)
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/v1", state
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def vectors(body: dict[str, Any], rows: Callable[[int], np.ndarray]) -> bytes:
+    """A success body whose row ``i`` is ``rows(i)``, in the encoding asked for."""
+    texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    data = []
+    for i in range(len(texts)):
+        row = rows(i)
+        emb: Any = encode_base64(row) if body.get("encoding_format") == "base64" else row.tolist()
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    usage = {"prompt_tokens": 3 * len(texts), "total_tokens": 3 * len(texts)}
+    return json.dumps({"object": "list", "data": data, "usage": usage}).encode()
+
+
+def unit(dimensions: int) -> np.ndarray:
+    v = np.ones(dimensions, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+def client(url: str, **kw: Any) -> EmbeddingClient:
+    kw.setdefault("rpm", None)
+    kw.setdefault("tpm", None)
+    return EmbeddingClient(api_key=KEY, base_url=url, dimensions=64, **kw)
+
+
+BAD_ROWS: dict[str, Callable[[int], np.ndarray]] = {
+    "nan": lambda d: np.full(d, np.nan, dtype=np.float32),
+    "inf": lambda d: np.full(d, np.inf, dtype=np.float32),
+    "zero": lambda d: np.zeros(d, dtype=np.float32),
+    "huge": lambda d: unit(d) * np.float32(1e6),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_ROWS))
+@pytest.mark.parametrize("encoding", ["base64", "float"])
+def test_rows_that_are_not_vectors_are_refused_and_never_cached(
+    lying_server: Any, tmp_path: Path, bad: str, encoding: str
+) -> None:
+    fixed = threading.Event()
+
+    def answer(body: dict[str, Any], n: int) -> tuple[int, dict[str, str], bytes]:
+        make = (lambda i: unit(64)) if fixed.is_set() else (lambda i: BAD_ROWS[bad](64))
+        # JSON has no NaN or Infinity; Python's json writes them anyway, as some servers do.
+        return 200, {}, vectors(body, make)
+
+    url, state = lying_server(answer)
+    path = tmp_path / "c.sqlite3"
+    c = client(url, cache=path, encoding_format=encoding)
+    with pytest.raises(APIResponseValidationError):
+        c.embed(["one text", "another"])
+    assert state.count == 2  # tried once more, never more
+    fixed.set()
+    got = client(url, cache=path, encoding_format=encoding).embed(["one text", "another"]).dense
+    assert got is not None and np.isfinite(got).all()
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+    assert state.count == 3  # the fixed server was asked: nothing bad had been cached
+
+
+def test_out_of_range_sparse_ids_are_refused_before_they_reach_the_cache(
+    lying_server: Any, tmp_path: Path
+) -> None:
+    def answer(body: dict[str, Any], n: int) -> tuple[int, dict[str, str], bytes]:
+        payload = json.loads(vectors(body, lambda i: unit(64)))
+        for item in payload["data"]:
+            item["sparse_embedding"] = [{"index": 2**40, "value": 0.5, "token": "x"}]
+        return 200, {}, json.dumps(payload).encode()
+
+    url, _ = lying_server(answer)
+    c = client(url, cache=tmp_path / "c.sqlite3")
+    with pytest.raises(APIResponseValidationError, match="token id"):
+        c.embed(["sparse text"], output="both")
+
+
+def test_duplicates_are_paid_for_once_per_call(emulator_url: str) -> None:
+    c = client(emulator_url)
+    distinct = [f"distinct text number {i}" for i in range(500)]
+    texts = [distinct[(i * 7) % 500] for i in range(5000)]
+    before = stats(emulator_url)["inputs_embedded"]
+    seen: list[int] = []
+    result = c.embed(texts, on_progress=seen.append)
+    assert stats(emulator_url)["inputs_embedded"] - before == 500
+    assert sum(seen) == 5000
+    dense = result.dense
+    assert dense is not None and dense.shape == (5000, 64)
+    ref = c.embed(distinct).dense
+    assert ref is not None
+    np.testing.assert_array_equal(dense, ref[[(i * 7) % 500 for i in range(5000)]])
+    rows = c.embed_as_lists(texts)
+    assert rows[0] == rows[500] and rows[0] is not rows[500]  # equal, yet each its own list
+
+
+def test_timeout_bounds_a_trickling_response(lying_server: Any) -> None:
+    url, _ = lying_server(lambda body, n: (200, {}, vectors(body, lambda i: unit(64))), trickle=True)
+    c = client(url, timeout=3, max_retries=0)
+    start = time.monotonic()
+    with pytest.raises(APITimeoutError):
+        c.embed(["slow"])
+    assert time.monotonic() - start < 30  # the trickle alone would take minutes
+
+
+def test_retry_after_zero_is_no_request_loop(lying_server: Any) -> None:
+    start = time.monotonic()
+
+    def answer(body: dict[str, Any], n: int) -> tuple[int, dict[str, str], bytes]:
+        if time.monotonic() - start < 20:
+            err = {"error": {"message": "slow down", "code": "rate_limit_exceeded"}}
+            return 429, {"retry-after": "0"}, json.dumps(err).encode()
+        return 200, {}, vectors(body, lambda i: unit(64))
+
+    url, state = lying_server(answer)
+    assert client(url).embed(["one text"]).dense is not None
+    assert state.count <= 60, state.count  # 33,242 in 75 s before
+
+
+def test_a_key_echoed_by_a_gateway_never_reaches_the_error(lying_server: Any) -> None:
+    def answer(body: dict[str, Any], n: int) -> tuple[int, dict[str, str], bytes]:
+        err = {"error": {"message": f"Incorrect API key provided: Bearer {KEY}", "code": KEY}}
+        return 401, {"x-request-id": KEY}, json.dumps(err).encode()
+
+    url, _ = lying_server(answer)
+    with pytest.raises(AuthenticationError) as info:
+        client(url).embed(["text"])
+    shown = f"{info.value} {info.value!r} {info.value.message} {info.value.args}"
+    assert KEY not in shown and "**********" in shown
+
+
+def test_a_compression_bomb_is_refused(lying_server: Any) -> None:
+    bomb = gzip.compress(b" " * (300 * 1024 * 1024), compresslevel=9)
+
+    def answer(body: dict[str, Any], n: int) -> tuple[int, dict[str, str], bytes]:
+        return 200, {"content-encoding": "gzip"}, bomb
+
+    url, _ = lying_server(answer)
+    with pytest.raises(APIResponseValidationError, match="larger than"):
+        client(url).embed(["text"])
+
+
+def test_forks_beside_threads_busy_in_the_cache_all_finish(
+    emulator_url: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "fork.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, sys, threading
+            from empirio import EmbeddingClient
+
+            url, path = sys.argv[1], sys.argv[2]
+            c = EmbeddingClient(api_key="k", base_url=url, rpm=None, tpm=None, dimensions=64,
+                                cache=path)
+            c.embed(["warm up"])  # first-use imports done: a fork mid-import is Python's hazard
+            stop = threading.Event()
+
+            def busy(w):
+                i = 0
+                while not stop.is_set():
+                    c.embed([f"busy {w} {i % 50} {j}" for j in range(20)])
+                    i += 1
+
+            threads = [threading.Thread(target=busy, args=(w,)) for w in range(3)]
+            for t in threads:
+                t.start()
+            pids = []
+            for k in range(8):
+                pid = os.fork()
+                if pid == 0:
+                    c.embed([f"child {k} text {j}" for j in range(30)])
+                    os._exit(0)
+                pids.append(pid)
+            codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids]
+            # And a fork pool (gunicorn's and multiprocessing's way), threads still busy.
+            import multiprocessing
+
+            def work(k):
+                return len(c.embed([f"pool {k} text {j}" for j in range(30)]))
+
+            with multiprocessing.get_context("fork").Pool(2) as pool:
+                sizes = pool.map(work, range(4))
+            stop.set()
+            for t in threads:
+                t.join()
+            print("codes", codes, "pool", sizes, flush=True)
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(script), emulator_url, str(tmp_path / "c.sqlite3")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+    assert "codes [0, 0, 0, 0, 0, 0, 0, 0] pool [30, 30, 30, 30]" in result.stdout, result.stdout + result.stderr
