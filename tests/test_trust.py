@@ -151,7 +151,8 @@ def test_rows_that_are_not_vectors_are_refused_and_never_cached(
     assert state.count == 2  # tried once more, never more
     fixed.set()
     got = client(url, cache=path, encoding_format=encoding).embed(["one text", "another"]).dense
-    assert got is not None and np.isfinite(got).all()
+    assert got is not None
+    assert np.isfinite(got).all()
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
     assert state.count == 3  # the fixed server was asked: nothing bad had been cached
 
@@ -181,16 +182,20 @@ def test_duplicates_are_paid_for_once_per_call(emulator_url: str) -> None:
     assert stats(emulator_url)["inputs_embedded"] - before == 500
     assert sum(seen) == 5000
     dense = result.dense
-    assert dense is not None and dense.shape == (5000, 64)
+    assert dense is not None
+    assert dense.shape == (5000, 64)
     ref = c.embed(distinct).dense
     assert ref is not None
     np.testing.assert_array_equal(dense, ref[[(i * 7) % 500 for i in range(5000)]])
     rows = c.embed_as_lists(texts)
-    assert rows[0] == rows[500] and rows[0] is not rows[500]  # equal, yet each its own list
+    assert rows[0] == rows[500]
+    assert rows[0] is not rows[500]
 
 
 def test_timeout_bounds_a_trickling_response(lying_server: Any) -> None:
-    url, _ = lying_server(lambda body, n: (200, {}, vectors(body, lambda i: unit(64))), trickle=True)
+    url, _ = lying_server(
+        lambda body, n: (200, {}, vectors(body, lambda i: unit(64))), trickle=True
+    )
     c = client(url, timeout=3, max_retries=0)
     start = time.monotonic()
     with pytest.raises(APITimeoutError):
@@ -221,7 +226,8 @@ def test_a_key_echoed_by_a_gateway_never_reaches_the_error(lying_server: Any) ->
     with pytest.raises(AuthenticationError) as info:
         client(url).embed(["text"])
     shown = f"{info.value} {info.value!r} {info.value.message} {info.value.args}"
-    assert KEY not in shown and "**********" in shown
+    assert KEY not in shown
+    assert "**********" in shown
 
 
 def test_a_compression_bomb_is_refused(lying_server: Any) -> None:
@@ -290,4 +296,6 @@ def test_forks_beside_threads_busy_in_the_cache_all_finish(
         timeout=120,
         env=os.environ.copy(),
     )
-    assert "codes [0, 0, 0, 0, 0, 0, 0, 0] pool [30, 30, 30, 30]" in result.stdout, result.stdout + result.stderr
+    assert "codes [0, 0, 0, 0, 0, 0, 0, 0] pool [30, 30, 30, 30]" in result.stdout, (
+        result.stdout + result.stderr
+    )
