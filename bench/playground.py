@@ -29,7 +29,9 @@ def main() -> int:
     docs = [f"document {i}: a passage about topic {i % 7} and detail {i}" for i in range(45)]
     queries = [f"which passage is about topic {i}?" for i in range(5)]
     rows = []
-    with playground() as url, httpx.Client(timeout=60) as http:
+    with playground() as launched:
+        url, token = launched.split("?token=")
+        http = httpx.Client(timeout=60, headers={"X-Playground-Token": token})
         for output, dims in (("dense", 1024), ("both", 1024), ("dense", 2048)):
             body = {"documents": docs, "queries": queries, "output": output, "dimensions": dims}
             http.post(url + "api/run", json=body).raise_for_status()  # warm-up: tokenizer, pools

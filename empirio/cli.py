@@ -104,7 +104,9 @@ def _serve_until_stopped(
     on_ready: Callable[[str], None] | None = None,
 ) -> int:
     """Run a local server until SIGINT or SIGTERM: print its URL, then wait. One-line errors
-    for a bad port (2) or an address that cannot be bound (1)."""
+    for a bad port or setting (2) or an address that cannot be bound (1)."""
+    from ._errors import ConfigurationError
+
     if not 0 <= args.port <= 65535:
         print(f"empirio {command}: --port must be 0 to 65535; got {args.port}", file=sys.stderr)
         return 2
@@ -123,6 +125,9 @@ def _serve_until_stopped(
             f"empirio {command}: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr
         )
         return 1
+    except ConfigurationError as exc:
+        print(f"empirio {command}: {exc}", file=sys.stderr)
+        return 2
     try:
         print(url, flush=True)
         if on_ready is not None:
@@ -533,6 +538,12 @@ def _add_playground(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (default 0)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
     p.add_argument("--emulator", action="store_true", help="use the emulator even with a key")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --host other machines reach while a key is set (anyone with the URL "
+        "can then spend the key)",
+    )
 
 
 def _playground(args: argparse.Namespace) -> int:
@@ -541,7 +552,12 @@ def _playground(args: argparse.Namespace) -> int:
     return _serve_until_stopped(
         "playground",
         args,
-        lambda: playground(host=args.host, port=args.port, force_emulator=args.emulator),
+        lambda: playground(
+            host=args.host,
+            port=args.port,
+            force_emulator=args.emulator,
+            allow_remote=args.allow_remote,
+        ),
         None if args.no_browser else open_in_browser,
     )
 

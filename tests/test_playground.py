@@ -186,13 +186,108 @@ def test_the_command_prints_its_url_serves_the_page_and_stops_on_sigterm() -> No
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
+        assert "/?token=" in url
         page = httpx.get(url, timeout=30)
         assert page.status_code == 200
         assert "text-embedding-v4 playground" in page.text
-        assert httpx.get(url + "api/info", timeout=30).json()["emulator"] is True
+        root, token = url.split("?token=")
+        info = httpx.get(root + "api/info", headers={"X-Playground-Token": token}, timeout=30)
+        assert info.json()["emulator"] is True
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+RUN_BODY = '{"documents": ["a document"], "queries": ["a question"]}'
+
+
+def test_only_the_playgrounds_own_page_may_spend_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    from empirio.emulator import serve as serve_emulator
+
+    from .conftest import stats
+
+    with serve_emulator() as api:
+        monkeypatch.setenv("EMPIRIOLABS_API_KEY", SECRET)
+        monkeypatch.setenv("EMPIRIOLABS_API_BASE", api)
+        with playground() as url:
+            root, token = url.split("?token=")
+            run_url = root + "api/run"
+            good = {"Content-Type": "application/json", "X-Playground-Token": token}
+            port = root.rstrip("/").rsplit(":", 1)[1]
+            refused = [
+                {**good, "X-Playground-Token": ""},  # no token
+                {**good, "X-Playground-Token": token[:-1] + "x"},  # a wrong token
+                {**good, "Content-Type": "text/plain"},  # a "simple" cross-site POST
+                {**good, "Host": "attacker.example"},  # DNS rebinding
+                {**good, "Host": f"attacker.example:{port}"},
+                {**good, "Origin": "http://attacker.example"},
+                {**good, "Origin": "null"},
+            ]
+            for headers in refused:
+                r = httpx.post(run_url, content=RUN_BODY, headers=headers, timeout=30)
+                assert r.status_code in (403, 415), headers
+            assert httpx.get(root, headers={"Host": "attacker.example"}).status_code == 403
+            assert stats(api)["requests"] == 0
+            ok = httpx.post(run_url, content=RUN_BODY, headers=good, timeout=60)
+            assert ok.status_code == 200, ok.text
+            for host in ("localhost", "127.0.0.1"):
+                same = {**good, "Host": f"{host}:{port}", "Origin": f"http://{host}:{port}"}
+                again = httpx.post(run_url, content=RUN_BODY, headers=same, timeout=60)
+                assert again.status_code == 200
+
+
+def test_a_page_from_another_origin_cannot_call_the_api(
+    page: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from .conftest import stats
+
+    class Hostile(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = b"<html><body>hostile</body></html>"
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    hostile = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    threading.Thread(target=hostile.serve_forever, daemon=True).start()
+    try:
+        with serve() as api:
+            monkeypatch.setenv("EMPIRIOLABS_API_KEY", SECRET)
+            monkeypatch.setenv("EMPIRIOLABS_API_BASE", api)
+            with playground() as url:
+                root = url.split("?token=")[0]
+                page.goto(f"http://localhost:{hostile.server_address[1]}/")
+                tries = page.evaluate(
+                    """async (api) => {
+                      const body = JSON.stringify({documents: ["spend"], queries: ["it"]});
+                      const out = [];
+                      for (const opts of [
+                        {method: "POST", mode: "no-cors", body,
+                         headers: {"Content-Type": "text/plain"}},
+                        {method: "POST", body, headers: {"Content-Type": "application/json"}},
+                      ]) {
+                        try { const r = await fetch(api, opts); out.push(r.status); }
+                        catch (e) { out.push(String(e)); }
+                      }
+                      return out;
+                    }""",
+                    root + "api/run",
+                )
+                assert tries  # each was sent, or refused by the browser
+                assert stats(api)["requests"] == 0
+    finally:
+        hostile.shutdown()
+        hostile.server_close()

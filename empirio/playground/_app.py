@@ -4,6 +4,14 @@ stack: uvicorn, no framework, no front-end build).
 The key stays in this process: the page, its assets and every response carry only what the
 embedding calls returned and what the page needs to show, and the tests check every byte the
 browser receives.
+
+Only the playground's own page may spend the key. As Jupyter does, each launch makes a token,
+printed in the URL (``http://127.0.0.1:PORT/?token=T``); the page sends it on every API call in
+the :data:`TOKEN_HEADER` header, and a call without it is refused (403). A custom header cannot
+be sent cross-origin without a CORS preflight, which this server never grants, so a page from
+another origin cannot call the API even with a ``text/plain`` POST. ``Host`` must name this
+server (a DNS-rebinding page names its own), an ``Origin`` must be this server's, and the run
+API takes JSON bodies only.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import importlib.resources
 import json
 import logging
 import os
+import secrets
 import webbrowser
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
@@ -26,11 +35,21 @@ from .._config import (
     API_BASE_ENV,
     API_KEY_ENV,
     DEFAULT_QUERY_INSTRUCTION,
+    is_loopback_url,
     resolve_base_url,
 )
+from .._errors import ConfigurationError
 from ._run import MAX_DOCUMENTS, MAX_QUERIES, RunSettings, run
 
-__all__ = ["Backend", "backend_from_env", "create_app", "open_in_browser", "playground", "show"]
+__all__ = [
+    "TOKEN_HEADER",
+    "Backend",
+    "backend_from_env",
+    "create_app",
+    "open_in_browser",
+    "playground",
+    "show",
+]
 
 logger = logging.getLogger("empirio.playground")
 
@@ -40,6 +59,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _MAX_BODY = 8 * 1024 * 1024
+#: The header in which the page sends the launch's token on every API call.
+TOKEN_HEADER = "x-playground-token"
+#: Names of this machine a browser may use in ``Host`` and ``Origin``.
+_LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
 @dataclass(frozen=True)
@@ -64,8 +87,42 @@ def _page() -> bytes:
     return importlib.resources.files("empirio.playground").joinpath("index.html").read_bytes()
 
 
-def create_app(backend: Backend) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """The ASGI app for ``backend``."""
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def _own_hosts(scope: Scope) -> set[str]:
+    """``host:port`` forms that name this server: this machine's names, and the bound address
+    (a playground served on another interface with ``--allow-remote``)."""
+    server = scope.get("server") or ("127.0.0.1", None)
+    host, port = server[0], server[1]
+    names = {*_LOCAL_NAMES, f"[{host}]" if ":" in str(host) else str(host)}
+    return {f"{n}:{port}" for n in names} if port else set(names)
+
+
+def _refusal(scope: Scope, token: str) -> str | None:
+    """Why a request may not use the API, or ``None`` when it may."""
+    headers = _headers(scope)
+    own = _own_hosts(scope)
+    if headers.get("host", "").lower() not in own:
+        return "this server answers only to its own address (Host header)"
+    origin = headers.get("origin")
+    if origin is not None and origin.lower().removeprefix("http://") not in own:
+        return "calls from another origin are refused"
+    if not secrets.compare_digest(headers.get(TOKEN_HEADER, ""), token):
+        return (
+            "a missing or wrong playground token: open the URL the command printed "
+            "(it ends in ?token=...)"
+        )
+    return None
+
+
+def create_app(
+    backend: Backend, *, token: str | None = None
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The ASGI app for ``backend``; ``token`` (made here if not given) is what every API call
+    must carry in :data:`TOKEN_HEADER`. The app's ``token`` attribute holds it."""
+    token = token or secrets.token_urlsafe(24)
     page = _page()
     info = json.dumps(
         {
@@ -83,11 +140,23 @@ def create_app(backend: Backend) -> Callable[[Scope, Receive, Send], Awaitable[N
             return
         method, path = scope["method"], scope["path"]
         try:
+            if path.startswith("/api/"):
+                why = _refusal(scope, token)
+                if why is not None:
+                    await _error(send, 403, "Forbidden", why)
+                    return
+            elif _headers(scope).get("host", "").lower() not in _own_hosts(scope):
+                await _error(send, 403, "Forbidden", "this server answers only to its own address")
+                return
             if method == "GET" and path in ("/", "/index.html"):
                 await _send(send, 200, page, "text/html; charset=utf-8")
             elif method == "GET" and path == "/api/info":
                 await _send(send, 200, info)
             elif method == "POST" and path == "/api/run":
+                kind = _headers(scope).get("content-type", "").split(";")[0].strip().lower()
+                if kind != "application/json":
+                    await _error(send, 415, "UnsupportedMediaType", "send application/json")
+                    return
                 body = await _read(receive)
                 try:
                     settings = RunSettings.model_validate_json(body)
@@ -110,6 +179,7 @@ def create_app(backend: Backend) -> Callable[[Scope, Receive, Send], Awaitable[N
             logger.exception("playground: %s %s failed", method, path)
             await _error(send, 500, "InternalError", "the playground failed; see its log")
 
+    app.token = token  # type: ignore[attr-defined]
     return app
 
 
@@ -168,20 +238,48 @@ def backend_from_env(*, force_emulator: bool = False) -> tuple[Backend, contextl
 
 @contextlib.contextmanager
 def playground(
-    *, host: str = "127.0.0.1", port: int = 0, force_emulator: bool = False
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    force_emulator: bool = False,
+    allow_remote: bool = False,
 ) -> Iterator[str]:
-    """Run the playground in a background thread; yield its URL (``http://127.0.0.1:PORT/``)."""
+    """Run the playground in a background thread; yield its URL with the launch's token
+    (``http://127.0.0.1:PORT/?token=T``).
+
+    Args:
+        host: the address to bind; loopback by default.
+        port: the port; 0 picks a free one.
+        force_emulator: use the emulator even when a key is set.
+        allow_remote: required to bind an address other machines reach while a key is set
+            (anyone who can reach it and has the URL can spend the key); warns.
+
+    Raises:
+        ConfigurationError: a non-loopback ``host`` with a key, without ``allow_remote``.
+    """
     from ..emulator._server import run_app
 
     backend, stack = backend_from_env(force_emulator=force_emulator)
-    with (
-        stack,
-        run_app(create_app(backend), host=host, port=port, name="empirio-playground") as (
-            shown,
-            bound,
-        ),
-    ):
-        yield f"http://{shown}:{bound}/"
+    if not backend.emulator and not is_loopback_url(f"http://{_bracket(host)}/"):
+        if not allow_remote:
+            stack.close()
+            raise ConfigurationError(
+                f"--host {host} would let other machines reach a playground that spends your "
+                "key; pass --allow-remote (allow_remote=True) if you mean it"
+            )
+        logger.warning(
+            "the playground listens on %s with your key: anyone who reaches it with the "
+            "printed URL can spend it",
+            host,
+        )
+    app = create_app(backend)
+    token = app.token  # type: ignore[attr-defined]
+    with stack, run_app(app, host=host, port=port, name="empirio-playground") as (shown, bound):
+        yield f"http://{shown}:{bound}/?token={token}"
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 _SHOWN: list[tuple[str, contextlib.ExitStack]] = []
