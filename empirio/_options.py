@@ -7,7 +7,8 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, PrivateAttr, SecretStr, field_validator
+from pydantic import BaseModel, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic_core import InitErrorDetails
 
 from ._client import EmbeddingClient
 from ._config import (
@@ -19,7 +20,7 @@ from ._config import (
     resolve_rate,
     validate_dimensions,
 )
-from ._secret import SealedKey
+from ._secret import MASK, SealedKey
 
 __all__ = ["CLIENT_OPTIONS", "ClientFields", "build_client", "default_rpm", "default_tpm"]
 
@@ -87,6 +88,18 @@ class ClientFields(BaseModel):
     @classmethod
     def _check_dimensions(cls, value: int) -> int:
         return validate_dimensions(value)
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _scrubbed(exc) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise _scrubbed(exc) from None
 
     def model_post_init(self, context: Any, /) -> None:
         self._current()  # a bad setting or a missing key fails here, at construction
@@ -164,3 +177,33 @@ class ClientFields(BaseModel):
         if isinstance(key, SealedKey):
             fields["api_key"] = SecretStr(key.reveal())
         BaseModel.__setstate__(self, {**state, "__dict__": fields})
+
+
+#: Fields whose values never appear in a validation error.
+_SECRET_FIELDS = frozenset({"api_key"})
+
+
+def _masked(value: Any) -> Any:
+    """``value`` with secret fields' values masked (a dict of arguments, or a secret itself)."""
+    if isinstance(value, dict):
+        return {k: (MASK if k in _SECRET_FIELDS else v) for k, v in value.items()}
+    return MASK if isinstance(value, str | SecretStr) else value
+
+
+def _scrubbed(exc: ValidationError) -> ValidationError:
+    """``exc`` without the key: pydantic keeps each failure's input, and a failure raised while
+    the client is built (``batch_size=0``, an insecure ``base_url``) has all the arguments, the
+    key among them, as its input; ``errors()`` and ``json()`` would show it whatever
+    ``hide_input_in_errors`` says."""
+    details: list[InitErrorDetails] = []
+    for err in exc.errors(include_url=False):
+        secret_loc = any(str(part) in _SECRET_FIELDS for part in err["loc"])
+        detail: InitErrorDetails = {
+            "type": err["type"],
+            "loc": err["loc"],
+            "input": MASK if secret_loc else _masked(err["input"]),
+        }
+        if "ctx" in err:
+            detail["ctx"] = err["ctx"]
+        details.append(detail)
+    return ValidationError.from_exception_data(exc.title, details, hide_input=True)

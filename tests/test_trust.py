@@ -299,3 +299,21 @@ def test_forks_beside_threads_busy_in_the_cache_all_finish(
     assert "codes [0, 0, 0, 0, 0, 0, 0, 0] pool [30, 30, 30, 30]" in result.stdout, (
         result.stdout + result.stderr
     )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"batch_size": 0}, {"rpm": -1}, {"base_url": "http://example.com/v1"}, {"dimensions": 100}],
+)
+def test_adapters_validation_errors_carry_no_key(bad: dict[str, Any]) -> None:
+    import pydantic
+    from langchain_empirio import EmpirioEmbeddings
+    from llamaindex_empirio import EmpirioEmbedding
+
+    for cls in (EmpirioEmbeddings, EmpirioEmbedding):
+        with pytest.raises(pydantic.ValidationError) as info:
+            cls(api_key=KEY, **bad)
+        err = info.value
+        shown = f"{err} {err!r} {err.errors()} {err.json()}"
+        assert KEY not in shown
+        assert err.errors()  # still says what was wrong
