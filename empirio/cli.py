@@ -385,42 +385,54 @@ def _embed_checked(args: argparse.Namespace) -> int:
             stack.callback(_discard, tmp)
         done = 0
         finished = _Count()  # texts whose requests finished, handed out or not
+        out: Any = None
         try:
-            matrix = None
-            out: Any = None
+            # Written with plain writes as each segment arrives (never a memory map: a full
+            # disk under a map is a SIGBUS that kills the process with no word).
+            out = (
+                sys.stdout
+                if tmp is None
+                else stack.enter_context(
+                    open(
+                        tmp,
+                        "wb" if fmt == "npy" else "w",
+                        encoding=None if fmt == "npy" else "utf-8",
+                    )
+                )
+            )
             if fmt == "npy":
-                assert tmp is not None
-                matrix = np.lib.format.open_memmap(
-                    tmp, mode="w+", dtype=np.float32, shape=(len(lines), args.dimensions)
-                )
-            else:
-                out = (
-                    sys.stdout
-                    if tmp is None
-                    else stack.enter_context(open(tmp, "w", encoding="utf-8"))
-                )
+                header = {
+                    "descr": "<f4",
+                    "fortran_order": False,
+                    "shape": (len(lines), args.dimensions),
+                }
+                np.lib.format.write_array_header_1_0(out, header)
             for part in client.iter_embed(
                 lines, kind=args.kind, output=args.output_type, on_progress=finished.add
             ):
-                done = part.offset + len(part)
-                if matrix is not None and part.dense is not None:
-                    matrix[part.offset : part.offset + len(part)] = part.dense
-                    continue
-                for i in range(len(part)):
-                    out.write(
-                        _row_json(
-                            numbers[part.offset + i],
-                            None if part.dense is None else part.dense[i],
-                            None if part.sparse is None else part.sparse[i],
+                if fmt == "npy" and part.dense is not None:
+                    out.write(np.ascontiguousarray(part.dense, dtype="<f4").tobytes())
+                else:
+                    for i in range(len(part)):
+                        out.write(
+                            _row_json(
+                                numbers[part.offset + i],
+                                None if part.dense is None else part.dense[i],
+                                None if part.sparse is None else part.sparse[i],
+                            )
                         )
-                    )
-            if matrix is not None:
-                matrix.flush()
-                del matrix  # release the memory map before renaming its file
-            if out is not None and out is not sys.stdout:
+                done = part.offset + len(part)
+            out.flush()
+            if out is not sys.stdout:
+                os.fsync(out.fileno())  # a full disk is found here, not after the rename
                 out.close()
             if tmp is not None:
                 os.replace(tmp, args.output)
+        except OSError as exc:
+            if out is not None and out is not sys.stdout:
+                with contextlib.suppress(OSError):
+                    out.close()  # its buffer cannot be written either: closed here, quietly
+            return _write_failed(exc, args, tmp, done, max(done, finished.n), len(lines))
         except InvalidInputError as exc:
             where = ", ".join(str(numbers[i]) for i in exc.indices[:10] if i < len(numbers))
             more = ", ..." if len(exc.indices) > 10 else ""
@@ -460,6 +472,39 @@ def _embed_checked(args: argparse.Namespace) -> int:
             return 130
         print(f"empirio embed: {len(lines)} texts; {client.usage}", file=sys.stderr)
     return 0
+
+
+def _write_failed(
+    exc: OSError, args: argparse.Namespace, tmp: str | None, written: int, paid: int, total: int
+) -> int:
+    """One line for an output that cannot be written (a full disk, a closed pipe), saying where
+    what was paid for is: the cache, or the unfinished file, kept and named."""
+    if isinstance(exc, BrokenPipeError) or tmp is None:
+        # Nobody reads stdout any more: point it at /dev/null so that the interpreter's final
+        # flush does not print a traceback (Python's documented way for SIGPIPE).
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        what = "the output pipe closed" if isinstance(exc, BrokenPipeError) else str(exc)
+        where = f"{written} of them were written whole"
+    else:
+        what = f"cannot write {args.output}: {exc.strerror or exc}"
+        if args.cache:
+            where = f"{args.output} not written"  # the cache holds them; the stub is removed
+        else:
+            kept = f"{args.output}.incomplete"
+            with contextlib.suppress(OSError):
+                os.replace(tmp, kept)
+            where = f"{kept} holds what could be written ({written} rows whole), kept"
+    resume = (
+        "they are in the cache: run again to resume"
+        if args.cache
+        else "--cache FILE keeps them for a rerun"
+    )
+    print(
+        f"empirio embed: {what}; {paid} of {total} texts had been embedded; {where}; {resume}",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _flag_names(text: str) -> str:

@@ -306,3 +306,79 @@ def test_a_missing_extra_is_named(code: str, message: str) -> None:
     )
     assert r.returncode != 0
     assert message in r.stderr
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Any:
+    """A folder on a 256 KiB tmpfs: writes past that fail with ENOSPC, as on a full disk."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"cannot mount a tmpfs: {mounted.stderr!r}")
+        pytest.skip("needs root to mount a small tmpfs")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.mark.parametrize("ext", ["npy", "jsonl"])
+def test_a_full_disk_is_one_line_and_what_was_paid_for_is_kept(
+    tmp_path: Path, full_disk: Path, ext: str
+) -> None:
+    lines = "".join(f"line number {i} of a long input\n" for i in range(300))
+    cache = tmp_path / "c.sqlite3"
+    out = full_disk / f"v.{ext}"
+    flags = ["embed", "--emulator", "--no-progress", "-o", str(out)]
+    r = run(*flags, "--cache", str(cache), stdin=lines)
+    assert r.returncode == 1
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # no traceback, no "Bus error"
+    assert "No space left on device" in r.stderr
+    assert "run again to resume" in r.stderr
+    assert not out.exists()
+    # What was paid for is in the cache: a rerun to a roomy place sends nothing.
+    roomy = tmp_path / f"v.{ext}"
+    again = run(
+        "embed", "--emulator", "--no-progress", "-o", str(roomy), "--cache", str(cache), stdin=lines
+    )
+    assert again.returncode == 0, again.stderr
+    assert "0 requests" in again.stderr
+    # Without a cache, the unfinished file is kept and named.
+    r = run(*flags, stdin=lines)
+    assert r.returncode == 1
+    assert f"{out}.incomplete" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_closed_pipe_is_one_line() -> None:
+    lines = "".join(f"piped line {i}\n" for i in range(300))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "empirio",
+            "embed",
+            "--emulator",
+            "--no-progress",
+            "--format",
+            "jsonl",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != "EMPIRIOLABS_API_KEY"},
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdin.write(lines.encode())
+    proc.stdin.close()
+    proc.stdout.read(100)
+    proc.stdout.close()  # as `| head -c 100` does
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err
+    assert "the output pipe closed" in err
