@@ -307,6 +307,7 @@ def test_forks_beside_threads_busy_in_the_cache_all_finish(
 )
 def test_adapters_validation_errors_carry_no_key(bad: dict[str, Any]) -> None:
     import pydantic
+
     from langchain_empirio import EmpirioEmbeddings
     from llamaindex_empirio import EmpirioEmbedding
 
