@@ -29,12 +29,15 @@ import socket
 import sqlite3
 import struct
 import threading
+import time
 import weakref
 from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Protocol, TypeVar
+from urllib.parse import urlsplit
 
+from ._config import is_loopback_url
 from ._pace import (
     JITTER_S,
     MAX_JITTER_S,
@@ -54,6 +57,8 @@ logger = logging.getLogger("empirio")
 BudgetScope = Literal["machine", "process", "client"]
 #: Overrides where machine-wide budgets are kept.
 BUDGET_DIR_ENV = "EMPIRIOLABS_BUDGET_DIR"
+#: After the shared file failed, how long a process paces alone before trying it again, in s.
+RETRY_FILE_S = 10.0
 _T = TypeVar("_T")
 
 
@@ -170,7 +175,9 @@ class SqliteBudget(_Kept):
     """A budget kept in a SQLite file that every process of the machine opens.
 
     If the file cannot be used (read-only, corrupt, locked for more than ``busy_timeout``), the
-    budget says so once in the log and goes on in memory for this process.
+    budget says so in the log and goes on in memory for this process, trying the file again
+    every :data:`RETRY_FILE_S` seconds (a lock held once for a few seconds must not leave every
+    process pacing alone for good).
     """
 
     def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
@@ -179,6 +186,7 @@ class SqliteBudget(_Kept):
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._fallback: LocalBudget | None = None
+        self._retry_at = -math.inf  # with a fallback: when to try the file again (monotonic s)
         _LIVE.add(self)
 
     def _connect(self) -> sqlite3.Connection:
@@ -197,19 +205,27 @@ class SqliteBudget(_Kept):
 
     def _transact(self, fn: Callable[[BudgetState], tuple[_T, BudgetState]]) -> _T:
         with self._lock:
-            if self._fallback is None:
+            if self._fallback is None or time.monotonic() >= self._retry_at:
                 try:
-                    return self._transact_file(fn)
+                    out = self._transact_file(fn)
                 except (sqlite3.Error, OSError) as exc:
                     logger.warning(
                         "the shared rate-limit budget at %s cannot be used (%s); pacing this "
-                        "process on its own",
+                        "process on its own, and trying it again in %.0f s",
                         self.path,
                         exc,
+                        RETRY_FILE_S,
                     )
                     self._close()
-                    self._fallback = LocalBudget()
-        return self._fallback._transact(fn)
+                    self._fallback = self._fallback or LocalBudget()
+                    self._retry_at = time.monotonic() + RETRY_FILE_S
+                else:
+                    if self._fallback is not None:
+                        logger.warning("the shared rate-limit budget at %s is back", self.path)
+                        self._fallback = None
+                    return out
+            fallback = self._fallback
+        return fallback._transact(fn)
 
     def _transact_file(self, fn: Callable[[BudgetState], tuple[_T, BudgetState]]) -> _T:
         if self._conn is None:
@@ -257,10 +273,19 @@ def budget_dir() -> Path:
     return Path.home() / ".cache" / "empirio" / "budget"
 
 
+def _same_server(base_url: str) -> str:
+    """``base_url`` with this machine's names made one (``localhost``, ``127.0.0.1`` and
+    ``[::1]`` at one port are one server, so one account), and the host's case folded."""
+    parts = urlsplit(base_url.rstrip("/"))
+    host = "loopback" if is_loopback_url(base_url) else (parts.hostname or "").lower()
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{host}:{port}{parts.path}"
+
+
 def account_id(base_url: str, api_key: str) -> str:
     """A name for the account behind (endpoint, key) that reveals neither."""
     h = hashlib.blake2b(digest_size=16, person=b"empirio-budget")
-    h.update(base_url.rstrip("/").encode())
+    h.update(_same_server(base_url).encode())
     h.update(b"\0")
     h.update(api_key.encode("utf-8", "surrogatepass"))
     return h.hexdigest()

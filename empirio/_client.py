@@ -93,6 +93,7 @@ from ._errors import (
 )
 from ._pace import Concurrency, Limits
 from ._plan import (
+    NFC_BYTES_PER_CHAR,
     InstructionMode,
     Kind,
     Known,
@@ -379,6 +380,26 @@ class EmbeddingClient:
         self._calls: dict[CallDriver, tuple[Mapping[Any, Attempt], _Loop | None]] = {}
         self._wired: set[CallDriver] = set()
         _CLIENTS.add(self)
+        self._frozen = True
+
+    #: Settings read as attributes; fixed once the client is made (see ``__setattr__``).
+    _SETTINGS = frozenset(
+        {
+            "base_url", "model", "dimensions", "batch_size", "max_concurrency", "rpm", "tpm",
+            "max_retries", "timeout", "overflow", "instruction_mode", "query_instruction",
+            "user", "encoding_format", "show_progress", "allow_insecure", "share_budget",
+        }
+    )  # fmt: skip
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Setting one would look like it worked while the pacer, the pools, the cache keys and
+        # the budget went on with the old value: refused, with what to do instead.
+        if name in self._SETTINGS and self.__dict__.get("_frozen"):
+            raise AttributeError(
+                f"EmbeddingClient.{name} is fixed when the client is made; make a new client "
+                f"with {name}=... (the LangChain and LlamaIndex classes' fields can be changed)"
+            )
+        super().__setattr__(name, value)
 
     # ------------------------------------------------------------------ copies
 
@@ -496,7 +517,7 @@ class EmbeddingClient:
             instruct=self.query_instruction if api else "",
         )
         mode = self.instruction_mode if call.kind == "query" else "none"
-        if any(len(t) > SAFE_INPUT_TOKENS // 4 for t in uniq.texts):
+        if any(len(t) > SAFE_INPUT_TOKENS // NFC_BYTES_PER_CHAR for t in uniq.texts):
             limit = SAFE_INPUT_TOKENS - prompt_overhead(
                 self.tokenizer, call.kind, mode, self.query_instruction
             )
@@ -824,7 +845,7 @@ class EmbeddingClient:
             tpm = found.get("tpm", self.tpm)
             if (rpm, tpm) == (self.rpm, self.tpm):
                 return
-            self.rpm, self.tpm = rpm, tpm
+            self.__dict__.update(rpm=rpm, tpm=tpm)  # the limits in effect (from the server)
             self._limits = Limits(rpm, tpm)
             for driver in self._calls:  # calls under way pace to the new limits at once
                 driver.engine.limits = self._limits

@@ -9,6 +9,7 @@ of at most ``batch_size`` inputs and ``token_budget`` billed tokens.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Literal, cast
@@ -294,10 +295,19 @@ def prompt_overhead(
     return 0
 
 
+#: The most UTF-8 bytes one code point can become after NFC normalisation (3 code points of at
+#: most 4 bytes each): a text of fewer than ``limit / 12`` code points is within ``limit``.
+NFC_BYTES_PER_CHAR = 12
+
+
 def over_limit(tokenizer: QwenTokenizer, text: str, limit: int) -> bool:
     """Whether ``text`` has more than ``limit`` tokens, tokenising only when it might: a token
-    is at least one UTF-8 byte, so a text of at most ``limit`` bytes is within it."""
-    if len(text) <= limit // 4 or len(text.encode("utf-8")) <= limit:
+    is at least one UTF-8 byte of the NFC-normalised text (which the tokenizer counts), so a
+    text of at most ``limit`` such bytes is within it. NFC can make a text longer (up to three
+    code points for one, each up to four bytes): measured after it, never before."""
+    if len(text) <= limit // NFC_BYTES_PER_CHAR:
+        return False
+    if len(unicodedata.normalize("NFC", text).encode("utf-8", "surrogatepass")) <= limit:
         return False
     return tokenizer.count(text) > limit
 

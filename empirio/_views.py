@@ -27,12 +27,27 @@ class ViewCache:
 
     Args:
         max_items: most parked views; older ones are dropped (and simply fetched again).
+        max_bytes: most bytes parked (vectors and their texts, roughly); older ones are dropped.
+            Views nobody asks for (a sparse sibling's texts whose dense view no one wants) must
+            not grow without bound: 50,000 views of 2,048 floats are 400 MB.
     """
 
-    def __init__(self, max_items: int = 50_000) -> None:
+    def __init__(self, max_items: int = 50_000, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_items = max_items
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._items: OrderedDict[tuple[str, str, str], _Value] = OrderedDict()
+        self._bytes = 0
+
+    @staticmethod
+    def _size(key: tuple[str, str, str], value: _Value) -> int:
+        held = value.nbytes if isinstance(value, np.ndarray) else 48 * len(value)
+        return held + len(key[2]) + 100
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes parked now, roughly (see ``max_bytes``)."""
+        return self._bytes
 
     def after_fork(self) -> None:
         """A forked child's cache: a new lock (the parent's may have been held at the fork)."""
@@ -45,7 +60,11 @@ class ViewCache:
         """Pop the parked ``view`` of each text, or ``None`` where there is none. A text that
         appears several times gets the same value at each place."""
         with self._lock:
-            found = {t: self._items.pop((view, kind, t), None) for t in dict.fromkeys(texts)}
+            found = {}
+            for t in dict.fromkeys(texts):
+                value = found[t] = self._items.pop((view, kind, t), None)
+                if value is not None:
+                    self._bytes -= self._size((view, kind, t), value)
         return [found[t] for t in texts]
 
     def park(
@@ -59,8 +78,18 @@ class ViewCache:
         with self._lock:
             for i, text in enumerate(texts):
                 if dense is not None:
-                    self._items[("dense", kind, text)] = dense[i].copy()
+                    self._put(("dense", kind, text), dense[i].copy())
                 if sparse is not None:
-                    self._items[("sparse", kind, text)] = sparse[i]
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
+                    self._put(("sparse", kind, text), sparse[i])
+            while self._items and (
+                len(self._items) > self.max_items or self._bytes > self.max_bytes
+            ):
+                key, value = self._items.popitem(last=False)
+                self._bytes -= self._size(key, value)
+
+    def _put(self, key: tuple[str, str, str], value: _Value) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._bytes -= self._size(key, old)
+        self._items[key] = value
+        self._bytes += self._size(key, value)

@@ -318,3 +318,90 @@ def test_adapters_validation_errors_carry_no_key(bad: dict[str, Any]) -> None:
         shown = f"{err} {err!r} {err.errors()} {err.json()}"
         assert KEY not in shown
         assert err.errors()  # still says what was wrong
+
+
+# ---------------------------------------------------------------- the lower items
+
+
+def test_a_text_that_nfc_makes_longer_is_counted_after_nfc(
+    emulator_url: str, tmp_path: Path
+) -> None:
+    import warnings
+
+    from empirio import TruncationWarning, get_tokenizer
+    from empirio._plan import over_limit
+
+    text = "\U0001d160" * 2100  # 8,400 bytes as given; three code points each after NFC
+    tokens = get_tokenizer()
+    assert tokens.count(text) > 8191
+    assert over_limit(tokens, text, 8191)
+    path = tmp_path / "c.sqlite3"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        cut = client(emulator_url, cache=path, overflow="truncate").embed([text]).dense
+    assert any(issubclass(w.category, TruncationWarning) for w in seen)
+    before = stats(emulator_url)["requests"]
+    whole = client(emulator_url, cache=path, overflow="chunk").embed([text]).dense
+    assert stats(emulator_url)["requests"] > before  # its own entry, not truncate's
+    assert cut is not None
+    assert whole is not None
+    assert not np.array_equal(cut, whole)
+
+
+def test_settings_of_a_client_cannot_be_changed_quietly(emulator_url: str) -> None:
+    c = client(emulator_url)
+    for name, value in (("base_url", "http://127.0.0.1:1/v1"), ("rpm", 10), ("dimensions", 128)):
+        with pytest.raises(AttributeError, match="fixed when the client is made"):
+            setattr(c, name, value)
+    assert c.dimensions == 64
+
+
+def test_localhost_and_127_0_0_1_are_one_account() -> None:
+    from empirio._budget import account_id
+
+    same = {
+        account_id(url, KEY)
+        for url in ("http://127.0.0.1:8000/v1", "http://localhost:8000/v1/", "http://[::1]:8000/v1")
+    }
+    assert len(same) == 1
+    assert account_id("http://127.0.0.1:8001/v1", KEY) not in same
+    assert account_id("https://API.example.com/v1", KEY) == account_id(
+        "https://api.example.com:443/v1", KEY
+    )
+
+
+def test_a_ledger_locked_for_a_while_is_used_again_when_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from empirio import _budget
+    from empirio._pace import Limits
+
+    path = tmp_path / "ledger.sqlite3"
+    budget = _budget.SqliteBudget(path, busy_timeout=0.2)
+    limits = Limits(600, None)
+    assert budget.acquire(limits, 100.0, 10) == 0.0  # the file is made and used
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds it
+    budget._floor = -float("inf")
+    budget.acquire(limits, 200.0, 10)
+    assert budget._fallback is not None  # paced alone meanwhile
+    holder.execute("COMMIT")
+    holder.close()
+    monkeypatch.setattr(_budget, "RETRY_FILE_S", 0.0)
+    budget._retry_at = 0.0
+    budget._floor = -float("inf")
+    budget.acquire(limits, 300.0, 10)
+    assert budget._fallback is None  # back on the shared file
+
+
+def test_parked_views_are_bounded_in_bytes() -> None:
+    from empirio._views import ViewCache
+
+    views = ViewCache(max_bytes=1_000_000)
+    rows = np.ones((1000, 2048), dtype=np.float32)
+    views.park("document", [f"t{i}" for i in range(1000)], rows, None)
+    assert views.nbytes <= 1_000_000
+    assert 0 < len(views) < 1000
+    assert views.take("dense", "document", ["t999"])[0] is not None  # the newest are kept
