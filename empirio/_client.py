@@ -172,7 +172,7 @@ class EmbeddingClient:
         tpm: the account's tokens per minute, paced client-side; ``None`` disables. Default
             ``EMPIRIOLABS_TPM``, else 2,000,000.
         max_retries: retries per request for 408/409/429/5xx and lost connections.
-        timeout: seconds to wait for each response.
+        timeout: seconds one attempt may take, headers and body (a trickling response too).
         overflow: what to do with a text over 8,191 tokens: ``"truncate"`` (cut it, warn once
             per call), ``"chunk"`` (embed windows, return their token-weighted mean) or
             ``"error"`` (raise before anything is sent).

@@ -83,7 +83,7 @@ SETTINGS: tuple[Setting, ...] = (
         "2,000,000",
     ),
     Setting("max_retries", 10, "retries per request (429s: at least 75 s of them)"),
-    Setting("timeout", 60.0, "seconds to wait for each response", shown="60 s"),
+    Setting("timeout", 60.0, "seconds one attempt may take, headers and body", shown="60 s"),
     Setting("overflow", "truncate", "texts over 8,191 tokens: truncate, chunk or error"),
     Setting("instruction_mode", "prompt", "queries' instruction: prompt, api or none"),
     Setting(

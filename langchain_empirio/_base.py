@@ -88,7 +88,7 @@ class EmpirioSettings(ClientFields):
     max_retries: int = DEFAULTS["max_retries"]
     """Retries per request for 408/409/429/5xx and lost connections."""
     timeout: float = DEFAULTS["timeout"]
-    """Seconds to wait for each response."""
+    """Seconds one attempt may take, headers and body."""
     overflow: Overflow = DEFAULTS["overflow"]
     """Texts over 8,191 tokens: ``"truncate"``, ``"chunk"`` or ``"error"``."""
     instruction_mode: InstructionMode = DEFAULTS["instruction_mode"]

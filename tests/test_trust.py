@@ -405,3 +405,30 @@ def test_parked_views_are_bounded_in_bytes() -> None:
     assert views.nbytes <= 1_000_000
     assert 0 < len(views) < 1000
     assert views.take("dense", "document", ["t999"])[0] is not None  # the newest are kept
+
+
+def test_an_echoing_gateway_puts_no_key_in_the_playground_or_the_cli(lying_server: Any) -> None:
+    from pydantic import SecretStr
+
+    from empirio.playground import RunSettings, run
+
+    def answer(body: dict[str, Any], n: int) -> tuple[int, dict[str, str], bytes]:
+        err = {"error": {"message": f"bad key {KEY}", "param": KEY}, "echo": f"Bearer {KEY}"}
+        return 401, {}, json.dumps(err).encode()
+
+    url, _ = lying_server(answer)
+    settings = RunSettings.model_validate({"documents": ["a document"], "queries": ["a query"]})
+    page = json.dumps(run(settings, api_key=SecretStr(KEY), base_url=url, paced=False))
+    assert "AuthenticationError" in page
+    assert KEY not in page
+    cli = subprocess.run(
+        [sys.executable, "-m", "empirio", "embed", "--base-url", url, "--format", "jsonl"],
+        input="one line\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "EMPIRIOLABS_API_KEY": KEY},
+    )
+    assert cli.returncode == 1
+    assert "bad key" in cli.stderr
+    assert KEY not in cli.stderr + cli.stdout

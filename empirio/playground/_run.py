@@ -29,6 +29,7 @@ from .._config import (
     format_query,
 )
 from .._errors import APIStatusError, EmpirioError
+from .._secret import redact
 from .._tokens import SAFE_INPUT_TOKENS, get_tokenizer
 
 __all__ = ["RunSettings", "run"]
@@ -128,7 +129,7 @@ def run(settings: RunSettings, *, api_key: SecretStr, base_url: str, paced: bool
                 out["error"] = _describe(exc)
             finally:
                 out["usage"] = _usage(client, docs + sent_queries, tok.count_batch)
-                out["raw"] = _raw(recorder, base_url)
+                out["raw"] = _raw(recorder, base_url, api_key.get_secret_value())
     except EmpirioError as exc:  # bad settings, found when the client was made
         out["error"] = _describe(exc)
     finally:
@@ -268,13 +269,14 @@ def _usage(client: EmbeddingClient, sent: list[str], count: Any) -> dict[str, An
     }
 
 
-def _raw(recorder: _Recorder, base_url: str) -> dict[str, Any]:
+def _raw(recorder: _Recorder, base_url: str, key: str) -> dict[str, Any]:
+    """The last call for the page, with the key masked wherever the server echoed it."""
     with recorder.lock:
         request, status, response = recorder.request, recorder.status, recorder.response
     if not request:
         return {}
     body = request.decode("utf-8", "replace")
-    shown = _shorten(response)
+    shown = _shorten(redact(response.decode("utf-8", "replace"), key).encode())
     curl = (
         f"curl {base_url}/embeddings \\\n"
         '  -H "Authorization: Bearer $EMPIRIOLABS_API_KEY" \\\n'
@@ -310,6 +312,7 @@ def _shorten(response: bytes) -> str:
 
 
 def _describe(exc: EmpirioError) -> dict[str, Any]:
+    # Messages are masked where they are made (see empirio._secret.redact).
     status = exc.status_code if isinstance(exc, APIStatusError) else None
     return {"type": type(exc).__name__, "message": str(exc), "status": status}
 
