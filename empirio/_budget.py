@@ -50,11 +50,26 @@ from ._pace import (
     throttle,
 )
 
-__all__ = ["BUDGET_DIR_ENV", "Budget", "BudgetScope", "LocalBudget", "SqliteBudget", "budget_for"]
+__all__ = [
+    "BUDGET_DIR_ENV",
+    "SHARE_BUDGET_ENV",
+    "Budget",
+    "BudgetScope",
+    "LocalBudget",
+    "ShareBudget",
+    "SqliteBudget",
+    "budget_for",
+    "resolve_share_budget",
+]
 
 logger = logging.getLogger("empirio")
 
 BudgetScope = Literal["machine", "process", "client"]
+#: Where a budget is shared: a scope, or a ``redis://`` / ``rediss://`` URL.
+ShareBudget = BudgetScope | str
+#: Sets ``share_budget`` for every client that is not given one (Ray actors, Spark executors
+#: and gunicorn workers inherit it).
+SHARE_BUDGET_ENV = "EMPIRIOLABS_SHARE_BUDGET"
 #: Overrides where machine-wide budgets are kept.
 BUDGET_DIR_ENV = "EMPIRIOLABS_BUDGET_DIR"
 #: After the shared file failed, how long a process paces alone before trying it again, in s.
@@ -79,40 +94,52 @@ class Budget(Protocol):
 
 
 class _Kept:
-    """Applies the pure rules to a state that a subclass loads and stores."""
+    """Applies the pure rules to a state that a subclass loads and stores.
 
-    #: No request may go before this: a lower bound of the shared schedule (which only moves
-    #: forward), so that many calls waiting for one slot ask the store once, not each.
+    A store keeps its state in its own clock: ``time.monotonic()`` for this machine's stores
+    (one clock for every process of a machine), the store's for a shared server (hosts'
+    monotonic clocks are not comparable). Callers speak their own monotonic clock; only
+    durations cross between the two.
+    """
+
+    #: No request may go before this (caller's clock): a lower bound of the shared schedule
+    #: (which only moves forward), so that many calls waiting for one slot ask the store once.
     _floor = -math.inf
 
-    def _transact(self, fn: Callable[[BudgetState], tuple[_T, BudgetState]]) -> _T:
+    def _transact(
+        self, now: float, fn: Callable[[BudgetState, float], tuple[_T, BudgetState]]
+    ) -> _T:
+        """Apply ``fn(state, at)`` to the stored state and store the result; ``at`` is the
+        store's clock reading that corresponds to the caller's ``now``."""
         raise NotImplementedError
 
-    def _apply(self, now: float, fn: Callable[[BudgetState], tuple[_T, BudgetState]]) -> _T:
-        def step(state: BudgetState) -> tuple[_T, BudgetState]:
-            out, new = fn(state)
+    def _apply(self, now: float, fn: Callable[[BudgetState, float], tuple[_T, BudgetState]]) -> _T:
+        def step(state: BudgetState, at: float) -> tuple[_T, BudgetState]:
+            out, new = fn(state, at)
             floor = max(new.next_request, new.paused_until)
-            self._floor = min(floor, now + MINUTE_S + MAX_JITTER_S)
+            self._floor = now + min(floor - at, MINUTE_S + MAX_JITTER_S)
             return out, new
 
-        return self._transact(step)
+        return self._transact(now, step)
 
     def acquire(self, limits: Limits, now: float, tokens: int) -> float:
         if now < self._floor:
             return self._floor - now
-        return self._apply(now, lambda s: admit(limits, s, now, tokens))
+        return self._apply(now, lambda s, at: admit(limits, s, at, tokens))
 
     def sent(self, limits: Limits, admitted_at: float, now: float) -> None:
         # Most sends leave on time, and sent() changes nothing for those: spare the store.
         if limits.rpm is None or now - admitted_at <= JITTER_S / 2:
             return
-        self._apply(now, lambda s: (None, sent(limits, s, admitted_at, now)))
+        late = now - admitted_at
+        self._apply(now, lambda s, at: (None, sent(limits, s, at - late, at)))
 
     def throttled(self, limits: Limits, now: float, sent_at: float, delay: float) -> None:
-        self._apply(now, lambda s: (None, throttle(limits, s, now, sent_at, delay)))
+        age = now - sent_at
+        self._apply(now, lambda s, at: (None, throttle(limits, s, at, at - age, delay)))
 
     def succeeded(self) -> None:
-        self._transact(lambda s: (None, succeed(s)))
+        self._transact(math.nan, lambda s, at: (None, succeed(s)))
 
 
 class LocalBudget(_Kept):
@@ -123,9 +150,11 @@ class LocalBudget(_Kept):
         self._state = BudgetState()
         _LIVE.add(self)
 
-    def _transact(self, fn: Callable[[BudgetState], tuple[_T, BudgetState]]) -> _T:
+    def _transact(
+        self, now: float, fn: Callable[[BudgetState, float], tuple[_T, BudgetState]]
+    ) -> _T:
         with self._lock:
-            out, self._state = fn(self._state)
+            out, self._state = fn(self._state, now)
             return out
 
     def _after_fork(self) -> None:
@@ -203,11 +232,13 @@ class SqliteBudget(_Kept):
         conn.execute("CREATE TABLE IF NOT EXISTS budget (id INTEGER PRIMARY KEY, state BLOB)")
         return conn
 
-    def _transact(self, fn: Callable[[BudgetState], tuple[_T, BudgetState]]) -> _T:
+    def _transact(
+        self, now: float, fn: Callable[[BudgetState, float], tuple[_T, BudgetState]]
+    ) -> _T:
         with self._lock:
             if self._fallback is None or time.monotonic() >= self._retry_at:
                 try:
-                    out = self._transact_file(fn)
+                    out = self._transact_file(now, fn)
                 except (sqlite3.Error, OSError) as exc:
                     logger.warning(
                         "the shared rate-limit budget at %s cannot be used (%s); pacing this "
@@ -225,9 +256,11 @@ class SqliteBudget(_Kept):
                         self._fallback = None
                     return out
             fallback = self._fallback
-        return fallback._transact(fn)
+        return fallback._transact(now, fn)
 
-    def _transact_file(self, fn: Callable[[BudgetState], tuple[_T, BudgetState]]) -> _T:
+    def _transact_file(
+        self, now: float, fn: Callable[[BudgetState, float], tuple[_T, BudgetState]]
+    ) -> _T:
         if self._conn is None:
             self._conn = self._connect()
         conn = self._conn
@@ -238,7 +271,7 @@ class SqliteBudget(_Kept):
                 state = _unpack(row[0]) if row is not None else BudgetState()
             except (ValueError, struct.error, TypeError):
                 state = BudgetState()  # an unreadable state is an empty one
-            out, new = fn(state)
+            out, new = fn(state, now)
             if new is not state:
                 conn.execute(
                     "INSERT OR REPLACE INTO budget (id, state) VALUES (0, ?)", (_pack(new),)
@@ -260,6 +293,27 @@ class SqliteBudget(_Kept):
         self._conn = None
         if self._fallback is not None:
             self._fallback._after_fork()
+
+
+def resolve_share_budget(value: object) -> ShareBudget:
+    """``share_budget`` as given, or from ``EMPIRIOLABS_SHARE_BUDGET`` when not given
+    (``None``), else ``"machine"``.
+
+    Raises:
+        ValueError: neither a scope nor a ``redis://``/``rediss://`` URL (the message never
+            shows a password).
+    """
+    if value is None:
+        value = os.environ.get(SHARE_BUDGET_ENV, "").strip() or "machine"
+    if value in ("machine", "process", "client"):
+        return value
+    if isinstance(value, str) and value.lower().startswith(("redis://", "rediss://")):
+        return value
+    shown = "a URL of another scheme" if isinstance(value, str) and "://" in value else repr(value)
+    raise ValueError(
+        "share_budget must be 'machine', 'process', 'client' or a redis://[:password@]host:port/db "
+        f"URL; got {shown}"
+    )
 
 
 def budget_dir() -> Path:
@@ -294,20 +348,25 @@ def account_id(base_url: str, api_key: str) -> str:
 # One budget per account and scope for the whole process: this is the state the issue of
 # "several clients of one key" needs shared, so it is module-level on purpose, guarded by a lock
 # and renewed in a forked child.
-_REGISTRY: dict[tuple[str, str], _Kept] = {}
+_REGISTRY: dict[tuple[str, str], _Kept] = {}  # keyed by (scope or Redis URL, account)
 _REGISTRY_LOCK = threading.Lock()
 _LIVE: weakref.WeakSet[LocalBudget | SqliteBudget] = weakref.WeakSet()
 
 
-def budget_for(scope: BudgetScope, base_url: str, api_key: str) -> Budget:
-    """The budget that clients of ``api_key`` at ``base_url`` share, in ``scope``."""
+def budget_for(scope: ShareBudget, base_url: str, api_key: str) -> Budget:
+    """The budget that clients of ``api_key`` at ``base_url`` share, in ``scope`` (or in the
+    Redis that a ``redis://`` URL names: every process of every host)."""
     if scope == "client":
         return LocalBudget()
     account = account_id(base_url, api_key)
     with _REGISTRY_LOCK:
         budget = _REGISTRY.get((scope, account))
         if budget is None:
-            if scope == "machine":
+            if scope.lower().startswith(("redis://", "rediss://")):
+                from ._redis_budget import RedisBudget
+
+                budget = RedisBudget(scope, account)
+            elif scope == "machine":
                 host = hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
                 budget = SqliteBudget(budget_dir() / f"{account}-{host}.sqlite3")
             else:

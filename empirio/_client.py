@@ -44,13 +44,13 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import Any, Literal, TypeVar, cast, get_args
+from typing import Any, Literal, TypeVar, cast
 
 import httpx
 import numpy as np
 from pydantic import SecretStr
 
-from ._budget import Budget, BudgetScope, LocalBudget, budget_for
+from ._budget import Budget, LocalBudget, ShareBudget, budget_for, resolve_share_budget
 from ._cache import (
     IDENTITY_HEADER,
     CacheScope,
@@ -91,7 +91,7 @@ from ._errors import (
     TruncationWarning,
     UnsupportedFeatureError,
 )
-from ._pace import Concurrency, Limits
+from ._pace import AUTO_CEILING, Concurrency, Limits
 from ._plan import (
     NFC_BYTES_PER_CHAR,
     InstructionMode,
@@ -110,6 +110,7 @@ from ._plan import (
     unique_texts,
 )
 from ._progress import Progress, tqdm_class
+from ._redis_budget import is_redis_url
 from ._result import EmbeddingResult, Usage, UsageMeter
 from ._retry import RetryPolicy
 from ._secret import SealedKey
@@ -128,7 +129,6 @@ _KINDS = ("document", "query")
 _OUTPUTS = ("dense", "sparse", "both")
 _OVERFLOWS = ("truncate", "chunk", "error")
 _MODES = ("prompt", "api", "none")
-_SCOPES: tuple[str, ...] = get_args(BudgetScope)
 #: The longest a sync call waits in one piece, in seconds: how soon Ctrl-C is seen on platforms
 #: where a blocking wait is not interrupted by signals.
 _WAIT_SLICE_S = 0.5
@@ -166,7 +166,9 @@ class EmbeddingClient:
         batch_size: most inputs per request (10 at EmpirioLabs; up to 2048 where allowed). If the
             service answers that the batch may be no larger than N, the client splits to N and
             keeps N.
-        max_concurrency: most requests in flight at once.
+        max_concurrency: most requests in flight at once, or ``"auto"`` (default): as many as
+            the account's rate needs at the measured latency (rate x latency, Little's law;
+            up to 256), or 8 where no limits are known.
         rpm: the account's requests per minute, paced client-side; ``None`` disables. Default
             ``EMPIRIOLABS_RPM``, else 50 (EmpirioLabs' default account limit).
         tpm: the account's tokens per minute, paced client-side; ``None`` disables. Default
@@ -190,9 +192,11 @@ class EmbeddingClient:
             is asked for, so a dense and a sparse caller of the same texts (hybrid search) pay
             for one request per text. See :meth:`enable_shared_views`.
         share_budget: who shares this client's rate-limit budget (the account's ``rpm`` and
-            ``tpm``): ``"machine"`` (default: every client of this key and endpoint in every
-            process of this machine, through a small SQLite file), ``"process"`` (the clients
-            of this process) or ``"client"`` (this client alone).
+            ``tpm``): ``"machine"`` (every client of this key and endpoint in every process of
+            this machine, through a small SQLite file), ``"process"`` (the clients of this
+            process), ``"client"`` (this client alone), or ``"redis://[:password@]host:port/db"``
+            (every process on every host using that Redis; needs ``empirio[redis]``). Default:
+            ``EMPIRIOLABS_SHARE_BUDGET``, else ``"machine"``.
         cache: a persistent embedding cache: a file path (a SQLite file, made if missing, safe
             to share between threads, processes, both framework adapters and the CLI) or any
             :class:`~empirio.EmbeddingStore` (``mget``/``mset`` of bytes, such as a LangChain
@@ -211,7 +215,7 @@ class EmbeddingClient:
         model: str = DEFAULTS["model"],
         dimensions: int = DEFAULTS["dimensions"],
         batch_size: int = DEFAULTS["batch_size"],
-        max_concurrency: int = DEFAULTS["max_concurrency"],
+        max_concurrency: int | Literal["auto"] = DEFAULTS["max_concurrency"],
         rpm: float | FromEnv | None = DEFAULTS["rpm"],
         tpm: float | FromEnv | None = DEFAULTS["tpm"],
         max_retries: int = DEFAULTS["max_retries"],
@@ -226,7 +230,7 @@ class EmbeddingClient:
         http_client: httpx.Client | None = DEFAULTS["http_client"],
         async_http_client: httpx.AsyncClient | None = DEFAULTS["async_http_client"],
         share_views: bool = DEFAULTS["share_views"],
-        share_budget: BudgetScope = DEFAULTS["share_budget"],
+        share_budget: ShareBudget | None = DEFAULTS["share_budget"],
         cache: str | os.PathLike[str] | EmbeddingStore | None = DEFAULTS["cache"],
     ) -> None:
         raw_key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
@@ -266,7 +270,8 @@ class EmbeddingClient:
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
         _check_range("batch_size", batch_size, 1, _MAX_BATCH_SIZE)
-        _check_range("max_concurrency", max_concurrency, 1, 1024)
+        if max_concurrency != "auto":
+            _check_range("max_concurrency", max_concurrency, 1, 1024)
         _check_range("max_retries", max_retries, 0, 100)
         # Limits nobody set (no argument, no environment variable) are provisional: the first
         # response that advertises the account's limits replaces them (see _adopt_limits).
@@ -302,7 +307,10 @@ class EmbeddingClient:
         _check_choice("overflow", overflow, _OVERFLOWS)
         _check_choice("instruction_mode", instruction_mode, _MODES)
         _check_choice("encoding_format", encoding_format, ("base64", "float"))
-        _check_choice("share_budget", share_budget, _SCOPES)
+        try:
+            share_budget = resolve_share_budget(share_budget)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
         self.model = model
         self.batch_size = batch_size
         self.max_concurrency = max_concurrency
@@ -317,7 +325,7 @@ class EmbeddingClient:
         self.show_progress = show_progress
         self.allow_insecure = allow_insecure
 
-        self.share_budget: BudgetScope = share_budget
+        self.share_budget: ShareBudget = share_budget
 
         self._tokenizer: QwenTokenizer | None = None
         self._lock = threading.Lock()  # guards the state shared by this client's calls, below
@@ -329,7 +337,11 @@ class EmbeddingClient:
         self._budget: Budget = (
             budget_for(share_budget, self.base_url, key) if self._limits.paced else LocalBudget()
         )
-        self._concurrency = Concurrency(max_concurrency)
+        self._concurrency = (
+            Concurrency(AUTO_CEILING, auto=True, limits=self._limits)
+            if max_concurrency == "auto"
+            else Concurrency(max_concurrency, limits=self._limits)
+        )
         self._batch_limit = BatchLimit(batch_size)
         self._policy = RetryPolicy(max_retries=max_retries)
         self._meter = UsageMeter()
@@ -408,6 +420,8 @@ class EmbeddingClient:
         see :mod:`empirio._secret`), same account budget; fresh connections, usage and locks.
         ``http_client``/``async_http_client`` are not carried."""
         options = dict(self._options, share_views=self._views is not None)
+        if is_redis_url(options["share_budget"]):  # its password is a secret like the key
+            options["share_budget"] = SealedKey(options["share_budget"])
         return _restore_client, (SealedKey(self._api_key.get_secret_value()), options)
 
     # ------------------------------------------------------------------ public helpers
@@ -847,6 +861,7 @@ class EmbeddingClient:
                 return
             self.__dict__.update(rpm=rpm, tpm=tpm)  # the limits in effect (from the server)
             self._limits = Limits(rpm, tpm)
+            self._concurrency.limits = self._limits
             for driver in self._calls:  # calls under way pace to the new limits at once
                 driver.engine.limits = self._limits
         logger.info("pacing to the limits the server advertises: rpm=%s, tpm=%s", rpm, tpm)
@@ -1161,8 +1176,9 @@ class EmbeddingClient:
                 # the key in clear text over http://.
                 trust_env=not is_loopback_url(self.base_url),
                 limits=httpx.Limits(
-                    max_connections=self.max_concurrency + 2,
-                    max_keepalive_connections=self.max_concurrency + 2,
+                    # The pool follows the in-flight ceiling; connections open as needed.
+                    max_connections=self._concurrency.maximum + 2,
+                    max_keepalive_connections=self._concurrency.maximum + 2,
                 ),
             )
             keeper = _close_at_loop_shutdown(client)
@@ -1467,6 +1483,8 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
 
 
 def _restore_client(key: SealedKey, options: dict[str, Any]) -> EmbeddingClient:
+    if isinstance(options.get("share_budget"), SealedKey):
+        options = dict(options, share_budget=options["share_budget"].reveal())
     return EmbeddingClient(api_key=SecretStr(key.reveal()), **options)
 
 

@@ -179,6 +179,10 @@ class Engine:
             return Step((), None)
         sends: list[Attempt] = []
         wake: float | None = None
+        # In flight follows latency, and a slow answer is a latency too: the oldest attempt
+        # out (the first in the dict, which keeps the order they were sent in) says how slow.
+        oldest = next(iter(self._in_flight.values()), None)
+        self.concurrency.waiting(0.0 if oldest is None else now - oldest.sent_at)
         while len(self._in_flight) + busy_elsewhere < self.concurrency.allowed:
             item = self._take(now)
             if item is None:
@@ -211,6 +215,7 @@ class Engine:
         if self._in_flight.pop(attempt.seq, None) is None:
             return Completion()  # abandoned already
         if isinstance(outcome, Decoded):
+            self.concurrency.observe(now - attempt.sent_at, attempt.request.tokens)
             self.concurrency.on_success()
             self.budget.succeeded()
             return Completion(decoded=outcome)

@@ -5,6 +5,7 @@
     ├── ConfigurationError (also ValueError)     bad settings, found at construction
     ├── UnsupportedFeatureError                  e.g. the endpoint returns no sparse vectors
     ├── CacheError                               the embedding cache cannot be used
+    ├── BudgetError                              the shared rate-limit budget cannot be reached
     ├── APIError                                 something went wrong talking to the service
     │   ├── APIConnectionError                   no response: refused, reset, dropped
     │   │   └── APITimeoutError                  no response in time
@@ -41,6 +42,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetError",
     "CacheError",
     "CacheWarning",
     "ConfigurationError",
@@ -92,6 +94,11 @@ class UnsupportedFeatureError(EmpirioError):
 
 class CacheError(EmpirioError):
     """The embedding cache cannot be used: corrupt, read-only, locked, or not a cache."""
+
+
+class BudgetError(EmpirioError):
+    """The shared rate-limit budget (``share_budget="redis://..."``) cannot be reached when a
+    call starts: pacing without it could overrun the account that every host shares."""
 
 
 class APIError(EmpirioError):

@@ -20,6 +20,7 @@ from ._config import (
     resolve_rate,
     validate_dimensions,
 )
+from ._redis_budget import is_redis_url
 from ._secret import MASK, SealedKey
 
 __all__ = ["CLIENT_OPTIONS", "ClientFields", "build_client", "default_rpm", "default_tpm"]
@@ -164,6 +165,8 @@ class ClientFields(BaseModel):
         key = fields.get("api_key")
         if isinstance(key, SecretStr):
             fields["api_key"] = SealedKey(key.get_secret_value())
+        if is_redis_url(fields.get("share_budget")):  # may hold a password
+            fields["share_budget"] = SealedKey(fields["share_budget"])
         for name in self._transport | {"client"}:
             if name in fields:
                 fields[name] = None
@@ -176,11 +179,13 @@ class ClientFields(BaseModel):
         key = fields.get("api_key")
         if isinstance(key, SealedKey):
             fields["api_key"] = SecretStr(key.reveal())
+        if isinstance(fields.get("share_budget"), SealedKey):
+            fields["share_budget"] = fields["share_budget"].reveal()
         BaseModel.__setstate__(self, {**state, "__dict__": fields})
 
 
 #: Fields whose values never appear in a validation error.
-_SECRET_FIELDS = frozenset({"api_key"})
+_SECRET_FIELDS = frozenset({"api_key", "share_budget"})
 
 
 def _masked(value: Any) -> Any:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from ._budget import SHARE_BUDGET_ENV
 from ._config import (
     API_BASE_ENV,
     API_KEY_ENV,
@@ -65,7 +66,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("model", DEFAULT_MODEL, "the model id", shown=f"`{DEFAULT_MODEL}`"),
     Setting("dimensions", DEFAULT_DIMENSIONS, "64, 128, 256, 512, 768, 1024, 1536 or 2048"),
     Setting("batch_size", DEFAULT_MAX_BATCH, "most inputs per request (up to 2048)"),
-    Setting("max_concurrency", 8, "most requests in flight"),
+    Setting(
+        "max_concurrency",
+        "auto",
+        "most requests in flight; `auto`: the account's rate x the measured latency (8 unpaced)",
+    ),
     Setting(
         "rpm",
         FROM_ENV,
@@ -105,9 +110,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "share_budget",
+        None,
+        "who shares the rate budget: machine, process, client, or every host through "
+        "`redis://[:password@]host:port/db` (`EMPIRIOLABS_BUDGET_DIR`: where the machine's is "
+        "kept)",
+        (SHARE_BUDGET_ENV,),
         "machine",
-        "who shares the rate budget: machine, process or client (`EMPIRIOLABS_BUDGET_DIR`: "
-        "where the machine's is kept)",
+        '`"machine"`',
     ),
     Setting("cache", None, "a persistent cache: a path, or a store with mget/mset", shown="none"),
 )

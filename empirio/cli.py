@@ -138,6 +138,16 @@ def _serve_until_stopped(
     return 0
 
 
+def _concurrency(value: str) -> int | str:
+    """``--max-concurrency``: a whole number, or ``auto``."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number or auto; got {value!r}") from None
+
+
 def _add_embed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "embed",
@@ -194,10 +204,18 @@ def _add_embed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help=f"inputs per request (default {DEFAULTS['batch_size']})",
     )
     p.add_argument(
+        "--share-budget",
+        default=None,
+        help="who shares the account's rate budget: machine, process, client or "
+        "redis://[:password@]host:port/db for every host (default EMPIRIOLABS_SHARE_BUDGET, "
+        "else machine)",
+    )
+    p.add_argument(
         "--max-concurrency",
-        type=int,
+        type=_concurrency,
         default=DEFAULTS["max_concurrency"],
-        help=f"requests in flight at most (default {DEFAULTS['max_concurrency']})",
+        help="requests in flight at most, or auto: what the account's rate needs at the "
+        f"measured latency (default {DEFAULTS['max_concurrency']})",
     )
     p.add_argument(
         "--rpm",
@@ -361,6 +379,7 @@ def _embed_checked(args: argparse.Namespace) -> int:
                 dimensions=args.dimensions,
                 batch_size=args.batch_size,
                 max_concurrency=args.max_concurrency,
+                share_budget=args.share_budget,
                 rpm=rpm,
                 tpm=tpm,
                 overflow=args.overflow,

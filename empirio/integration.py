@@ -5,10 +5,12 @@ Nothing here is needed to use the client; it is the shared machinery of the adap
 one place so that each adapter stays field declarations and mapping only.
 """
 
+from ._budget import SHARE_BUDGET_ENV
 from ._config import API_BASE_ENV, API_KEY_ENV, BASE_URL_ENV
 from ._options import CLIENT_OPTIONS, ClientFields, build_client, default_rpm, default_tpm
 from ._plan import InstructionMode, Kind, Output, Overflow, as_text_list, check_texts
 from ._progress import Progress, tqdm_class
+from ._redis_budget import is_redis_url
 from ._settings import DEFAULTS, SETTINGS, Setting, readme_table
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "CLIENT_OPTIONS",
     "DEFAULTS",
     "SETTINGS",
+    "SHARE_BUDGET_ENV",
     "ClientFields",
     "InstructionMode",
     "Kind",
@@ -30,6 +33,7 @@ __all__ = [
     "check_texts",
     "default_rpm",
     "default_tpm",
+    "is_redis_url",
     "readme_table",
     "tqdm_class",
 ]

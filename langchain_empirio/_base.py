@@ -14,11 +14,13 @@ from empirio.integration import (
     API_BASE_ENV,
     API_KEY_ENV,
     DEFAULTS,
+    SHARE_BUDGET_ENV,
     ClientFields,
     InstructionMode,
     Overflow,
     default_rpm,
     default_tpm,
+    is_redis_url,
 )
 
 __all__ = ["EmpirioSettings"]
@@ -60,8 +62,12 @@ class EmpirioSettings(ClientFields):
 
     @property
     def lc_secrets(self) -> dict[str, str]:
-        """The key is serialised as a reference to ``EMPIRIOLABS_API_KEY``, never its value."""
-        return {"api_key": API_KEY_ENV}
+        """The key is serialised as a reference to ``EMPIRIOLABS_API_KEY``, never its value; a
+        Redis budget URL as one to ``EMPIRIOLABS_SHARE_BUDGET`` (it may hold a password)."""
+        secrets = {"api_key": API_KEY_ENV}
+        if is_redis_url(self.share_budget):
+            secrets["share_budget"] = SHARE_BUDGET_ENV
+        return secrets
 
     @property
     def lc_attributes(self) -> dict[str, Any]:
@@ -78,8 +84,8 @@ class EmpirioSettings(ClientFields):
     """Endpoint; default from ``EMPIRIOLABS_API_BASE`` (then ``EMPIRIOLABS_BASE_URL``)."""
     batch_size: int = DEFAULTS["batch_size"]
     """Most inputs per request (10 at EmpirioLabs)."""
-    max_concurrency: int = DEFAULTS["max_concurrency"]
-    """Most requests in flight."""
+    max_concurrency: int | Literal["auto"] = DEFAULTS["max_concurrency"]
+    """Most requests in flight, or ``"auto"``: the account's rate x the measured latency."""
     rpm: float | None = Field(default_factory=default_rpm)
     """Account requests per minute, paced client-side; ``None`` = unpaced. Default
     ``EMPIRIOLABS_RPM`` or 50."""
@@ -103,9 +109,11 @@ class EmpirioSettings(ClientFields):
     """Show a tqdm bar for long calls."""
     allow_insecure: bool = DEFAULTS["allow_insecure"]
     """Allow the key over plain http to a non-loopback host."""
-    share_budget: Literal["machine", "process", "client"] = DEFAULTS["share_budget"]
-    """Who shares the rate-limit budget of this key: every process of the machine, this
-    process, or this object alone."""
+    share_budget: str | None = Field(default=DEFAULTS["share_budget"], repr=False)
+    """Who shares the rate-limit budget of this key: ``"machine"``, ``"process"``, ``"client"``
+    or every host through ``"redis://[:password@]host:port/db"``; default
+    ``EMPIRIOLABS_SHARE_BUDGET``, else the machine. A password in it is kept out of ``repr``,
+    pickles and ``dumps`` (written as a reference to ``EMPIRIOLABS_SHARE_BUDGET``)."""
     cache: Any = Field(default=None, exclude=True)
     """A persistent embedding cache shared with the core and the CLI: a file path (SQLite) or
     any byte store with ``mget``/``mset`` (a LangChain ``ByteStore`` works). Cached texts are

@@ -85,7 +85,7 @@ class EmpirioFields(ClientFields):
     batch_size: int = Field(
         exclude=True, default=DEFAULTS["batch_size"], description=_doc("batch_size")
     )
-    max_concurrency: int = Field(
+    max_concurrency: int | Literal["auto"] = Field(
         exclude=True, default=DEFAULTS["max_concurrency"], description=_doc("max_concurrency")
     )
     rpm: float | None = Field(exclude=True, default_factory=default_rpm, description=_doc("rpm"))
@@ -113,8 +113,8 @@ class EmpirioFields(ClientFields):
     allow_insecure: bool = Field(
         exclude=True, default=DEFAULTS["allow_insecure"], description=_doc("allow_insecure")
     )
-    share_budget: Literal["machine", "process", "client"] = Field(
-        exclude=True, default=DEFAULTS["share_budget"], description=_doc("share_budget")
+    share_budget: str | None = Field(
+        exclude=True, default=DEFAULTS["share_budget"], repr=False, description=_doc("share_budget")
     )
     cache: Any = Field(
         default=None,

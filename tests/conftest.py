@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -84,3 +87,29 @@ def stats(base_url: str) -> dict[str, Any]:
     """The emulator's counters."""
     root = base_url.removesuffix("/v1")
     return dict(httpx.get(f"{root}/_emulator/stats", timeout=10).json())
+
+
+@pytest.fixture
+def emulator_process() -> Iterator[Any]:
+    """Start ``empirio serve`` processes with given flags; all are stopped at the end."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*flags: str) -> str:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "empirio", "serve", *flags],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"http://\S+/v1", line)
+        assert match, f"the emulator did not start: {line!r}"
+        return match.group(0)
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=20)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -9,13 +9,11 @@ and a server sharing one interpreter's GIL add jitter that the real service does
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,32 +34,6 @@ TEXTS = [
 def reference(texts: list[str], dimensions: int = 256) -> np.ndarray:
     """The emulator's vectors, computed here without any network."""
     return HashEmbedder(get_tokenizer(), seed=0).embed(texts, dimensions)
-
-
-@pytest.fixture
-def emulator_process() -> Iterator[Any]:
-    """Start ``empirio serve`` processes with given flags; all are stopped at the end."""
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(*flags: str) -> str:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "empirio", "serve", *flags],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        procs.append(proc)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        match = re.search(r"http://\S+/v1", line)
-        assert match, f"the emulator did not start: {line!r}"
-        return match.group(0)
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=20)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def run_script(
