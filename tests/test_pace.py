@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -268,3 +269,34 @@ def test_concurrency_never_below_one() -> None:
     assert c.allowed == 1
     with pytest.raises(ValueError, match="max_concurrency"):
         Concurrency(0)
+
+
+def test_a_store_with_its_own_clock_decides_as_the_local_ledger() -> None:
+    """One home for the rules, several stores: a store whose clock is far from the caller's
+    (Redis's TIME against a host's monotonic clock) makes the same decisions, in durations."""
+    from empirio._budget import LocalBudget, _Kept
+
+    class OtherClock(_Kept):
+        def __init__(self, offset: float) -> None:
+            self.offset = offset
+            self.state = BudgetState()
+
+        def _transact(self, now: float, fn: Any) -> Any:
+            out, self.state = fn(self.state, now + self.offset)
+            return out
+
+    def admitted_at(budget: Any) -> list[float]:
+        now, times = 50.0, []
+        for step in range(300):
+            tokens = 100 + (step * 37) % 900
+            while (wait := budget.acquire(limits, now, tokens)) > 0:
+                now += wait
+            times.append(now)
+            if step == 120:
+                budget.throttled(limits, now, now - 0.2, 2.0)
+        return times
+
+    limits = Limits(1200, 400_000)
+    local = admitted_at(LocalBudget())
+    assert admitted_at(OtherClock(1.7e9)) == pytest.approx(local, abs=1e-4)
+    assert local[-1] - local[0] > 10  # paced: 300 requests at 20 a second, and a pause
