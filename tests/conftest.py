@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -89,8 +90,8 @@ def stats(base_url: str) -> dict[str, Any]:
     return dict(httpx.get(f"{root}/_emulator/stats", timeout=10).json())
 
 
-@pytest.fixture
-def emulator_process() -> Iterator[Any]:
+@contextlib.contextmanager
+def emulator_processes() -> Iterator[Any]:
     """Start ``empirio serve`` processes with given flags; all are stopped at the end."""
     procs: list[subprocess.Popen[str]] = []
 
@@ -107,9 +108,18 @@ def emulator_process() -> Iterator[Any]:
         assert match, f"the emulator did not start: {line!r}"
         return match.group(0)
 
-    yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=20)
-        if proc.stdout is not None:
-            proc.stdout.close()
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=20)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+@pytest.fixture
+def emulator_process() -> Iterator[Any]:
+    """Start ``empirio serve`` processes with given flags, stopped when the test ends."""
+    with emulator_processes() as start:
+        yield start

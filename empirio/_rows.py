@@ -1,0 +1,137 @@
+"""Embedding a column of a table, as the engines (Ray Data, Spark) need it: a bad row is a row
+error, not a job failure; everything else comes back in row order.
+
+Shared by :mod:`empirio.ray` and :mod:`empirio.spark`, which only convert to and from their
+own batch formats. Account-wide failures (a wrong key, no credits, an unknown model, retries
+exhausted) are raised: the job fails with the client's message, and with ``cache=`` everything
+finished before is kept for the rerun.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from ._client import EmbeddingClient
+from ._errors import ConfigurationError, InvalidInputError
+from ._plan import Kind, Output
+from ._redis_budget import is_redis_url
+from ._secret import SealedKey
+
+__all__ = ["RowResult", "embed_rows", "open_options", "seal_options"]
+
+_SEALED = ("api_key", "share_budget")
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    """One batch's vectors, one row per input row.
+
+    Attributes:
+        dense: ``(n, dimensions)`` float32; rows of failed inputs are zeros (see ``errors``), or
+            ``None`` for sparse-only output.
+        sparse: ``{token_id: weight}`` per row (``None`` where the row failed), or ``None``.
+        errors: ``None`` for an embedded row, else why it was not embedded.
+    """
+
+    dense: npt.NDArray[np.float32] | None
+    sparse: list[dict[int, float] | None] | None
+    errors: list[str | None]
+
+    @property
+    def ok(self) -> npt.NDArray[np.bool_]:
+        """Which rows were embedded."""
+        return np.array([e is None for e in self.errors], dtype=bool)
+
+
+def _row_error(value: object) -> str | None:
+    """Why ``value`` cannot be embedded, if it obviously cannot (checked before any send)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "null: no text to embed"
+    if not isinstance(value, str):
+        return f"not a string: {type(value).__name__}"
+    if not value.strip():
+        return "blank: the service refuses empty or whitespace-only texts"
+    return None
+
+
+def _reason(exc: InvalidInputError) -> str:
+    """A row's share of an input error (its message names positions in a sub-list)."""
+    text = str(exc)
+    if "exceed" in text:
+        return "over the model's input limit of 8,191 tokens (overflow='error')"
+    if "surrogate" in text:
+        return "not valid Unicode (a lone surrogate): cannot be sent"
+    return text.split(":")[0]
+
+
+def embed_rows(
+    client: EmbeddingClient, values: Sequence[object], *, kind: Kind, output: Output
+) -> RowResult:
+    """Embed ``values`` (a column's values); a bad value is a row error, the rest embedded.
+
+    Raises:
+        EmpirioError: an account-wide failure (any error that is not about some rows' input).
+    """
+    n = len(values)
+    errors = [_row_error(v) for v in values]
+    todo = [i for i in range(n) if errors[i] is None]
+    dense = (
+        np.zeros((n, client.dimensions), dtype=np.float32) if output in ("dense", "both") else None
+    )
+    sparse: list[dict[int, float] | None] | None = (
+        [None] * n if output in ("sparse", "both") else None
+    )
+    while todo:
+        try:
+            texts = cast(list[str], [values[i] for i in todo])  # checked: strings
+            result = client.embed(texts, kind=kind, output=output, show_progress=False)
+        except InvalidInputError as exc:
+            if not exc.indices:
+                raise
+            bad = set(exc.indices)
+            reason = _reason(exc)
+            for j in bad:
+                errors[todo[j]] = reason
+            todo = [t for j, t in enumerate(todo) if j not in bad]
+            continue
+        rows = np.asarray(todo, dtype=np.intp)
+        if dense is not None and result.dense is not None:
+            dense[rows] = result.dense
+        if sparse is not None and result.sparse is not None:
+            for i, vec in zip(todo, result.sparse, strict=True):
+                sparse[i] = vec
+        break
+    return RowResult(dense, sparse, errors)
+
+
+def seal_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Client options for shipping to workers: the key and a Redis URL (its password) sealed,
+    so they are in no pickle's bytes (see :mod:`empirio._secret`)."""
+    if "client" in options or "http_client" in options or "async_http_client" in options:
+        raise ConfigurationError(
+            "engine workers make their own clients: pass client options (api_key, base_url, "
+            "rpm, cache, ...), not a client or an HTTP client"
+        )
+    out = dict(options)
+    key = out.get("api_key")
+    if key is not None and not isinstance(key, SealedKey):
+        raw = key.get_secret_value() if hasattr(key, "get_secret_value") else str(key)
+        out["api_key"] = SealedKey(raw)
+    if is_redis_url(out.get("share_budget")):
+        out["share_budget"] = SealedKey(out["share_budget"])
+    return out
+
+
+def open_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`seal_options` undone, on the worker."""
+    out = dict(options)
+    for name in _SEALED:
+        if isinstance(out.get(name), SealedKey):
+            out[name] = out[name].reveal()
+    return out

@@ -1,0 +1,152 @@
+"""Ingestion on Ray Data: a text column in, a vector column and an error column out.
+
+    import ray
+    from empirio.ray import embed_column
+
+    ds = ray.data.read_parquet("chunks/")
+    ds = embed_column(ds, "text", dimensions=512, cache="/shared/vectors.sqlite3")
+    ds.write_parquet("vectors/")
+
+Each actor (a :class:`Embedder` in ``Dataset.map_batches``) holds one
+:class:`~empirio.EmbeddingClient`, packs a batch's texts ten to a request and paces to the
+account together with every other actor: through the machine's budget on one machine, through
+Redis on a cluster (``share_budget="redis://..."`` or ``EMPIRIOLABS_SHARE_BUDGET``). A blank,
+null, non-string or (with ``overflow="error"``) over-long row gets a null vector and a readable
+error; the rest of the batch is embedded. An account-wide failure (401, 402, 404, retries
+exhausted) fails the job with the client's message; with ``cache=`` a rerun, or a retried task,
+pays only for what was not finished. Install with ``pip install 'empirio[ray]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from ._client import EmbeddingClient
+from ._plan import Kind, Output
+from ._redis_budget import is_redis_url
+from ._rows import embed_rows, open_options, seal_options
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import ray.data
+
+__all__ = ["Embedder", "embed_column"]
+
+
+class Embedder:
+    """A callable class for ``Dataset.map_batches(Embedder, batch_format="pyarrow", ...)``.
+
+    Args:
+        column: the text column.
+        output_column: the vector column added: ``fixed_size_list<float32>[dimensions]``, null
+            where the row failed.
+        error_column: the error column added: a string where the row failed, else null.
+        kind: ``"document"`` or ``"query"``.
+        output: ``"dense"``, ``"sparse"`` (a ``map<int32, float32>`` column named
+            ``{output_column}_sparse``) or ``"both"``.
+        **client_options: :class:`~empirio.EmbeddingClient` options (``api_key``, ``base_url``,
+            ``dimensions``, ``rpm``, ``cache``, ``share_budget``, ...); unset ones come from
+            the worker's environment.
+    """
+
+    def __init__(
+        self,
+        column: str = "text",
+        *,
+        output_column: str = "embedding",
+        error_column: str = "embedding_error",
+        kind: Kind = "document",
+        output: Output = "dense",
+        **client_options: Any,
+    ) -> None:
+        self.column = column
+        self.output_column = output_column
+        self.error_column = error_column
+        self.kind: Kind = kind
+        self.output: Output = output
+        self.client = EmbeddingClient(**open_options(client_options))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import pyarrow as pa
+
+        if self.column not in batch.column_names:
+            raise KeyError(
+                f"no column {self.column!r} to embed; the dataset has {batch.column_names}"
+            )
+        rows = embed_rows(
+            self.client, batch.column(self.column).to_pylist(), kind=self.kind, output=self.output
+        )
+        failed = pa.array(~rows.ok)
+        if rows.dense is not None:
+            values = pa.array(rows.dense.reshape(-1), type=pa.float32())
+            vectors = pa.FixedSizeListArray.from_arrays(values, self.client.dimensions, mask=failed)
+            batch = batch.append_column(self.output_column, vectors)
+        if rows.sparse is not None:
+            sparse = pa.array(
+                [None if v is None else list(v.items()) for v in rows.sparse],
+                type=pa.map_(pa.int32(), pa.float32()),
+            )
+            batch = batch.append_column(f"{self.output_column}_sparse", sparse)
+        return batch.append_column(self.error_column, pa.array(rows.errors, type=pa.string()))
+
+
+def embed_column(
+    ds: ray.data.Dataset,
+    column: str = "text",
+    *,
+    output_column: str = "embedding",
+    error_column: str = "embedding_error",
+    kind: Kind = "document",
+    output: Output = "dense",
+    concurrency: int = 2,
+    batch_size: int = 500,
+    **client_options: Any,
+) -> ray.data.Dataset:
+    """``ds`` with ``output_column`` (vectors) and ``error_column`` (row errors) added; every
+    other column passes through unchanged.
+
+    Args:
+        ds: the dataset.
+        column: the text column.
+        output_column, error_column, kind, output: see :class:`Embedder`.
+        concurrency: actors (each one client; they pace together through the shared budget).
+        batch_size: rows per batch handed to an actor (sent ten to a request, concurrently).
+        **client_options: :class:`~empirio.EmbeddingClient` options; the key and a Redis URL
+            travel sealed (never in the pickles' bytes).
+
+    Returns:
+        A lazy dataset; Ray's own progress bars show its progress.
+    """
+    import ray
+
+    budget = client_options.get("share_budget")
+    if ray.is_initialized() and not is_redis_url(budget) and not _env_redis():
+        nodes = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
+        if len(nodes) > 1:
+            warnings.warn(
+                f"this Ray cluster has {len(nodes)} nodes but the rate-limit budget is only "
+                "each machine's: its actors will overrun the account together. Pass "
+                "share_budget='redis://...' (or set EMPIRIOLABS_SHARE_BUDGET on every node)",
+                stacklevel=2,
+            )
+    return ds.map_batches(
+        Embedder,
+        fn_constructor_args=(column,),
+        fn_constructor_kwargs={
+            "output_column": output_column,
+            "error_column": error_column,
+            "kind": kind,
+            "output": output,
+            **seal_options(client_options),
+        },
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        concurrency=concurrency,
+        zero_copy_batch=True,
+    )
+
+
+def _env_redis() -> bool:
+    return is_redis_url(os.environ.get("EMPIRIOLABS_SHARE_BUDGET", ""))
