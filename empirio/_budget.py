@@ -38,6 +38,7 @@ from typing import Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from ._config import is_loopback_url
+from ._forksafe import hold_across_fork
 from ._pace import (
     JITTER_S,
     MAX_JITTER_S,
@@ -375,33 +376,14 @@ def budget_for(scope: ShareBudget, base_url: str, api_key: str) -> Budget:
         return budget
 
 
-_HELD: list[LocalBudget | SqliteBudget] = []
-
-
-def _before_fork() -> None:
-    # As for the cache (see _sqlite_store): no thread may be inside SQLite when the process
-    # forks, or the child inherits SQLite's own mutexes held.
-    for budget in list(_LIVE):
-        if isinstance(budget, SqliteBudget):
-            budget._lock.acquire()
-            _HELD.append(budget)
-
-
-def _after_fork_in_parent() -> None:
-    while _HELD:
-        _HELD.pop()._lock.release()
-
-
 def _after_fork_in_child() -> None:
     global _REGISTRY_LOCK
-    _HELD.clear()
     _REGISTRY_LOCK = threading.Lock()
     for budget in list(_LIVE):
         budget._after_fork()
 
 
-os.register_at_fork(
-    before=_before_fork,
-    after_in_parent=_after_fork_in_parent,
-    after_in_child=_after_fork_in_child,
+# As for the cache (see _forksafe): no thread may be inside SQLite when the process forks.
+hold_across_fork(
+    lambda: [b._lock for b in list(_LIVE) if isinstance(b, SqliteBudget)], _after_fork_in_child
 )

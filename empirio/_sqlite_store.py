@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import CacheError
+from ._forksafe import hold_across_fork
 
 __all__ = ["SqliteStore"]
 
@@ -248,32 +249,9 @@ class SqliteStore:
 _STORES: weakref.WeakSet[SqliteStore] = weakref.WeakSet()
 
 
-_HELD: list[SqliteStore] = []
-
-
-def _before_fork() -> None:
-    # SQLite keeps process-wide mutexes of its own: a child forked while another thread is
-    # inside SQLite inherits them held, and hangs in its first sqlite3.connect. Every use of a
-    # store's connection holds the store's lock, so holding them all across the fork means no
-    # thread of ours is inside SQLite when it happens.
-    for store in list(_STORES):
-        store._lock.acquire()
-        _HELD.append(store)
-
-
-def _after_fork_in_parent() -> None:
-    while _HELD:
-        _HELD.pop()._lock.release()
-
-
 def _after_fork_in_child() -> None:
-    _HELD.clear()
     for store in list(_STORES):
         store._after_fork()
 
 
-os.register_at_fork(
-    before=_before_fork,
-    after_in_parent=_after_fork_in_parent,
-    after_in_child=_after_fork_in_child,
-)
+hold_across_fork(lambda: [store._lock for store in list(_STORES)], _after_fork_in_child)
