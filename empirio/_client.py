@@ -270,8 +270,14 @@ class EmbeddingClient:
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
         _check_range("batch_size", batch_size, 1, _MAX_BATCH_SIZE)
-        if max_concurrency != "auto":
-            _check_range("max_concurrency", max_concurrency, 1, 1024)
+        if max_concurrency != "auto" and (
+            isinstance(max_concurrency, bool)
+            or not isinstance(max_concurrency, int)
+            or not 1 <= max_concurrency <= 1024
+        ):
+            raise ConfigurationError(
+                f"max_concurrency must be 'auto' or an int from 1 to 1024; got {max_concurrency!r}"
+            )
         _check_range("max_retries", max_retries, 0, 100)
         # Limits nobody set (no argument, no environment variable) are provisional: the first
         # response that advertises the account's limits replaces them (see _adopt_limits).

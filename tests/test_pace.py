@@ -300,3 +300,26 @@ def test_a_store_with_its_own_clock_decides_as_the_local_ledger() -> None:
     local = admitted_at(LocalBudget())
     assert admitted_at(OtherClock(1.7e9)) == pytest.approx(local, abs=1e-4)
     assert local[-1] - local[0] > 10  # paced: 300 requests at 20 a second, and a pause
+
+
+def test_requests_in_flight_follow_rate_times_latency() -> None:
+    from empirio._pace import AUTO_CEILING, UNPACED_CONCURRENCY
+
+    c = Concurrency(AUTO_CEILING, auto=True, limits=Limits(1200, None))
+    assert c.allowed == 31  # 20/s x 1 s (assumed before any answer) x 1.5 + 1
+    for _ in range(64):
+        c.observe(2.0, 500)
+    assert c.allowed == 61  # 2 s measured
+    c.waiting(4.0)  # the oldest request out is slower still
+    assert c.allowed == 121
+    c.waiting(0.0)
+    c.on_throttle(sent_at=1.0, now=2.0)
+    assert c.allowed == 30  # halved from what was allowed, not from the ceiling
+    tokens = Concurrency(AUTO_CEILING, auto=True, limits=Limits(None, 600_000))
+    tokens.observe(1.0, 1000)  # 10,000 tokens a second / 1,000 a request = 10 requests a second
+    assert tokens.allowed == 16
+    assert Concurrency(AUTO_CEILING, auto=True, limits=Limits(None, None)).allowed == (
+        UNPACED_CONCURRENCY
+    )
+    assert Concurrency(16, limits=Limits(1200, None)).allowed == 16  # a ceiling the user chose
+    assert Concurrency(16).allowed == 16

@@ -432,3 +432,14 @@ def test_an_echoing_gateway_puts_no_key_in_the_playground_or_the_cli(lying_serve
     assert cli.returncode == 1
     assert "bad key" in cli.stderr
     assert KEY not in cli.stderr + cli.stdout
+
+
+def test_a_large_account_keeps_rate_times_latency_in_flight(make_emulator: Any) -> None:
+    """At 1,200 RPM and 1 s latency, 20 requests a second need about 20 in flight; the old fixed
+    8 held the account to 0.41 of its rate. Counted at the emulator, not timed."""
+    url = make_emulator(rpm=1200, tpm=100_000_000, latency_ms=1000)
+    c = EmbeddingClient(api_key=KEY, base_url=url, rpm=1200, tpm=100_000_000, dimensions=64)
+    c.embed([f"in flight text {i}" for i in range(600)])
+    s = stats(url)
+    assert s["max_in_flight"] >= 15, s
+    assert s["by_status"].get("429", 0) == 0
