@@ -88,6 +88,7 @@ from ._errors import (
     CacheWarning,
     ConfigurationError,
     EmpirioError,
+    InvalidInputError,
     TruncationWarning,
     UnsupportedFeatureError,
 )
@@ -486,8 +487,8 @@ class EmbeddingClient:
     # ------------------------------------------------------------------ planning
 
     def _check_call(self, kind: str, output: str) -> Call:
-        _check_choice("kind", kind, _KINDS, error=ValueError)
-        _check_choice("output", output, _OUTPUTS, error=ValueError)
+        _check_choice("kind", kind, _KINDS, error=InvalidInputError)
+        _check_choice("output", output, _OUTPUTS, error=InvalidInputError)
         if output != "dense" and self._no_sparse:
             raise UnsupportedFeatureError(
                 f"{self.base_url} does not return sparse vectors (an earlier response had "
@@ -1108,7 +1109,7 @@ class EmbeddingClient:
         A bad text raises when its segment is planned; segments before it were already yielded.
         """
         call = self._check_call(kind, output)
-        _check_range("segment_size", segment_size, 1, 10_000_000, error=ValueError)
+        _check_range("segment_size", segment_size, 1, 10_000_000, error=InvalidInputError)
         total = len(texts) if isinstance(texts, Sequence) else None
         check_collection(texts)
         if isinstance(texts, Sequence):
@@ -1352,7 +1353,7 @@ class EmbeddingClient:
     ) -> AsyncIterator[EmbeddingResult]:
         """:meth:`iter_embed`, natively async."""
         call = self._check_call(kind, output)
-        _check_range("segment_size", segment_size, 1, 10_000_000, error=ValueError)
+        _check_range("segment_size", segment_size, 1, 10_000_000, error=InvalidInputError)
         total = len(texts) if isinstance(texts, Sequence) else None
         check_collection(texts)
         if isinstance(texts, Sequence):

@@ -61,7 +61,15 @@ __all__ = [
 
 
 class EmpirioError(Exception):
-    """Base of every error this library raises."""
+    """Base of every error this library raises. Every one pickles and unpickles with its type,
+    message and attributes (status, code, request id, inputs, partial results), so that it
+    crosses process pools (multiprocessing, LlamaIndex ``num_workers``, Ray, Spark) intact."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Exception's own pickling calls cls(*args): subclasses with keyword-only arguments
+        # (APIStatusError's status_code) could not be rebuilt, and a pool waiting for the
+        # result hung or broke. Rebuilt here without __init__, from args and attributes.
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
 
     #: Positions in the caller's input of the texts whose request failed (empty if unknown).
     inputs: tuple[int, ...] = ()
@@ -232,6 +240,15 @@ def status_error(
         retry_after=retry_after,
         inputs=inputs,
     )
+
+
+def _rebuild(
+    cls: type[EmpirioError], args: tuple[object, ...], state: dict[str, object]
+) -> EmpirioError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
 
 
 class TruncationWarning(UserWarning):

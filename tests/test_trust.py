@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -443,3 +444,58 @@ def test_a_large_account_keeps_rate_times_latency_in_flight(make_emulator: Any) 
     s = stats(url)
     assert s["max_in_flight"] >= 15, s
     assert s["by_status"].get("429", 0) == 0
+
+
+def test_every_error_pickles_and_unpickles_with_its_attributes() -> None:
+    import empirio
+    from empirio import EmbeddingResult, Usage
+    from empirio._errors import status_error
+
+    partial = EmbeddingResult(np.ones((1, 4), dtype=np.float32), None, Usage(requests=1))
+    errors = [
+        status_error(401, "bad key", code="invalid_api_key", request_id="r1", inputs=(0, 1)),
+        status_error(402, "no credits", code="insufficient_credits"),
+        status_error(429, "slow", retry_after=2.0),
+        status_error(503, "down"),
+        empirio.InvalidInputError("blank", (3,)),
+        empirio.APITimeoutError("late", inputs=(2,)),
+        empirio.ConfigurationError("bad"),
+        empirio.BudgetError("redis away"),
+    ]
+    errors[1].partial, errors[1].partial_indices = partial, (5,)
+    for err in errors:
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err)
+        assert str(back) == str(err)
+        for name in ("status_code", "code", "request_id", "retry_after", "inputs", "indices"):
+            assert getattr(back, name, None) == getattr(err, name, None)
+        assert back.partial_indices == err.partial_indices
+    back = pickle.loads(pickle.dumps(errors[1]))
+    assert back.partial is not None
+    np.testing.assert_array_equal(back.partial.dense, partial.dense)
+
+
+def _fail_with_401(url: str) -> None:
+    EmbeddingClient(api_key="wrong-key-0123456789", base_url=url, rpm=None, tpm=None).embed(["x"])
+
+
+def test_a_401_in_a_spawn_pool_arrives_as_itself(make_emulator: Any) -> None:
+    import concurrent.futures
+    import multiprocessing
+
+    url = make_emulator(api_key="the-right-key-0123456789")
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        future = pool.submit(_fail_with_401, url)
+        with pytest.raises(AuthenticationError) as info:
+            future.result(timeout=120)
+    assert info.value.status_code == 401
+
+
+def test_a_wrong_kind_is_an_empirio_error(emulator_url: str) -> None:
+    from empirio import EmpirioError
+
+    with pytest.raises(EmpirioError, match="kind must be one of"):
+        client(emulator_url).embed(["x"], kind="queries")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="output must be one of"):
+        client(emulator_url).embed(["x"], output="dense&sparse")  # type: ignore[arg-type]
