@@ -45,6 +45,7 @@ from collections.abc import (
     Sequence,
 )
 from typing import Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -883,7 +884,26 @@ class EmbeddingClient:
             )
             err.retryable = False
             return err
-        return APIConnectionError(f"connection to {self.base_url} failed: {type(exc).__name__}")
+        if _caused_by(exc, ConnectionRefusedError) and not self._meter.usage.requests:
+            # A refused connection is an answer, not a blip: nothing listens there. Before any
+            # success it fails at once with the likely fix (48 s of silent retries before).
+            parts = urlsplit(self.base_url)
+            where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+            hint = (
+                "is the emulator running? `empirio serve`, or start_if_no_key() in Python"
+                if is_loopback_url(self.base_url)
+                else "check the address and port"
+            )
+            err = APIConnectionError(
+                f"nothing is listening on {where} (connection refused); {hint}"
+            )
+            err.retryable = False
+            return err
+        cause = _root_cause(exc)
+        return APIConnectionError(
+            f"connection to {self.base_url} failed: {type(exc).__name__}"
+            + (f" ({cause})" if cause else "")
+        )
 
     def _progress(
         self,
@@ -1476,6 +1496,19 @@ def _prepend_partial(exc: EmpirioError, parts: Sequence[EmbeddingResult]) -> Non
     indices = [p.offset + i for p in parts for i in range(len(p))]
     exc.partial = _concatenate(done)
     exc.partial_indices = tuple(indices) + exc.partial_indices
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost cause's words (an OS reason such as "Connection reset by peer")."""
+    seen: BaseException | None = exc
+    last = ""
+    for _ in range(10):
+        if seen is None:
+            break
+        if str(seen):
+            last = str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return last
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:

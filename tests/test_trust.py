@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from empirio import (
+    APIConnectionError,
     APIResponseValidationError,
     APITimeoutError,
     AuthenticationError,
@@ -499,3 +500,20 @@ def test_a_wrong_kind_is_an_empirio_error(emulator_url: str) -> None:
         client(emulator_url).embed(["x"], kind="queries")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="output must be one of"):
         client(emulator_url).embed(["x"], output="dense&sparse")  # type: ignore[arg-type]
+
+
+def test_a_refused_connection_says_so_at_once() -> None:
+    port = _free_port()
+    start = time.monotonic()
+    with pytest.raises(APIConnectionError, match="nothing is listening") as info:
+        EmbeddingClient(api_key=KEY, base_url=f"http://127.0.0.1:{port}/v1").embed(["hello"])
+    assert time.monotonic() - start < 5  # 48 s of silent retries before
+    assert "empirio serve" in str(info.value)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
