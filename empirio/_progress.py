@@ -18,8 +18,14 @@ class Progress:
     def update(self, n: int) -> None:
         if n <= 0:
             return
-        if self.bar is not None:
-            self.bar.update(n)
+        bar = self.bar
+        if bar is not None:
+            if bar.total is not None and bar.n + n >= bar.total:
+                # The last step is drawn once, by close(): updating would draw "N/N" too when
+                # the refresh interval has passed, and the bar would show its end twice.
+                bar.n += n
+            else:
+                bar.update(n)
         if self.callback is not None:
             self.callback(n)
 
