@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from ._config import is_loopback_url
+from ._config import host_port, is_loopback_url
 from ._forksafe import hold_across_fork
 from ._pace import (
     JITTER_S,
@@ -60,6 +60,7 @@ __all__ = [
     "ShareBudget",
     "SqliteBudget",
     "budget_for",
+    "is_redis_url",
     "resolve_share_budget",
 ]
 
@@ -296,6 +297,11 @@ class SqliteBudget(_Kept):
             self._fallback._after_fork()
 
 
+def is_redis_url(value: object) -> bool:
+    """Whether ``value`` names a Redis budget (``redis://`` or ``rediss://``)."""
+    return isinstance(value, str) and value.lower().startswith(("redis://", "rediss://"))
+
+
 def resolve_share_budget(value: object) -> ShareBudget:
     """``share_budget`` as given, or from ``EMPIRIOLABS_SHARE_BUDGET`` when not given
     (``None``), else ``"machine"``.
@@ -308,8 +314,8 @@ def resolve_share_budget(value: object) -> ShareBudget:
         value = os.environ.get(SHARE_BUDGET_ENV, "").strip() or "machine"
     if value in ("machine", "process", "client"):
         return value
-    if isinstance(value, str) and value.lower().startswith(("redis://", "rediss://")):
-        return value
+    if is_redis_url(value):
+        return value  # type: ignore[return-value]
     shown = "a URL of another scheme" if isinstance(value, str) and "://" in value else repr(value)
     raise ValueError(
         "share_budget must be 'machine', 'process', 'client' or a redis://[:password@]host:port/db "
@@ -332,8 +338,8 @@ def _same_server(base_url: str) -> str:
     """``base_url`` with this machine's names made one (``localhost``, ``127.0.0.1`` and
     ``[::1]`` at one port are one server, so one account), and the host's case folded."""
     parts = urlsplit(base_url.rstrip("/"))
+    port = host_port(base_url).rsplit(":", 1)[1]
     host = "loopback" if is_loopback_url(base_url) else (parts.hostname or "").lower()
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{parts.scheme}://{host}:{port}{parts.path}"
 
 
@@ -363,7 +369,7 @@ def budget_for(scope: ShareBudget, base_url: str, api_key: str) -> Budget:
     with _REGISTRY_LOCK:
         budget = _REGISTRY.get((scope, account))
         if budget is None:
-            if scope.lower().startswith(("redis://", "rediss://")):
+            if is_redis_url(scope):
                 from ._redis_budget import RedisBudget
 
                 budget = RedisBudget(scope, account)

@@ -45,13 +45,19 @@ from collections.abc import (
     Sequence,
 )
 from typing import Any, Literal, TypeVar, cast
-from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 from pydantic import SecretStr
 
-from ._budget import Budget, LocalBudget, ShareBudget, budget_for, resolve_share_budget
+from ._budget import (
+    Budget,
+    LocalBudget,
+    ShareBudget,
+    budget_for,
+    is_redis_url,
+    resolve_share_budget,
+)
 from ._cache import (
     IDENTITY_HEADER,
     CacheScope,
@@ -69,6 +75,7 @@ from ._config import (
     RPM_ENV,
     TPM_ENV,
     FromEnv,
+    host_port,
     is_loopback_url,
     package_version,
     resolve_api_key,
@@ -112,7 +119,6 @@ from ._plan import (
     unique_texts,
 )
 from ._progress import Progress, tqdm_class
-from ._redis_budget import is_redis_url
 from ._result import EmbeddingResult, Usage, UsageMeter
 from ._retry import RetryPolicy
 from ._secret import SealedKey
@@ -887,8 +893,7 @@ class EmbeddingClient:
         if _caused_by(exc, ConnectionRefusedError) and not self._meter.usage.requests:
             # A refused connection is an answer, not a blip: nothing listens there. Before any
             # success it fails at once with the likely fix (48 s of silent retries before).
-            parts = urlsplit(self.base_url)
-            where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+            where = host_port(self.base_url)
             hint = (
                 "is the emulator running? `empirio serve`, or start_if_no_key() in Python"
                 if is_loopback_url(self.base_url)
@@ -1498,28 +1503,23 @@ def _prepend_partial(exc: EmpirioError, parts: Sequence[EmbeddingResult]) -> Non
     exc.partial_indices = tuple(indices) + exc.partial_indices
 
 
-def _root_cause(exc: BaseException) -> str:
-    """The innermost cause's words (an OS reason such as "Connection reset by peer")."""
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its causes, outermost first (httpx -> httpcore -> OSError: a short chain)."""
     seen: BaseException | None = exc
-    last = ""
     for _ in range(10):
         if seen is None:
-            break
-        if str(seen):
-            last = str(seen)
+            return
+        yield seen
         seen = seen.__cause__ or seen.__context__
-    return last
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost cause's words (an OS reason such as "Connection reset by peer")."""
+    return next((str(e) for e in reversed(list(_chain(exc))) if str(e)), "")
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    seen: BaseException | None = exc
-    for _ in range(10):  # httpx -> httpcore -> OSError: a short chain
-        if seen is None:
-            return False
-        if isinstance(seen, kind):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(isinstance(e, kind) for e in _chain(exc))
 
 
 def _restore_client(key: SealedKey, options: dict[str, Any]) -> EmbeddingClient:

@@ -26,6 +26,7 @@ __all__ = [
     "TPM_ENV",
     "FromEnv",
     "format_query",
+    "host_port",
     "is_loopback_url",
     "package_version",
     "resolve_api_key",
@@ -100,6 +101,12 @@ def resolve_base_url(base_url: str | None, environ: Mapping[str, str] | None = N
     env = os.environ if environ is None else environ
     url = base_url or env.get(API_BASE_ENV) or env.get(BASE_URL_ENV) or DEFAULT_BASE_URL
     return url.rstrip("/")
+
+
+def host_port(url: str) -> str:
+    """``host:port`` of ``url``, with the scheme's default port where none is given."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or ''}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
 def is_loopback_url(url: str) -> bool:

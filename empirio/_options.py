@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_core import InitErrorDetails
 
+from ._budget import is_redis_url
 from ._client import EmbeddingClient
 from ._config import (
     DEFAULT_RPM,
@@ -20,7 +21,6 @@ from ._config import (
     resolve_rate,
     validate_dimensions,
 )
-from ._redis_budget import is_redis_url
 from ._secret import MASK, SealedKey
 
 __all__ = ["CLIENT_OPTIONS", "ClientFields", "build_client", "default_rpm", "default_tpm"]

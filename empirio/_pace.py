@@ -291,6 +291,7 @@ class Concurrency:
     limit: float = 0.0
     _last_cut: float = -math.inf
     _latencies: list[float] = field(default_factory=list)
+    _p90: float | None = None  # of _latencies, kept as they change (read on every slot check)
     _tokens: float = 0.0  # mean tokens per request (exponentially weighted)
     _waiting: float = 0.0  # how long the oldest request in flight has been out, in seconds
 
@@ -318,10 +319,7 @@ class Concurrency:
         """The 90th percentile of recent latencies, or how long the oldest request in flight
         has been out if that is longer (before the first answer, nothing else is known), in
         seconds."""
-        if not self._latencies:
-            return max(INITIAL_LATENCY_S, self._waiting)
-        ordered = sorted(self._latencies)
-        return max(self._waiting, ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))])
+        return max(INITIAL_LATENCY_S if self._p90 is None else self._p90, self._waiting)
 
     def waiting(self, seconds: float) -> None:
         """Note how long the oldest request in flight has been out, in seconds."""
@@ -346,6 +344,8 @@ class Concurrency:
             self._latencies.append(latency)
             if len(self._latencies) > LATENCY_WINDOW:
                 del self._latencies[0]
+            ordered = sorted(self._latencies)
+            self._p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
         self._tokens = tokens if self._tokens == 0 else 0.9 * self._tokens + 0.1 * tokens
 
     def on_success(self) -> None:

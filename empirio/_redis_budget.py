@@ -41,7 +41,7 @@ from ._errors import BudgetError, ConfigurationError
 from ._pace import BudgetState, Limits
 from ._secret import redact
 
-__all__ = ["RedisBudget", "is_redis_url", "redis_display"]
+__all__ = ["RedisBudget", "redis_display"]
 
 logger = logging.getLogger("empirio")
 
@@ -57,11 +57,6 @@ _RETRY_S = 3.0
 _SOCKET_S = 2.0
 #: Optimistic retries of one decision before it is given up as contention.
 _TRIES = 200
-
-
-def is_redis_url(value: object) -> bool:
-    """Whether ``value`` names a Redis budget (``redis://`` or ``rediss://``)."""
-    return isinstance(value, str) and value.lower().startswith(("redis://", "rediss://"))
 
 
 def redis_display(url: str) -> str:

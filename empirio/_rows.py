@@ -17,10 +17,10 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from ._budget import is_redis_url
 from ._client import EmbeddingClient
 from ._errors import ConfigurationError, InvalidInputError
 from ._plan import Kind, Output
-from ._redis_budget import is_redis_url
 from ._secret import SealedKey
 
 __all__ = ["RowResult", "embed_rows", "open_options", "seal_options"]

@@ -23,9 +23,9 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from ._budget import SHARE_BUDGET_ENV, is_redis_url
 from ._client import EmbeddingClient
 from ._plan import Kind, Output
-from ._redis_budget import is_redis_url
 from ._rows import embed_rows, open_options, seal_options
 
 if TYPE_CHECKING:
@@ -149,4 +149,4 @@ def embed_column(
 
 
 def _env_redis() -> bool:
-    return is_redis_url(os.environ.get("EMPIRIOLABS_SHARE_BUDGET", ""))
+    return is_redis_url(os.environ.get(SHARE_BUDGET_ENV, ""))
