@@ -119,9 +119,10 @@ from ._plan import (
     unique_texts,
 )
 from ._progress import Progress, tqdm_class
+from ._redis_store import RedisStore
 from ._result import EmbeddingResult, Usage, UsageMeter
 from ._retry import RetryPolicy
-from ._secret import SealedKey
+from ._secret import SealedKey, open_sealed, seal_urls
 from ._settings import DEFAULTS
 from ._sqlite_store import SqliteStore
 from ._tokens import SAFE_INPUT_TOKENS, QwenTokenizer, get_tokenizer
@@ -206,7 +207,9 @@ class EmbeddingClient:
             (every process on every host using that Redis; needs ``empirio[redis]``). Default:
             ``EMPIRIOLABS_SHARE_BUDGET``, else ``"machine"``.
         cache: a persistent embedding cache: a file path (a SQLite file, made if missing, safe
-            to share between threads, processes, both framework adapters and the CLI) or any
+            to share between threads, processes, both framework adapters and the CLI), a
+            ``redis://[:password@]host:port/db`` URL (one cache for every host; needs
+            ``empirio[redis]``; the password is kept like the key) or any
             :class:`~empirio.EmbeddingStore` (``mget``/``mset`` of bytes, such as a LangChain
             byte store). Cached texts are never sent; each request's vectors are written as it
             finishes, so an interrupted job resumes where it stopped. See :attr:`cache`.
@@ -433,9 +436,8 @@ class EmbeddingClient:
         """Pickles and deep copies are new clients with the same settings: same key (sealed,
         see :mod:`empirio._secret`), same account budget; fresh connections, usage and locks.
         ``http_client``/``async_http_client`` are not carried."""
-        options = dict(self._options, share_views=self._views is not None)
-        if is_redis_url(options["share_budget"]):  # its password is a secret like the key
-            options["share_budget"] = SealedKey(options["share_budget"])
+        # A Redis URL's password is a secret like the key.
+        options = seal_urls(dict(self._options, share_views=self._views is not None))
         return _restore_client, (SealedKey(self._api_key.get_secret_value()), options)
 
     # ------------------------------------------------------------------ public helpers
@@ -1523,17 +1525,20 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
 
 
 def _restore_client(key: SealedKey, options: dict[str, Any]) -> EmbeddingClient:
-    if isinstance(options.get("share_budget"), SealedKey):
-        options = dict(options, share_budget=options["share_budget"].reveal())
-    return EmbeddingClient(api_key=SecretStr(key.reveal()), **options)
+    return EmbeddingClient(api_key=SecretStr(key.reveal()), **open_sealed(options))
 
 
 def _open_cache(
     cache: str | os.PathLike[str] | EmbeddingStore | None,
-) -> tuple[EmbeddingCache | None, SqliteStore | None]:
-    """The client's cache, and the store the client opened itself (and so closes), if any."""
+) -> tuple[EmbeddingCache | None, SqliteStore | RedisStore | None]:
+    """The client's cache, and the store the client opened itself (and so closes), if any:
+    a ``redis://`` URL is a :class:`~empirio._redis_store.RedisStore`, another string or path
+    a :class:`~empirio._sqlite_store.SqliteStore` file."""
     if cache is None:
         return None, None
+    if is_redis_url(cache):
+        redis_store = RedisStore(str(cache))
+        return EmbeddingCache(redis_store), redis_store
     if isinstance(cache, str | os.PathLike):
         store = SqliteStore(cache)
         return EmbeddingCache(store), store
@@ -1541,8 +1546,8 @@ def _open_cache(
         return cache, None
     if not isinstance(cache, EmbeddingStore):
         raise ConfigurationError(
-            f"cache must be a file path or a store with mget/mset (an EmbeddingStore); got "
-            f"{type(cache).__name__}"
+            f"cache must be a file path, a redis:// URL or a store with mget/mset (an "
+            f"EmbeddingStore); got {type(cache).__name__}"
         )
     return EmbeddingCache(cache), None
 

@@ -10,7 +10,6 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_core import InitErrorDetails
 
-from ._budget import is_redis_url
 from ._client import EmbeddingClient
 from ._config import (
     DEFAULT_RPM,
@@ -21,7 +20,7 @@ from ._config import (
     resolve_rate,
     validate_dimensions,
 )
-from ._secret import MASK, SealedKey
+from ._secret import MASK, URL_OPTIONS, SealedKey, open_sealed, seal_urls
 
 __all__ = ["CLIENT_OPTIONS", "ClientFields", "build_client", "default_rpm", "default_tpm"]
 
@@ -161,12 +160,10 @@ class ClientFields(BaseModel):
 
     def __getstate__(self) -> dict[Any, Any]:
         state = BaseModel.__getstate__(self)
-        fields = dict(state["__dict__"])
+        fields = seal_urls(state["__dict__"])  # a Redis URL may hold a password
         key = fields.get("api_key")
         if isinstance(key, SecretStr):
             fields["api_key"] = SealedKey(key.get_secret_value())
-        if is_redis_url(fields.get("share_budget")):  # may hold a password
-            fields["share_budget"] = SealedKey(fields["share_budget"])
         for name in self._transport | {"client"}:
             if name in fields:
                 fields[name] = None
@@ -176,16 +173,15 @@ class ClientFields(BaseModel):
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         fields = dict(state["__dict__"])
-        key = fields.get("api_key")
-        if isinstance(key, SealedKey):
-            fields["api_key"] = SecretStr(key.reveal())
-        if isinstance(fields.get("share_budget"), SealedKey):
-            fields["share_budget"] = fields["share_budget"].reveal()
+        key = fields.pop("api_key", None)
+        fields = open_sealed(fields)
+        if key is not None:
+            fields["api_key"] = SecretStr(key.reveal()) if isinstance(key, SealedKey) else key
         BaseModel.__setstate__(self, {**state, "__dict__": fields})
 
 
 #: Fields whose values never appear in a validation error.
-_SECRET_FIELDS = frozenset({"api_key", "share_budget"})
+_SECRET_FIELDS = frozenset({"api_key", *URL_OPTIONS})
 
 
 def _masked(value: Any) -> Any:

@@ -56,6 +56,18 @@ class Usage:
             self.abandoned_tokens + other.abandoned_tokens,
         )
 
+    def __sub__(self, other: Usage) -> Usage:
+        """What was spent since ``other`` (an earlier snapshot of the same meter)."""
+        return Usage(
+            self.requests - other.requests,
+            self.input_tokens - other.input_tokens,
+            self.retries - other.retries,
+            self.rate_limited - other.rate_limited,
+            self.failed_requests - other.failed_requests,
+            self.abandoned_requests - other.abandoned_requests,
+            self.abandoned_tokens - other.abandoned_tokens,
+        )
+
     def __str__(self) -> str:
         abandoned = (
             f"; {self.abandoned_requests} abandoned in flight, possibly billed "

@@ -11,21 +11,43 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from ._budget import is_redis_url
 from ._client import EmbeddingClient
 from ._errors import ConfigurationError, InvalidInputError
 from ._plan import Kind, Output
-from ._secret import SealedKey
+from ._result import Usage
+from ._secret import SealedKey, open_sealed, seal_urls
 
-__all__ = ["RowResult", "embed_rows", "open_options", "seal_options"]
+__all__ = ["JobUsage", "RowResult", "embed_batch", "embed_rows", "open_options", "seal_options"]
 
-_SEALED = ("api_key", "share_budget")
+
+@dataclass(frozen=True, slots=True)
+class JobUsage:
+    """What an engine job did and spent, summed over its workers (see the engines' ``Tally``).
+
+    Attributes:
+        rows: rows handled (embedded, taken from the cache, or failed).
+        row_errors: rows that got an error instead of a vector.
+        usage: the workers' requests, tokens and estimated cost together.
+    """
+
+    rows: int = 0
+    row_errors: int = 0
+    usage: Usage = field(default_factory=Usage)
+
+    def __add__(self, other: JobUsage) -> JobUsage:
+        return JobUsage(
+            self.rows + other.rows, self.row_errors + other.row_errors, self.usage + other.usage
+        )
+
+    def __str__(self) -> str:
+        errors = f" ({self.row_errors:,} with a row error)" if self.row_errors else ""
+        return f"{self.rows:,} row{'' if self.rows == 1 else 's'}{errors}; {self.usage}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,28 +132,32 @@ def embed_rows(
     return RowResult(dense, sparse, errors)
 
 
+def embed_batch(
+    client: EmbeddingClient, values: Sequence[object], *, kind: Kind, output: Output
+) -> tuple[RowResult, JobUsage]:
+    """:func:`embed_rows`, and what it did and spent (for a job's tally)."""
+    before = client.usage
+    rows = embed_rows(client, values, kind=kind, output=output)
+    failed = sum(e is not None for e in rows.errors)
+    return rows, JobUsage(len(values), failed, client.usage - before)
+
+
 def seal_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Client options for shipping to workers: the key and a Redis URL (its password) sealed,
+    """Client options for shipping to workers: the key and Redis URLs (their passwords) sealed,
     so they are in no pickle's bytes (see :mod:`empirio._secret`)."""
     if "client" in options or "http_client" in options or "async_http_client" in options:
         raise ConfigurationError(
             "engine workers make their own clients: pass client options (api_key, base_url, "
             "rpm, cache, ...), not a client or an HTTP client"
         )
-    out = dict(options)
+    out = seal_urls(options)
     key = out.get("api_key")
     if key is not None and not isinstance(key, SealedKey):
         raw = key.get_secret_value() if hasattr(key, "get_secret_value") else str(key)
         out["api_key"] = SealedKey(raw)
-    if is_redis_url(out.get("share_budget")):
-        out["share_budget"] = SealedKey(out["share_budget"])
     return out
 
 
 def open_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """:func:`seal_options` undone, on the worker."""
-    out = dict(options)
-    for name in _SEALED:
-        if isinstance(out.get(name), SealedKey):
-            out[name] = out[name].reveal()
-    return out
+    return open_sealed(options)

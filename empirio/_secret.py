@@ -9,9 +9,14 @@ pad travels with it, so treat pickles as secrets), but nothing that reads the by
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote
 
-__all__ = ["MASK", "SealedKey", "redact"]
+__all__ = ["MASK", "URL_OPTIONS", "SealedKey", "open_sealed", "redact", "seal_urls"]
+
+#: Client options whose value may be a URL with a password in it: a Redis budget, a Redis cache.
+URL_OPTIONS = ("share_budget", "cache")
 
 #: What a secret is replaced with wherever it would be shown.
 MASK = "**********"
@@ -55,3 +60,21 @@ class SealedKey:
 
     def __repr__(self) -> str:
         return "SealedKey('**********')"
+
+
+def seal_urls(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with every URL option (:data:`URL_OPTIONS`) sealed, for a pickle."""
+    return {
+        name: SealedKey(value)
+        if name in URL_OPTIONS and isinstance(value, str) and "://" in value
+        else value
+        for name, value in options.items()
+    }
+
+
+def open_sealed(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with every sealed value revealed."""
+    return {
+        name: value.reveal() if isinstance(value, SealedKey) else value
+        for name, value in options.items()
+    }

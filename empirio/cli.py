@@ -242,8 +242,9 @@ def _add_embed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--cache",
         default=None,
-        metavar="PATH",
-        help="a persistent embedding cache (a SQLite file, made if missing): texts already in "
+        metavar="PATH|URL",
+        help="a persistent embedding cache (a SQLite file, made if missing, or a "
+        "redis://[:password@]host:port/db URL shared by every host): texts already in "
         "it are not sent, and each request's vectors are written as it finishes, so a rerun "
         "after an interruption (even kill -9) pays only for what was not finished",
     )

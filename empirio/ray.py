@@ -15,6 +15,12 @@ null, non-string or (with ``overflow="error"``) over-long row gets a null vector
 error; the rest of the batch is embedded. An account-wide failure (401, 402, 404, retries
 exhausted) fails the job with the client's message; with ``cache=`` a rerun, or a retried task,
 pays only for what was not finished. Install with ``pip install 'empirio[ray]'``.
+
+What the job did and spent, summed over every actor, is kept by a :class:`Tally`::
+
+    tally = Tally()
+    embed_column(ds, "text", tally=tally).write_parquet("vectors/")
+    print(tally.total())   # 3,000 rows (2 with a row error); 300 requests, 98,765 tokens, ...
 """
 
 from __future__ import annotations
@@ -26,13 +32,54 @@ from typing import TYPE_CHECKING, Any
 from ._budget import SHARE_BUDGET_ENV, is_redis_url
 from ._client import EmbeddingClient
 from ._plan import Kind, Output
-from ._rows import embed_rows, open_options, seal_options
+from ._rows import JobUsage, embed_batch, open_options, seal_options
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import ray.data
 
-__all__ = ["Embedder", "embed_column"]
+__all__ = ["Embedder", "JobUsage", "Tally", "embed_column"]
+
+
+class _Sum:
+    """The actor behind :class:`Tally`."""
+
+    def __init__(self) -> None:
+        self.total = JobUsage()
+
+    def add(self, part: JobUsage) -> None:
+        self.total += part
+
+    def get(self) -> JobUsage:
+        return self.total
+
+
+class Tally:
+    """What a job's actors did and spent, summed: rows, row errors, requests, tokens, cost.
+
+    A small Ray actor (no CPU reserved) that each :class:`Embedder` reports to after every
+    batch, before the batch is handed on; so once the dataset is written or taken,
+    :meth:`total` counts all of it. Pass it to :func:`embed_column` (or :class:`Embedder`) as
+    ``tally=``. Needs ``ray.init()`` (or Ray's automatic start) first.
+    """
+
+    def __init__(self) -> None:
+        import ray
+
+        self._actor: Any = ray.remote(num_cpus=0)(_Sum).remote()
+
+    def add(self, part: JobUsage) -> None:
+        """Add one batch's share (called by the actors)."""
+        import ray
+
+        ray.get(self._actor.add.remote(part))
+
+    def total(self) -> JobUsage:
+        """Everything reported so far."""
+        import ray
+
+        total: JobUsage = ray.get(self._actor.get.remote())
+        return total
 
 
 class Embedder:
@@ -46,6 +93,7 @@ class Embedder:
         kind: ``"document"`` or ``"query"``.
         output: ``"dense"``, ``"sparse"`` (a ``map<int32, float32>`` column named
             ``{output_column}_sparse``) or ``"both"``.
+        tally: a :class:`Tally` to report each batch's rows and usage to.
         **client_options: :class:`~empirio.EmbeddingClient` options (``api_key``, ``base_url``,
             ``dimensions``, ``rpm``, ``cache``, ``share_budget``, ...); unset ones come from
             the worker's environment.
@@ -59,9 +107,11 @@ class Embedder:
         error_column: str = "embedding_error",
         kind: Kind = "document",
         output: Output = "dense",
+        tally: Tally | None = None,
         **client_options: Any,
     ) -> None:
         self.column = column
+        self.tally = tally
         self.output_column = output_column
         self.error_column = error_column
         self.kind: Kind = kind
@@ -75,9 +125,11 @@ class Embedder:
             raise KeyError(
                 f"no column {self.column!r} to embed; the dataset has {batch.column_names}"
             )
-        rows = embed_rows(
+        rows, spent = embed_batch(
             self.client, batch.column(self.column).to_pylist(), kind=self.kind, output=self.output
         )
+        if self.tally is not None:
+            self.tally.add(spent)
         failed = pa.array(~rows.ok)
         if rows.dense is not None:
             values = pa.array(rows.dense.reshape(-1), type=pa.float32())
@@ -102,6 +154,7 @@ def embed_column(
     output: Output = "dense",
     concurrency: int = 2,
     batch_size: int = 500,
+    tally: Tally | None = None,
     **client_options: Any,
 ) -> ray.data.Dataset:
     """``ds`` with ``output_column`` (vectors) and ``error_column`` (row errors) added; every
@@ -113,6 +166,7 @@ def embed_column(
         output_column, error_column, kind, output: see :class:`Embedder`.
         concurrency: actors (each one client; they pace together through the shared budget).
         batch_size: rows per batch handed to an actor (sent ten to a request, concurrently).
+        tally: a :class:`Tally` that sums what every actor did and spent.
         **client_options: :class:`~empirio.EmbeddingClient` options; the key and a Redis URL
             travel sealed (never in the pickles' bytes).
 
@@ -139,6 +193,7 @@ def embed_column(
             "error_column": error_column,
             "kind": kind,
             "output": output,
+            "tally": tally,
             **seal_options(client_options),
         },
         batch_format="pyarrow",

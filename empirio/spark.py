@@ -18,6 +18,13 @@ pays only for what was not finished.
 The workers' Python must have empirio installed (``pip install 'empirio[spark]'``); with a
 virtual environment, point ``PYSPARK_PYTHON`` (and ``PYSPARK_DRIVER_PYTHON``) at its
 interpreter. A worker without it fails with one line saying so.
+
+What the job did and spent, summed over every task, is kept by a :class:`Tally` (a Spark
+accumulator)::
+
+    tally = Tally(spark)
+    embed_column(df, "text", tally=tally).write.parquet("vectors/")
+    print(tally.total())   # 3,000 rows (2 with a row error); 300 requests, 98,765 tokens, ...
 """
 
 from __future__ import annotations
@@ -25,15 +32,52 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._plan import Kind, Output
-from ._rows import seal_options
+from ._rows import JobUsage, seal_options
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     import pandas as pd
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["embed_column"]
+__all__ = ["JobUsage", "Tally", "embed_column"]
+
+
+class _Sum:
+    """Spark's ``AccumulatorParam`` for :class:`JobUsage` (duck-typed: pyspark is an extra)."""
+
+    def zero(self, value: JobUsage) -> JobUsage:
+        return JobUsage()
+
+    def addInPlace(self, value1: JobUsage, value2: JobUsage) -> JobUsage:
+        return value1 + value2
+
+
+class Tally:
+    """What a job's tasks did and spent, summed: rows, row errors, requests, tokens, cost.
+
+    A Spark accumulator: each task adds its batches' share, and Spark sums them on the driver
+    when the task ends, so after an action (``write``, ``collect``, ``count``) :meth:`total`
+    counts it. A task Spark runs again (a lost executor, speculation) counts again, which is
+    right for usage: with ``cache=`` it paid only for what it had not finished. Pass it to
+    :func:`embed_column` as ``tally=``.
+
+    Args:
+        spark: the session; default the active one.
+    """
+
+    def __init__(self, spark: SparkSession | None = None) -> None:
+        from pyspark.sql import SparkSession
+
+        session = spark or SparkSession.getActiveSession()
+        if session is None:
+            raise RuntimeError("Tally() needs a SparkSession: start one, or pass it")
+        self._sum: Any = session.sparkContext.accumulator(JobUsage(), _Sum())  # type: ignore[arg-type]
+
+    def total(self) -> JobUsage:
+        """Everything reported by the tasks that have ended."""
+        total: JobUsage = self._sum.value
+        return total
 
 
 def embed_column(
@@ -44,6 +88,7 @@ def embed_column(
     error_column: str = "embedding_error",
     kind: Kind = "document",
     output: Output = "dense",
+    tally: Tally | None = None,
     **client_options: Any,
 ) -> DataFrame:
     """``df`` with ``output_column`` (``array<float>``) and ``error_column`` (``string``)
@@ -56,6 +101,7 @@ def embed_column(
         error_column: the error column added.
         kind: ``"document"`` or ``"query"``.
         output: ``"dense"``, ``"sparse"`` or ``"both"``.
+        tally: a :class:`Tally` that sums what every task did and spent.
         **client_options: :class:`~empirio.EmbeddingClient` options; the key and a Redis URL
             travel sealed (never in the pickles' bytes).
     """
@@ -79,7 +125,15 @@ def embed_column(
             StructField(f"{output_column}_sparse", MapType(IntegerType(), FloatType()), True)
         )
     fields.append(StructField(error_column, StringType(), True))
-    settings = (column, output_column, error_column, kind, output, seal_options(client_options))
+    settings = (
+        column,
+        output_column,
+        error_column,
+        kind,
+        output,
+        None if tally is None else tally._sum,
+        seal_options(client_options),
+    )
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         # Pickled by value (it is nested), so that a worker without empirio gets this message
@@ -108,15 +162,18 @@ def _partition(
     error_column: str,
     kind: Kind,
     output: Output,
+    tally: Any,
     options: dict[str, Any],
 ) -> Iterator[pd.DataFrame]:
     """One partition, on a worker: one client, each Arrow batch embedded as it comes."""
     from ._client import EmbeddingClient
-    from ._rows import embed_rows, open_options
+    from ._rows import embed_batch, open_options
 
     with EmbeddingClient(**open_options(options)) as client:
         for batch in batches:
-            rows = embed_rows(client, batch[column].tolist(), kind=kind, output=output)
+            rows, spent = embed_batch(client, batch[column].tolist(), kind=kind, output=output)
+            if tally is not None:
+                tally.add(spent)
             out = batch.copy()
             ok = rows.ok
             if rows.dense is not None:

@@ -114,10 +114,11 @@ class EmpirioSettings(ClientFields):
     or every host through ``"redis://[:password@]host:port/db"``; default
     ``EMPIRIOLABS_SHARE_BUDGET``, else the machine. A password in it is kept out of ``repr``,
     pickles and ``dumps`` (written as a reference to ``EMPIRIOLABS_SHARE_BUDGET``)."""
-    cache: Any = Field(default=None, exclude=True)
-    """A persistent embedding cache shared with the core and the CLI: a file path (SQLite) or
-    any byte store with ``mget``/``mset`` (a LangChain ``ByteStore`` works). Cached texts are
-    never sent again."""
+    cache: Any = Field(default=None, exclude=True, repr=False)
+    """A persistent embedding cache shared with the core and the CLI: a file path (SQLite), a
+    ``"redis://[:password@]host:port/db"`` URL (one cache for every host), or any byte store
+    with ``mget``/``mset`` (a LangChain ``ByteStore`` works). Cached texts are never sent
+    again. Kept out of ``repr`` and ``dumps``."""
     http_client: httpx.Client | None = Field(default=None, exclude=True)
     """An httpx.Client to use."""
     http_async_client: httpx.AsyncClient | None = Field(default=None, exclude=True)

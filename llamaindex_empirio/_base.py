@@ -119,8 +119,10 @@ class EmpirioFields(ClientFields):
     cache: Any = Field(
         default=None,
         exclude=True,
+        repr=False,
         description="A persistent embedding cache shared with the core and the CLI: a file path "
-        "(SQLite) or any byte store with mget/mset. Cached texts are never sent again.",
+        "(SQLite), a redis://[:password@]host:port/db URL (one cache for every host), or any "
+        "byte store with mget/mset. Cached texts are never sent again.",
     )
     http_client: httpx.Client | None = Field(default=None, exclude=True)
     async_http_client: httpx.AsyncClient | None = Field(default=None, exclude=True)

@@ -230,3 +230,56 @@ def test_a_missing_extra_is_one_line(tmp_path: Path, emulator_url: str) -> None:
         [sys.executable, str(script), emulator_url], capture_output=True, text=True, timeout=60
     )
     assert "pip install 'empirio[redis]'" in out.stdout, out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------------- the cache in Redis
+
+
+def test_a_redis_cache_is_shared_by_hosts_and_keeps_its_password(
+    emulator_url: str, redis_server: Redis, tmp_path: Path
+) -> None:
+    from langchain_empirio import EmpirioEmbeddings
+    from llamaindex_empirio import EmpirioEmbedding
+
+    texts = [f"cached in redis {i}" for i in range(30)]
+    first = EmbeddingClient(api_key="k", base_url=emulator_url, cache=redis_server.url)
+    expected = first.embed(texts).dense
+    assert PASSWORD not in repr(first) + repr(first.cache)
+    blob = pickle.dumps(first)
+    assert PASSWORD.encode() not in blob
+    before = stats(emulator_url)["inputs_embedded"]
+    # another "host": a process of its own with its own budget folder, through the pickle
+    script = tmp_path / "host.py"
+    script.write_text(
+        "import pickle, sys\n"
+        "c = pickle.loads(sys.stdin.buffer.read())\n"
+        "r = c.embed(sys.argv[1:])\n"
+        "sys.stdout.buffer.write(r.dense.tobytes())\n"
+    )
+    env = {**os.environ, "EMPIRIOLABS_BUDGET_DIR": str(tmp_path / "budget")}
+    out = subprocess.run(
+        [sys.executable, str(script), *texts], input=blob, capture_output=True, env=env, timeout=60
+    )
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout == expected.tobytes()
+    assert stats(emulator_url)["inputs_embedded"] == before  # every vector came from Redis
+    for obj in (
+        EmpirioEmbeddings(api_key="k", base_url=emulator_url, cache=redis_server.url),
+        EmpirioEmbedding(api_key="k", base_url=emulator_url, cache=redis_server.url),
+    ):
+        assert PASSWORD not in repr(obj)
+        assert PASSWORD.encode() not in pickle.dumps(obj)
+
+
+def test_a_redis_cache_that_is_away_is_a_cache_error_before_anything_is_sent(
+    emulator_url: str,
+) -> None:
+    from empirio import CacheError
+
+    cache = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
+    c = EmbeddingClient(api_key="k", base_url=emulator_url, cache=cache)
+    before = stats(emulator_url)["requests"]
+    with pytest.raises(CacheError, match=r"127\.0\.0\.1:\d+") as info:
+        c.embed(["never sent"])
+    assert PASSWORD not in str(info.value) + repr(info.value)
+    assert stats(emulator_url)["requests"] == before

@@ -1,0 +1,115 @@
+"""The embedding cache in Redis: one cache for every process on every host.
+
+``cache="redis://[:password@]host:port/db"`` (or ``rediss://``): the vectors a Ray actor, a
+Spark task, a web replica or a CI runner paid for are found by all the others, and a killed or
+retried job's rerun pays only for what was not finished. Keys are the cache's own (each names
+the endpoint, model, dimensions, options and a hash of the text; never the key), under
+``empirio:cache:``; values are the same bytes the SQLite cache keeps. Entries do not expire: a
+cache is kept on purpose. Bound Redis's memory with its own ``maxmemory`` and an ``allkeys-lru``
+policy (a dense vector of 1,024 dimensions takes about 4.2 KB).
+
+A Redis that cannot be reached is a :class:`~empirio.CacheError` naming host and port (never the
+password) when vectors are looked up; a failed write warns and the call goes on (its vectors are
+returned). Pickles carry the URL sealed (see :mod:`empirio._secret`); each process, and each
+child after a fork, opens its own connections (redis-py's pool does so by process id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from ._errors import CacheError, ConfigurationError
+from ._redis_budget import redis_display
+from ._secret import SealedKey, redact
+
+__all__ = ["RedisStore"]
+
+#: The prefix of every cache key in Redis.
+PREFIX = "empirio:cache:"
+#: Connect and read timeouts, in seconds.
+_SOCKET_S = 5.0
+
+
+class RedisStore:
+    """A byte store (``mget``/``mset``) in Redis for ``cache=``; see the module docstring.
+
+    Args:
+        url: ``redis://[:password@]host:port/db`` or ``rediss://...``.
+
+    Raises:
+        ConfigurationError: redis-py is not installed, or the URL names no host.
+    """
+
+    def __init__(self, url: str) -> None:
+        try:
+            import redis  # noqa: F401  (the extra; checked here so a missing one fails at once)
+        except ImportError:
+            raise ConfigurationError(
+                "cache=redis://... needs redis-py: pip install 'empirio[redis]'"
+            ) from None
+        parts = urlsplit(url)
+        if parts.hostname is None:
+            raise ConfigurationError(f"cache {redis_display(url)!r} names no host")
+        self._url = SealedKey(url)
+        self._password = parts.password
+        self.display = redis_display(url)
+        self._client: Any = None
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.display!r})"
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _restore, (self._url,)
+
+    def _redis(self) -> Any:
+        # No lock: two threads racing here make two pools and one is dropped, which is harmless,
+        # while a lock held by another thread at a fork would hang the child.
+        if self._client is None:
+            import redis
+
+            self._client = redis.Redis.from_url(
+                self._url.reveal(),
+                socket_timeout=_SOCKET_S,
+                socket_connect_timeout=_SOCKET_S,
+                health_check_interval=30,
+            )
+        return self._client
+
+    def _error(self, exc: Exception, doing: str) -> CacheError:
+        why = redact(f"{type(exc).__name__}: {exc}", self._password)
+        return CacheError(f"the embedding cache in Redis at {self.display} failed {doing}: {why}")
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values of ``keys`` (``None`` where there is none), in order."""
+        if not keys:
+            return []
+        import redis
+
+        try:
+            values = self._redis().mget([PREFIX + k for k in keys])
+        except redis.RedisError as exc:
+            raise self._error(exc, "to read") from None
+        return [v if isinstance(v, bytes) else None for v in values]
+
+    def mset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
+        """Store each pair (one round trip)."""
+        if not key_value_pairs:
+            return
+        import redis
+
+        try:
+            self._redis().mset({PREFIX + k: v for k, v in key_value_pairs})
+        except redis.RedisError as exc:
+            raise self._error(exc, "to write") from None
+
+    def close(self) -> None:
+        """Close this process's connections."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+def _restore(url: SealedKey) -> RedisStore:
+    return RedisStore(url.reveal())
