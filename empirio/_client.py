@@ -99,6 +99,7 @@ from ._errors import (
     InvalidInputError,
     TruncationWarning,
     UnsupportedFeatureError,
+    truncation_message,
 )
 from ._pace import AUTO_CEILING, Concurrency, Limits
 from ._plan import (
@@ -631,13 +632,9 @@ class EmbeddingClient:
         caller's (a call whose duplicates were set aside: each text's first position)."""
         if plan.truncated:
             at = (lambda i: i) if positions is None else positions.__getitem__
-            shown = ", ".join(f"{at(i)} ({n} tokens)" for i, n in plan.truncated[:5])
-            more = f" and {len(plan.truncated) - 5} more" if len(plan.truncated) > 5 else ""
+            cut = tuple((at(i), n) for i, n in plan.truncated)
             warnings.warn(
-                f"{len(plan.truncated)} texts exceeded the model's input limit and were "
-                f"truncated to 8,191 tokens: positions {shown}{more}. Pass overflow='chunk' "
-                "to embed them whole, or overflow='error' to refuse them.",
-                TruncationWarning,
+                TruncationWarning(truncation_message(cut, "position", "overflow='{}'"), cut),
                 stacklevel=_caller_level(),
             )
         return plan

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._client import EmbeddingClient
-from ._config import API_KEY_ENV
+from ._config import API_BASE_ENV, API_KEY_ENV, DEFAULT_BASE_URL, resolve_base_url
 
 __all__ = ["QUERIES", "load_corpus", "run_demo"]
 
@@ -38,7 +38,13 @@ def load_corpus() -> list[dict[str, str]]:
 def _endpoint(use_emulator: bool) -> Iterator[tuple[str | None, str | None, str]]:
     """(base_url, api_key, label): the emulator unless a key is present."""
     if not use_emulator:
-        yield None, None, "the real EmpirioLabs service (EMPIRIOLABS_API_KEY is set)"
+        base = resolve_base_url(None)
+        where = (
+            "the real EmpirioLabs service"
+            if base == DEFAULT_BASE_URL
+            else f"{base} (from {API_BASE_ENV})"
+        )
+        yield None, None, f"{where}, with the key in {API_KEY_ENV}"
         return
     from .emulator import serve
 

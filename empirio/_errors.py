@@ -29,6 +29,7 @@ paid for is lost.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -56,7 +57,9 @@ __all__ = [
     "RequestTooLargeError",
     "TruncationWarning",
     "UnsupportedFeatureError",
+    "plural",
     "status_error",
+    "truncation_message",
 ]
 
 
@@ -251,8 +254,46 @@ def _rebuild(
     return err
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``"1 text"``, ``"2 texts"``: a count with its noun, singular or plural (``many`` for
+    irregular plurals)."""
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
+
+
+def truncation_message(
+    truncated: Sequence[tuple[int, int]], noun: str, option: str, shown: int = 5
+) -> str:
+    """What a :class:`TruncationWarning` says.
+
+    Args:
+        truncated: ``(where, tokens)`` of each text cut.
+        noun: what ``where`` counts (``"position"``, ``"line"``).
+        option: how to set the overflow in the reader's terms, with ``{}`` for the value
+            (``"overflow='{}'"``, ``"--overflow {}"``).
+    """
+    n = len(truncated)
+    where = ", ".join(f"{at} ({tokens:,} tokens)" for at, tokens in truncated[:shown])
+    more = f" and {n - shown} more" if n > shown else ""
+    them = "it" if n == 1 else "them"
+    return (
+        f"{plural(n, 'text')} exceeded the model's input limit and "
+        f"{'was' if n == 1 else 'were'} truncated to 8,191 tokens: "
+        f"{noun}{'' if n == 1 else 's'} {where}{more}. Pass {option.format('chunk')} to embed "
+        f"{them} whole, or {option.format('error')} to refuse {them}."
+    )
+
+
 class TruncationWarning(UserWarning):
-    """Texts longer than the model's input limit were cut (``overflow="truncate"``)."""
+    """Texts longer than the model's input limit were cut (``overflow="truncate"``).
+
+    Attributes:
+        truncated: ``(position in the caller's list, tokens before the cut)`` of each text cut,
+            so that a tool can name them its own way (the CLI says line numbers).
+    """
+
+    def __init__(self, message: str, truncated: tuple[tuple[int, int], ...] = ()) -> None:
+        super().__init__(message)
+        self.truncated = truncated
 
 
 class CacheWarning(UserWarning):

@@ -10,7 +10,7 @@ of at most ``batch_size`` inputs and ``token_budget`` billed tokens.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set, Sized
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._config import format_query
-from ._errors import InvalidInputError
+from ._errors import InvalidInputError, plural
 from ._tokens import SAFE_INPUT_TOKENS, QwenTokenizer
 
 __all__ = [
@@ -209,15 +209,17 @@ def check_texts(texts: Sequence[object], offset: int = 0) -> list[str]:
     except UnicodeEncodeError:
         unsendable = [offset + i for i, t in enumerate(strs) if not encodes(t)]
         raise InvalidInputError(
-            f"{len(unsendable)} texts contain lone surrogates (such as '\\ud800'), which are not "
-            f"valid Unicode and cannot be sent: positions {_show(unsendable)}",
+            f"{plural(len(unsendable), 'text')} {_verb(unsendable, 'contains', 'contain')} "
+            "lone surrogates (such as '\\ud800'), which are not valid Unicode and cannot be "
+            f"sent: {_positions(unsendable)} {_show(unsendable)}",
             tuple(unsendable),
         ) from None
     blank = [offset + i for i, t in enumerate(strs) if not t.strip()]
     if blank:
         raise InvalidInputError(
-            f"{len(blank)} texts are empty or whitespace only, which the service rejects "
-            f"(input length must be 1 to 8,192 tokens): positions {_show(blank)}",
+            f"{plural(len(blank), 'text')} {_verb(blank, 'is', 'are')} empty or whitespace only, "
+            "which the service rejects (input length must be 1 to 8,192 tokens): "
+            f"{_positions(blank)} {_show(blank)}",
             tuple(blank),
         )
     return strs
@@ -230,6 +232,14 @@ def encodes(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _verb(items: Sized, one: str, many: str) -> str:
+    return one if len(items) == 1 else many
+
+
+def _positions(items: Sized) -> str:
+    return "position" if len(items) == 1 else "positions"
 
 
 def _show(indices: Sequence[int], most: int = 10) -> str:
@@ -369,8 +379,9 @@ def plan_segment(
             f"{offset + int(first_at[owner_of[u]])} ({counts[u]} tokens)" for u in over[:10]
         )
         raise InvalidInputError(
-            f"{len(over)} texts exceed the limit of {limit} tokens per input "
-            f"(overflow='error'): positions {where}{', ...' if len(over) > 10 else ''}. "
+            f"{plural(len(over), 'text')} {_verb(over, 'exceeds', 'exceed')} the limit of "
+            f"{limit} tokens per input (overflow='error'): {_positions(over)} "
+            f"{where}{', ...' if len(over) > 10 else ''}. "
             "Use overflow='truncate' or 'chunk', or split them first.",
             tuple(offset + int(first_at[owner_of[u]]) for u in over),
         )

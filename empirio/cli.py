@@ -277,6 +277,12 @@ def _read_lines(source: str) -> list[str]:
     """The input's lines, split at ``\\n`` only (``str.splitlines`` also splits at ``\\f``,
     ``\\x85``, ``\\u2028`` and more, which are text inside a line here)."""
     if source == "-":
+        if sys.stdin.isatty():
+            print(
+                "empirio embed: reading texts from the terminal, one per line; end with Ctrl-D "
+                "(or give a file: empirio embed FILE)",
+                file=sys.stderr,
+            )
         data = sys.stdin.buffer.read()
         name = "stdin"
     else:
@@ -347,7 +353,7 @@ def _embed_checked(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ._client import EmbeddingClient
-    from ._errors import ConfigurationError, EmpirioError, InvalidInputError
+    from ._errors import ConfigurationError, EmpirioError, InvalidInputError, plural
 
     fmt = _output_format(args)
     if fmt == "npy" and args.output == "-":
@@ -356,10 +362,16 @@ def _embed_checked(args: argparse.Namespace) -> int:
         raise _Usage(".npy holds dense vectors only; use .jsonl for sparse")
     if args.output == "-" and sys.stdout.isatty():
         raise _Usage("refusing to write vectors to a terminal: give -o FILE or redirect stdout")
-    if args.output != "-":
+    if args.output != "-":  # checked before anything is paid for
         folder = os.path.dirname(os.path.abspath(args.output))
+        if os.path.isdir(args.output):
+            raise _Usage(f"-o {args.output} is a folder; give a file's path in it")
         if not os.path.isdir(folder):
             raise _Usage(f"the output's folder {folder} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise _Usage(f"the output's folder {folder} is not writable")
+        if os.path.exists(args.output) and not os.access(args.output, os.W_OK):
+            raise _Usage(f"-o {args.output} exists and is not writable")
     rpm, tpm = _rate(args.rpm, "--rpm"), _rate(args.tpm, "--tpm")
     lines = _read_lines(args.input)
     numbers = list(range(1, len(lines) + 1))  # line numbers, from 1
@@ -384,7 +396,8 @@ def _embed_checked(args: argparse.Namespace) -> int:
                 rpm=rpm,
                 tpm=tpm,
                 overflow=args.overflow,
-                show_progress=not args.no_progress,
+                # A bar's frames are for a terminal; in a log they are noise.
+                show_progress=not args.no_progress and sys.stderr.isatty(),
                 cache=args.cache,
             )
         except ConfigurationError as exc:
@@ -396,7 +409,7 @@ def _embed_checked(args: argparse.Namespace) -> int:
             print(f"empirio embed: {exc}", file=sys.stderr)
             return 1
         stack.enter_context(client)
-        stack.enter_context(_warnings_as_lines())
+        stack.enter_context(_warnings_as_lines(numbers))
         # A file is written under a temporary name and renamed when complete, so that a file
         # with the output's name is never one that looks finished but is not.
         tmp = None if args.output == "-" else f"{args.output}.partial-{os.getpid()}"
@@ -456,19 +469,20 @@ def _embed_checked(args: argparse.Namespace) -> int:
         except InvalidInputError as exc:
             where = ", ".join(str(numbers[i]) for i in exc.indices[:10] if i < len(numbers))
             more = ", ..." if len(exc.indices) > 10 else ""
-            plural = "s" if len(exc.indices) > 1 else ""
+            many = "s" if len(exc.indices) > 1 else ""
             if "empty or whitespace" in str(exc):
-                reason = f"blank line{plural}: {where}{more} (the service refuses empty texts; "
+                reason = f"blank line{many}: {where}{more} (the service refuses empty texts; "
                 reason += "--skip-blank skips them)"
-            elif "exceed the limit" in str(exc):
-                reason = f"line{plural} over 8,191 tokens: {where}{more} (--overflow error)"
+            elif "tokens per input (overflow=" in str(exc):
+                reason = f"line{many} over 8,191 tokens: {where}{more} (--overflow error)"
             else:
-                reason = f"{str(exc).split(':')[0]}: line{plural} {where}{more}"
+                reason = f"{str(exc).split(':')[0]}: line{many} {where}{more}"
             sent = done or len(exc.partial_indices)
             outcome = (
                 "nothing was sent"
                 if not sent
-                else f"{args.output} not written; {sent} of {len(lines)} texts had been embedded"
+                else f"{args.output} not written; "
+                f"{sent} of {plural(len(lines), 'text')} had been embedded"
             )
             print(f"empirio embed: {reason}; {outcome}", file=sys.stderr)
             return 1
@@ -476,7 +490,7 @@ def _embed_checked(args: argparse.Namespace) -> int:
             paid = max(done + len(exc.partial_indices), finished.n)
             print(
                 f"empirio embed: {exc}\nempirio embed: {args.output} not written; "
-                f"{paid} of {len(lines)} texts had been embedded"
+                f"{paid} of {plural(len(lines), 'text')} had been embedded"
                 + ("; they are in the cache: run again to resume" if args.cache else "")
                 + f"; {client.usage}",
                 file=sys.stderr,
@@ -485,12 +499,17 @@ def _embed_checked(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print(
                 f"empirio embed: interrupted; {args.output} not written; "
-                f"{max(done, finished.n)} of {len(lines)} texts had been embedded"
+                f"{max(done, finished.n)} of {plural(len(lines), 'text')} had been embedded"
                 + ("; they are in the cache: run again to resume" if args.cache else ""),
                 file=sys.stderr,
             )
             return 130
-        print(f"empirio embed: {len(lines)} texts; {client.usage}", file=sys.stderr)
+        cached = client.cache.stats().hits if client.cache is not None else 0
+        from_cache = f" ({cached:,} from the cache)" if client.cache is not None else ""
+        print(
+            f"empirio embed: {plural(len(lines), 'text')}{from_cache}; {client.usage}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -499,6 +518,8 @@ def _write_failed(
 ) -> int:
     """One line for an output that cannot be written (a full disk, a closed pipe), saying where
     what was paid for is: the cache, or the unfinished file, kept and named."""
+    from ._errors import plural
+
     if isinstance(exc, BrokenPipeError) or tmp is None:
         # Nobody reads stdout any more: point it at /dev/null so that the interpreter's final
         # flush does not print a traceback (Python's documented way for SIGPIPE).
@@ -521,7 +542,8 @@ def _write_failed(
         else "--cache FILE keeps them for a rerun"
     )
     print(
-        f"empirio embed: {what}; {paid} of {total} texts had been embedded; {where}; {resume}",
+        f"empirio embed: {what}; {paid} of {plural(total, 'text')} had been embedded; "
+        f"{where}; {resume}",
         file=sys.stderr,
     )
     return 1
@@ -550,13 +572,19 @@ def _flag_names(text: str) -> str:
 
 
 @contextlib.contextmanager
-def _warnings_as_lines() -> Iterator[None]:
-    """Warnings as one line each, written above the progress bar rather than through it."""
+def _warnings_as_lines(numbers: Sequence[int]) -> Iterator[None]:
+    """Warnings as one line each, written above the progress bar rather than through it, in
+    this command's terms: texts by their line ``numbers``, options as flags."""
     import warnings
 
     from tqdm import tqdm
 
+    from ._errors import TruncationWarning, truncation_message
+
     def show(message: Any, category: Any, *rest: Any, **kw: Any) -> None:
+        if isinstance(message, TruncationWarning) and message.truncated:
+            lines = [(numbers[i], n) for i, n in message.truncated]
+            message = truncation_message(lines, "line", "--overflow {}")
         tqdm.write(f"empirio embed: warning: {message}", file=sys.stderr)
 
     with warnings.catch_warnings():
@@ -653,10 +681,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_embed(sub)
     _add_playground(sub)
     _add_demo(sub)
+    _add_check(sub)
     args = parser.parse_args(argv)
+    from ._errors import EmpirioError
+
+    bad = _bad_dimensions(args)
+    if bad:
+        print(f"empirio {args.command}: {bad}", file=sys.stderr)
+        return 2
     try:
         if args.command in ("serve", "demo", "playground"):
-            missing = _missing_server_extra()
+            from .emulator._server import missing_server_extra
+
+            missing = missing_server_extra()
             if missing:
                 print(
                     f"empirio {args.command}: needs {missing}, which is not installed: "
@@ -670,6 +707,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _embed(args)
         if args.command == "playground":
             return _playground(args)
+        if args.command == "check":
+            return _check(args)
         if args.command == "demo":
             from ._demo import run_demo
 
@@ -677,22 +716,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"empirio {args.command}: interrupted", file=sys.stderr)
         return 130
+    except EmpirioError as exc:  # what a command did not handle itself: one line, no traceback
+        print(f"empirio {args.command}: {exc}", file=sys.stderr)
+        return 1
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return 2  # pragma: no cover
 
 
-def _missing_server_extra() -> str | None:
-    """The first package of the ``server`` extra that cannot be imported, if any."""
-    import importlib.util
+def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "check",
+        help="find what an endpoint really supports (a few tiny requests, under a cent)",
+        description="Send a handful of tiny requests (a few hundred tokens, under a cent) and "
+        "print what the endpoint supports: inputs per request, base64, sparse output, "
+        "instructions through the API, whether smaller dimensions are prefixes of 2,048, the "
+        "limits it advertises, its latency. The key is read from EMPIRIOLABS_API_KEY.",
+    )
+    p.add_argument("--base-url", default=None, help="the endpoint (default: EMPIRIOLABS_API_BASE)")
+    p.add_argument("--model", default="text-embedding-v4", help="the model (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    for name in ("uvicorn", "orjson"):
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):  # a module stubbed out as None, or broken
-            found = False
-        if not found:
-            return name
-    return None
+
+def _check(args: argparse.Namespace) -> int:
+    from ._check import check_endpoint
+    from ._config import API_KEY_ENV, resolve_base_url
+
+    key = os.environ.get(API_KEY_ENV)
+    if not key:
+        print(f"empirio check: no API key: set {API_KEY_ENV}", file=sys.stderr)
+        return 2
+    base_url = resolve_base_url(args.base_url)
+    print(
+        f"empirio check: probing {base_url} with about 12 tiny requests "
+        "(a few hundred tokens, under $0.0001)",
+        file=sys.stderr,
+    )
+    report = check_endpoint(api_key=key, base_url=base_url, model=args.model)
+    print(report.as_json() if args.json else "\n".join(report.lines()))
+    return 0
+
+
+def _bad_dimensions(args: argparse.Namespace) -> str | None:
+    """Why ``--dimensions`` cannot be used, if it cannot: checked before any banner or
+    request, so that a wrong value is one line and costs nothing."""
+    from ._config import ALLOWED_DIMENSIONS
+
+    n = getattr(args, "dimensions", None)
+    if n is None or n in ALLOWED_DIMENSIONS:
+        return None
+    return (
+        f"--dimensions {n} is not a size the model offers: choose one of "
+        f"{', '.join(map(str, ALLOWED_DIMENSIONS))}"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -154,6 +154,7 @@ def embed_column(
     output: Output = "dense",
     concurrency: int = 2,
     batch_size: int = 500,
+    num_cpus: float = 0.5,
     tally: Tally | None = None,
     **client_options: Any,
 ) -> ray.data.Dataset:
@@ -166,6 +167,9 @@ def embed_column(
         output_column, error_column, kind, output: see :class:`Embedder`.
         concurrency: actors (each one client; they pace together through the shared budget).
         batch_size: rows per batch handed to an actor (sent ten to a request, concurrently).
+        num_cpus: CPUs each actor reserves. Less than one: an actor mostly waits on the
+            network, and actors holding every CPU would leave none for the tasks that read
+            the data (a deadlock on a small machine).
         tally: a :class:`Tally` that sums what every actor did and spent.
         **client_options: :class:`~empirio.EmbeddingClient` options; the key and a Redis URL
             travel sealed (never in the pickles' bytes).
@@ -198,7 +202,8 @@ def embed_column(
         },
         batch_format="pyarrow",
         batch_size=batch_size,
-        concurrency=concurrency,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_cpus=num_cpus,
         zero_copy_batch=True,
     )
 

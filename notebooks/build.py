@@ -1,6 +1,7 @@
 """Write the notebooks from the cells below and execute them, keeping their outputs.
 
-Run: ``python notebooks/build.py`` (with no EMPIRIOLABS_API_KEY the outputs are the emulator's).
+Run: ``python notebooks/build.py [NAME]`` (only the notebooks whose name contains NAME; with no
+EMPIRIOLABS_API_KEY the outputs are the emulator's).
 The test suite executes the committed notebooks again, end to end, on every run.
 """
 
@@ -322,6 +323,161 @@ plt.close(fig)
 display(Image("dimensions.png"))""",
         ),
     ],
+    "06_ray_and_spark.ipynb": [
+        (
+            "md",
+            "# Ingestion on Ray Data and Apache Spark\n\nA few thousand documents from files into "
+            "a vector store, with Ray Data and then with Spark. Every worker paces with the others "
+            "through the machine's budget (through Redis on a cluster: `share_budget=\"redis://"
+            '..."`), a bad row is a row error rather than a failed job, and a `Tally` sums what '
+            "the workers did and spent. Needs `pip install 'empirio[ray,spark]'` and Java for "
+            "Spark. The workers read the endpoint and key from the environment, as set below.",
+        ),
+        ("code", SETUP),
+        (
+            "md",
+            "The corpus: the 24 help-centre articles as 100 shops publish them, one JSON Lines "
+            "file per shop (2,400 documents), and one shop's file with a blank line in it.",
+        ),
+        (
+            "code",
+            """\
+import json
+import tempfile
+from pathlib import Path
+
+articles = [json.loads(line) for line in Path("data/help_center.jsonl").read_text().splitlines()]
+folder = Path(tempfile.mkdtemp(prefix="empirio-engines-"))
+docs = folder / "docs"
+docs.mkdir()
+for shop in range(100):
+    lines = [
+        {"id": f"shop{shop:03}-{a['id']}", "shop": shop, "text": f"Shop {shop}. {a['text']}"}
+        for a in articles
+    ]
+    if shop == 7:
+        lines.append({"id": "shop007-empty", "shop": shop, "text": "   "})
+    (docs / f"shop{shop:03}.jsonl").write_text("\\n".join(json.dumps(x) for x in lines) + "\\n")
+print(sum(1 for _ in docs.glob("*.jsonl")), "files")""",
+        ),
+        (
+            "md",
+            "## Ray Data\n\n`embed_column` adds `embedding` (a fixed-size float32 list, null "
+            "where the row failed) and `embedding_error`; every other column passes through. "
+            "Two actors share one budget; `cache=` means a rerun, or a task Ray retries, pays "
+            "only for what was not finished.",
+        ),
+        (
+            "code",
+            """\
+import logging
+
+import ray
+
+from empirio.ray import Tally, embed_column
+
+# A local Ray on loopback for this notebook; on a cluster, ray.init(address="auto").
+ray.init(
+    num_cpus=2,
+    include_dashboard=False,
+    log_to_driver=False,
+    logging_level=logging.ERROR,
+    _node_ip_address="127.0.0.1",
+)
+logging.getLogger("ray.data").setLevel(logging.ERROR)
+ray.data.DataContext.get_current().enable_progress_bars = False
+
+tally = Tally()
+embedded = embed_column(
+    ray.data.read_json(str(docs)),
+    "text",
+    dimensions=256,
+    concurrency=2,
+    batch_size=200,
+    cache=str(folder / "vectors.sqlite3"),
+    tally=tally,
+).to_pandas()
+print(tally.total())
+print(embedded.loc[embedded.embedding_error.notna(), ["id", "embedding_error"]].to_string())""",
+        ),
+        (
+            "md",
+            "Into a vector store (Qdrant, in memory here), and a question against it:",
+        ),
+        (
+            "code",
+            """\
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from empirio import EmbeddingClient
+
+good = embedded[embedded.embedding_error.isna()].reset_index(drop=True)
+store = QdrantClient(location=":memory:")
+store.create_collection(
+    "help", vectors_config=models.VectorParams(size=256, distance=models.Distance.COSINE)
+)
+store.upload_points(
+    "help",
+    [
+        models.PointStruct(id=i, vector=np.asarray(row.embedding).tolist(), payload={"id": row.id})
+        for i, row in enumerate(good.itertuples())
+    ],
+)
+client = EmbeddingClient(dimensions=256)
+question = client.embed(["shop 42: how do I reset my password?"], kind="query").dense[0]
+for hit in store.query_points("help", query=question.tolist(), limit=3).points:
+    print(f"{hit.score:.3f}  {hit.payload['id']}")""",
+        ),
+        (
+            "md",
+            "## Apache Spark\n\nThe same through `mapInPandas`: vectors as `array<float>`, "
+            "errors as `string`. Spark's Python workers must have empirio installed: point "
+            "`PYSPARK_PYTHON` at that interpreter (here, this kernel's). No cache this time, so "
+            "Spark embeds everything itself; its vectors equal Ray's.",
+        ),
+        (
+            "code",
+            """\
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from empirio.spark import Tally as SparkTally
+from empirio.spark import embed_column as spark_embed_column
+
+os.environ["PYSPARK_PYTHON"] = sys.executable
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # one machine: stay on loopback
+spark = (
+    SparkSession.builder.master("local[2]")
+    .config("spark.ui.enabled", "false")
+    .config("spark.ui.showConsoleProgress", "false")
+    .config("spark.driver.host", "127.0.0.1")
+    .config("spark.driver.bindAddress", "127.0.0.1")
+    .getOrCreate()
+)
+spark.sparkContext.setLogLevel("ERROR")
+
+spark_tally = SparkTally(spark)
+out = spark_embed_column(spark.read.json(str(docs)), "text", dimensions=256, tally=spark_tally)
+out.write.parquet(str(folder / "vectors.parquet"))
+print(spark_tally.total())
+
+from_spark = spark.read.parquet(str(folder / "vectors.parquet")).toPandas().set_index("id")
+from_ray = embedded.set_index("id")
+same = all(
+    np.array_equal(
+        np.asarray(from_spark.embedding[i], dtype=np.float32),
+        np.asarray(from_ray.embedding[i], dtype=np.float32),
+    )
+    for i in good.id
+)
+print("Spark's vectors equal Ray's:", same)
+spark.stop()
+ray.shutdown()""",
+        ),
+    ],
 }
 
 
@@ -338,8 +494,10 @@ def _formatted(source: str) -> str:
     return done.stdout.rstrip("\n")
 
 
-def build(execute: bool = True) -> None:
+def build(execute: bool = True, only: str | None = None) -> None:
     for name, cells in NOTEBOOKS.items():
+        if only is not None and only not in name:
+            continue
         nb = nbformat.v4.new_notebook()
         nb.metadata["kernelspec"] = {
             "name": "python3",
@@ -365,4 +523,5 @@ def build(execute: bool = True) -> None:
 
 
 if __name__ == "__main__":
-    build(execute="--no-execute" not in sys.argv)
+    names = [a for a in sys.argv[1:] if not a.startswith("--")]
+    build(execute="--no-execute" not in sys.argv, only=names[0] if names else None)

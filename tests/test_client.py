@@ -178,7 +178,7 @@ def test_overflow_truncate_warns_once_with_position_and_count(emulator_url: str)
     with client(emulator_url) as c, pytest.warns(TruncationWarning) as record:
         r = c.embed(["short", LONG, LONG + " x"])
     assert len(record) == 1
-    assert f"1 ({n} tokens)" in str(record[0].message)
+    assert f"1 ({n:,} tokens)" in str(record[0].message)
     assert r.dense is not None
     assert r.dense.shape == (3, 1024)
 
@@ -195,7 +195,7 @@ def test_overflow_chunk_embeds_every_window(make_emulator: Any) -> None:
 
 def test_overflow_error_raises_before_any_request(make_emulator: Any) -> None:
     url = make_emulator()
-    with client(url, overflow="error") as c, pytest.raises(InvalidInputError, match="positions 1"):
+    with client(url, overflow="error") as c, pytest.raises(InvalidInputError, match="position 1"):
         c.embed(["short", LONG])
     assert stats(url)["requests"] == 0
 

@@ -231,7 +231,7 @@ async def test_a_bad_text_is_named_by_its_position_in_the_whole_list_before_send
             return await e.aget_text_embedding_batch(texts)
         return e.get_text_embedding_batch(texts)
 
-    with pytest.raises(InvalidInputError, match=r"positions \[150\]"):
+    with pytest.raises(InvalidInputError, match=r"position \[150\]"):
         await embed()
     assert stats(url)["requests"] == 0
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,16 @@ def test_texts_and_settings_in_results_out(page: Any, local: str) -> None:
     assert "dimensions=256" in page.inner_text("#code-core")
     page.click(".tabs button[data-tab='langchain']")
     assert "EmpirioEmbeddings(dimensions=256)" in page.inner_text("#code-langchain")
+    # ... and it is the user's own code: their texts, and pasted anywhere with no key it runs
+    # (on an emulator of its own, as the page did)
+    code = page.inner_text("#code-core")
+    assert all(repr(d) in code for d in docs[:3])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMPIRIOLABS_")}
+    pasted = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert pasted.returncode == 0, pasted.stderr[-2000:]
+    assert pasted.stdout.count("[") >= 2  # the score matrix was printed
     assert '"dimensions": 256' in page.inner_text("#raw-request")
     assert "$EMPIRIOLABS_API_KEY" in page.inner_text("#curl")
     # sparse tokens, the heatmap and every dimension are there
@@ -117,7 +129,9 @@ def test_over_length_texts_are_flagged(page: Any, local: str) -> None:
     assert "windows" in over[0].inner_text()
     page.select_option("#overflow", "error")
     run(page, 2)
-    assert "exceed the limit of 8191 tokens" in page.inner_text("#error")
+    error = page.inner_text("#error")
+    assert "1 text exceeds the limit of 8191 tokens" in error
+    assert "document 2" in error  # numbered as the token table numbers it, from 1
 
 
 def test_service_errors_show_in_the_page_and_the_server_stays_up(

@@ -8,9 +8,34 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from .._errors import ConfigurationError
 from ._app import EmulatorConfig, create_app
 
-__all__ = ["run_app", "serve"]
+__all__ = ["missing_server_extra", "require_server_extra", "run_app", "serve"]
+
+
+def missing_server_extra() -> str | None:
+    """The first package of the ``server`` extra that cannot be imported, if any."""
+    import importlib.util
+
+    for name in ("uvicorn", "orjson"):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a module stubbed out as None, or broken
+            found = False
+        if not found:
+            return name
+    return None
+
+
+def require_server_extra(what: str) -> None:
+    """Raise a one-line :class:`~empirio.ConfigurationError` naming the extra when the
+    ``server`` extra is missing; ``what`` is what needs it (``"the emulator"``, ...)."""
+    missing = missing_server_extra()
+    if missing:
+        raise ConfigurationError(
+            f"{what} needs {missing}, which is not installed: pip install 'empirio[server]'"
+        )
 
 
 @contextlib.contextmanager
@@ -55,6 +80,7 @@ def run_app(
         OSError: the address cannot be bound (the port is taken, say).
         RuntimeError: the server did not start within ``timeout`` seconds.
     """
+    require_server_extra(f"the {name.removeprefix('empirio-')}")
     import uvicorn  # the server extra; imported here so the client never needs it
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import httpx
@@ -28,7 +29,7 @@ from .._config import (
     PRICE_PER_MILLION_TOKENS_USD,
     format_query,
 )
-from .._errors import APIStatusError, EmpirioError
+from .._errors import APIStatusError, EmpirioError, InvalidInputError
 from .._secret import redact
 from .._tokens import SAFE_INPUT_TOKENS, get_tokenizer
 
@@ -93,7 +94,7 @@ def run(settings: RunSettings, *, api_key: SecretStr, base_url: str, paced: bool
     ]
     out: dict[str, Any] = {
         "tokens": _token_table(docs, queries, sent_queries, settings, tok.count_batch),
-        "code": snippets(settings),
+        "code": snippets(settings, docs, queries, emulator=not paced),
     }
     recorder = _Recorder()
     http = httpx.Client(
@@ -121,12 +122,14 @@ def run(settings: RunSettings, *, api_key: SecretStr, base_url: str, paced: bool
 
     try:
         with make(settings.dimensions, http_client=http) as client:
+            noun = "document"
             try:
                 d = client.embed(docs, kind="document", output=settings.output)
+                noun = "query"
                 q = client.embed(queries, kind="query", output=settings.output) if queries else None
                 out.update(_results(docs, queries, d, q, settings, make))
             except EmpirioError as exc:
-                out["error"] = _describe(exc)
+                out["error"] = _describe(exc, noun)
             finally:
                 out["usage"] = _usage(client, docs + sent_queries, tok.count_batch)
                 out["raw"] = _raw(recorder, base_url, api_key.get_secret_value())
@@ -311,14 +314,43 @@ def _shorten(response: bytes) -> str:
     return json.dumps(cut(doc), indent=2, ensure_ascii=False)
 
 
-def _describe(exc: EmpirioError) -> dict[str, Any]:
+def _describe(exc: EmpirioError, noun: str = "text") -> dict[str, Any]:
+    """An error for the page. Input errors name texts as the page's tables do: ``noun`` and a
+    number from 1, not the library's positions from 0."""
     # Messages are masked where they are made (see empirio._secret.redact).
     status = exc.status_code if isinstance(exc, APIStatusError) else None
-    return {"type": type(exc).__name__, "message": str(exc), "status": status}
+    message = str(exc)
+    if isinstance(exc, InvalidInputError) and exc.indices and ": position" in message:
+        many = len(exc.indices) > 1
+        numbers = ", ".join(str(i + 1) for i in exc.indices[:10])
+        more = ", ..." if len(exc.indices) > 10 else ""
+        plural = ("queries" if noun == "query" else noun + "s") if many else noun
+        message = f"{message.split(': position')[0]}: {plural} {numbers}{more}"
+    return {"type": type(exc).__name__, "message": message, "status": status}
 
 
-def snippets(s: RunSettings) -> dict[str, str]:
-    """Code that reproduces these settings with the core, LangChain and LlamaIndex."""
+#: Texts of the page's own written into its code; more are left as a comment.
+_SNIPPET_TEXTS = 3
+
+
+def _texts_literal(texts: Sequence[str], fallback: str) -> str:
+    """A Python list of the first few ``texts`` (``fallback`` if none), one per line."""
+    shown = [t if len(t) <= 200 else t[:200] + "..." for t in texts[:_SNIPPET_TEXTS]] or [fallback]
+    lines = "".join(f"    {t!r},\n" for t in shown)
+    if len(texts) > _SNIPPET_TEXTS:
+        lines += f"    # ... and {len(texts) - _SNIPPET_TEXTS} more from the page\n"
+    return "[\n" + lines + "]"
+
+
+def snippets(
+    s: RunSettings,
+    docs: Sequence[str] = (),
+    queries: Sequence[str] = (),
+    *,
+    emulator: bool = False,
+) -> dict[str, str]:
+    """Code that reproduces this run (its texts and settings) with the core, LangChain and
+    LlamaIndex. On the emulator, the code starts one the same way (``start_if_no_key``)."""
     opts: list[tuple[str, Any]] = [("dimensions", s.dimensions)]
     if s.model != DEFAULT_MODEL:
         opts.append(("model", s.model))
@@ -336,25 +368,40 @@ def snippets(s: RunSettings) -> dict[str, str]:
     args = ", ".join(f"{k}={v!r}" for k, v in opts)
     li_args = args.replace("model=", "model_name=")
     out_arg = "" if s.output == "dense" else f', output="{s.output}"'
+    first_query = queries[0] if queries else "a question"
+    head = (
+        "# This page ran on the local emulator: so does this code while EMPIRIOLABS_API_KEY is\n"
+        "# unset (pip install 'empirio[server]'); set the key for the real service.\n"
+        "from empirio.emulator import start_if_no_key\n\n"
+        "start_if_no_key()\n"
+        if emulator
+        else "# The key is read from EMPIRIOLABS_API_KEY.\n"
+    )
+    texts = f"docs = {_texts_literal(docs, 'first document')}\n"
+    questions = f"queries = {_texts_literal(queries, 'a question')}\n"
     core = (
-        "from empirio import EmbeddingClient\n\n"
-        f"client = EmbeddingClient({args})  # key from EMPIRIOLABS_API_KEY\n"
-        f'docs = client.embed(["first document", "second document"]{out_arg})\n'
-        f'query = client.embed(["a question"], kind="query"{out_arg})\n'
+        f"{head}from empirio import EmbeddingClient\n\n"
+        f"{texts}{questions}\n"
+        f"client = EmbeddingClient({args})\n"
+        f"d = client.embed(docs{out_arg})\n"
+        f'q = client.embed(queries, kind="query"{out_arg})\n'
     )
     if s.output != "sparse":
-        core += "print((query.dense @ docs.dense.T).round(3))\n"
+        core += "print((q.dense @ d.dense.T).round(3))  # one row per query\n"
     langchain = (
-        "from langchain_empirio import EmpirioEmbeddings\n\n"
+        f"{head}from langchain_empirio import EmpirioEmbeddings\n\n"
+        f"{texts}\n"
         f"embeddings = EmpirioEmbeddings({args})\n"
-        'vectors = embeddings.embed_documents(["first document", "second document"])\n'
-        'query = embeddings.embed_query("a question")\n'
+        "vectors = embeddings.embed_documents(docs)\n"
+        f"query = embeddings.embed_query({first_query!r})\n"
     )
     llamaindex = (
-        "from llama_index.core import Settings\n"
+        f"{head}from llama_index.core import Settings\n"
         "from llamaindex_empirio import EmpirioEmbedding\n\n"
+        f"{texts}\n"
         f"Settings.embed_model = EmpirioEmbedding({li_args})\n"
-        'query = Settings.embed_model.get_query_embedding("a question")\n'
+        "vectors = Settings.embed_model.get_text_embedding_batch(docs)\n"
+        f"query = Settings.embed_model.get_query_embedding({first_query!r})\n"
     )
     if s.output != "dense":
         langchain += "sparse = embeddings.sparse()  # EmpirioSparseEmbeddings, same requests\n"
