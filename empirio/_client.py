@@ -769,17 +769,24 @@ class EmbeddingClient:
     ) -> None:
         with self._lock:
             finished = driver.complete(attempt, outcome, time.monotonic())
+            retry_in = driver.retry_in
             self._note_wire(driver)
         self._save(driver)
         if finished:
             progress.update(finished)
         elif not isinstance(outcome, Decoded):
-            logger.info(
-                "request of %d inputs failed (%s); attempt %d",
-                len(attempt.request),
-                _describe(outcome),
-                attempt.retries + 1,
-            )
+            why = _describe(outcome)
+            if retry_in is None:
+                logger.info("request of %d inputs failed (%s)", len(attempt.request), why)
+            else:  # one line per wait, and the bar says what it waits for
+                logger.info(
+                    "request of %d inputs failed (%s); retrying in %.1f s (attempt %d)",
+                    len(attempt.request),
+                    why,
+                    retry_in,
+                    attempt.retries + 2,
+                )
+                progress.waiting(f"retrying in {retry_in:.0f} s: {why}")
 
     def _note_wire(self, driver: CallDriver) -> None:
         """Keep :attr:`_wired`, the calls with requests out. Must hold ``self._lock``."""

@@ -211,6 +211,8 @@ class CallDriver:
         self._closed = False
         self._plan_error: EmpirioError | None = None
         self._planning = False  # the next plan is not ready yet (see ``plans``)
+        #: Seconds until the request of the last :meth:`complete` is sent again, if it will be.
+        self.retry_in: float | None = None
         #: Whether to collect cache writes (the plans carry cache keys).
         self.keep_cache_pairs = keep_cache_pairs
         self._cache_pairs: list[tuple[str, bytes]] = []
@@ -264,6 +266,7 @@ class CallDriver:
         """Take the outcome of ``attempt``; return how many of the caller's texts it finished
         (for progress; a text cut into windows counts when its last window arrives)."""
         done = self.engine.complete(attempt, outcome, now)
+        self.retry_in = done.delay if done.retried else None
         request = attempt.request
         finished = 0
         if done.decoded is not None:

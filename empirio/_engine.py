@@ -92,11 +92,13 @@ class Completion:
         decoded: the response, if the attempt succeeded.
         retried: the request will be sent again (after a retryable failure).
         throttled: the answer was a 429.
+        delay: seconds until it is sent again (when retried).
     """
 
     decoded: Decoded | None = None
     retried: bool = False
     throttled: bool = False
+    delay: float = 0.0
 
 
 class Engine:
@@ -251,7 +253,7 @@ class Engine:
                 self._due,
                 (now + delay, self._seq, request, attempt.retries + 1, attempt.first_sent_at),
             )
-            return Completion(retried=True, throttled=throttled)
+            return Completion(retried=True, throttled=throttled, delay=delay)
         outcome.inputs = request.inputs
         if self.failed is None:
             self.failed = outcome

@@ -14,11 +14,22 @@ class Progress:
     def __init__(self, bar: Any, callback: Callable[[int], object] | None) -> None:
         self.bar = bar
         self.callback = callback
+        self._note = False
+
+    def waiting(self, why: str) -> None:
+        """Say on the bar what the call waits for (a retry after a 429, say), until the next
+        text finishes."""
+        if self.bar is not None and hasattr(self.bar, "set_postfix_str"):
+            self.bar.set_postfix_str(why)
+            self._note = True
 
     def update(self, n: int) -> None:
         if n <= 0:
             return
         bar = self.bar
+        if bar is not None and self._note:
+            bar.set_postfix_str("", refresh=False)
+            self._note = False
         if bar is not None:
             if bar.total is not None and bar.n + n >= bar.total:
                 # The last step is drawn once, by close(): updating would draw "N/N" too when

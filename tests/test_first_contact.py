@@ -177,3 +177,22 @@ def test_plural(n: int, word: str) -> None:
     from empirio._errors import plural
 
     assert plural(n, "text") == word
+
+
+def test_a_wait_between_retries_is_one_log_line_and_said_on_the_bar(
+    emulator_process: Any, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from empirio import EmbeddingClient
+
+    url = emulator_process("--storm-s", "1.5")  # every request answered 429 for 1.5 s
+    with (
+        caplog.at_level(logging.INFO, logger="empirio"),
+        EmbeddingClient(api_key=KEY, base_url=url, rpm=None, tpm=None, show_progress=True) as c,
+    ):
+        assert c.embed(["waits, then gets through"]).dense is not None
+    waits = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+    assert waits, caplog.text
+    assert "HTTP 429" in waits[0]
+    assert "retrying in" in capsys.readouterr().err  # the bar said what it waited for

@@ -305,3 +305,24 @@ def test_a_page_from_another_origin_cannot_call_the_api(
     finally:
         hostile.shutdown()
         hostile.server_close()
+
+
+def test_sparse_only_says_why_dense_panels_are_empty_and_a_phone_gets_one_column(
+    browser: Any, local: str
+) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        phone = context.new_page()
+        phone.goto(local)
+        columns = phone.evaluate(
+            "getComputedStyle(document.querySelector('main')).gridTemplateColumns"
+        )
+        assert len(columns.split()) == 1, columns  # the form above the results
+        phone.fill("#documents", "a cat on a mat\nbonds fell today")
+        phone.fill("#queries", "cat")
+        phone.select_option("#output", "sparse")
+        run(phone)
+        assert "sparse output only" in phone.inner_text("#dims")
+        assert phone.query_selector_all("#sparse .pill")
+    finally:
+        context.close()
