@@ -211,6 +211,11 @@ def _add_embed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "else machine)",
     )
     p.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        help="allow sending the key over plain http:// to a host that is not this machine",
+    )
+    p.add_argument(
         "--max-concurrency",
         type=_concurrency,
         default=DEFAULTS["max_concurrency"],
@@ -393,6 +398,7 @@ def _embed_checked(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 max_concurrency=args.max_concurrency,
                 share_budget=args.share_budget,
+                allow_insecure=args.allow_insecure,
                 rpm=rpm,
                 tpm=tpm,
                 overflow=args.overflow,
@@ -565,6 +571,7 @@ def _flag_names(text: str) -> str:
         "storm_s",
         "credit_tokens",
     ):
+        text = text.replace("allow_insecure=True", "--allow-insecure")
         text = text.replace(f"{name}=", f"--{name.replace('_', '-')} ").replace(
             f"{name} must", f"--{name.replace('_', '-')} must"
         )

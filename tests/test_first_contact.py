@@ -196,3 +196,17 @@ def test_a_wait_between_retries_is_one_log_line_and_said_on_the_bar(
     assert waits, caplog.text
     assert "HTTP 429" in waits[0]
     assert "retrying in" in capsys.readouterr().err  # the bar said what it waited for
+
+
+def test_plain_http_to_another_host_names_the_flag() -> None:
+    r = run(
+        "embed",
+        "--base-url",
+        "http://192.0.2.1:8000/v1",
+        stdin="hello\n",
+        env_extra={"EMPIRIOLABS_API_KEY": KEY},
+    )
+    assert r.returncode == 2
+    assert "--allow-insecure" in r.stderr
+    assert "allow_insecure=True" not in r.stderr
+    assert KEY not in r.stderr
