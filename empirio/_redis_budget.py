@@ -41,7 +41,7 @@ from ._errors import BudgetError, ConfigurationError
 from ._pace import BudgetState, Limits
 from ._secret import redact
 
-__all__ = ["RedisBudget", "redis_display"]
+__all__ = ["RedisBudget", "checked_redis_url", "redis_display"]
 
 logger = logging.getLogger("empirio")
 
@@ -67,6 +67,24 @@ def redis_display(url: str) -> str:
     return f"{parts.scheme}://{host}:{port}{parts.path or '/0'}"
 
 
+def checked_redis_url(url: str, option: str) -> str | None:
+    """Check that redis-py is installed and ``url`` names a host; return its password.
+
+    Raises:
+        ConfigurationError: one line naming ``option`` and the extra (never the password).
+    """
+    try:
+        import redis  # noqa: F401  (the extra; checked here so a missing one fails at once)
+    except ImportError:
+        raise ConfigurationError(
+            f"{option}=redis://... needs redis-py: pip install 'empirio[redis]'"
+        ) from None
+    parts = urlsplit(url)
+    if parts.hostname is None:
+        raise ConfigurationError(f"{option} {redis_display(url)!r} names no host")
+    return parts.password
+
+
 class RedisBudget(_Kept):
     """An account's pacing state in Redis (see the module docstring).
 
@@ -79,17 +97,8 @@ class RedisBudget(_Kept):
     """
 
     def __init__(self, url: str, account: str) -> None:
-        try:
-            import redis  # noqa: F401  (the extra; checked here so a missing one fails at once)
-        except ImportError:
-            raise ConfigurationError(
-                "share_budget=redis://... needs redis-py: pip install 'empirio[redis]'"
-            ) from None
-        parts = urlsplit(url)
-        if parts.hostname is None:
-            raise ConfigurationError(f"share_budget {redis_display(url)!r} names no host")
+        self._password = checked_redis_url(url, "share_budget")
         self._url = url
-        self._password = parts.password
         self.display = redis_display(url)
         self._key = f"empirio:budget:{account}"
         self._members = f"empirio:members:{account}"

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
-from ._errors import CacheError, ConfigurationError
-from ._redis_budget import redis_display
+from ._errors import CacheError
+from ._redis_budget import checked_redis_url, redis_display
 from ._secret import SealedKey, redact
 
 __all__ = ["RedisStore"]
@@ -43,17 +42,8 @@ class RedisStore:
     """
 
     def __init__(self, url: str) -> None:
-        try:
-            import redis  # noqa: F401  (the extra; checked here so a missing one fails at once)
-        except ImportError:
-            raise ConfigurationError(
-                "cache=redis://... needs redis-py: pip install 'empirio[redis]'"
-            ) from None
-        parts = urlsplit(url)
-        if parts.hostname is None:
-            raise ConfigurationError(f"cache {redis_display(url)!r} names no host")
+        self._password = checked_redis_url(url, "cache")
         self._url = SealedKey(url)
-        self._password = parts.password
         self.display = redis_display(url)
         self._client: Any = None
 

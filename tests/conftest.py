@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import subprocess
 import sys
@@ -123,3 +124,20 @@ def emulator_process() -> Iterator[Any]:
     """Start ``empirio serve`` processes with given flags, stopped when the test ends."""
     with emulator_processes() as start:
         yield start
+
+
+def run_cli(
+    *args: str, stdin: str = "", env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m empirio ARGS`` in a subprocess with no EMPIRIOLABS_* settings but
+    ``env_extra``; text in and out, two minutes at most."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMPIRIOLABS_")}
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "empirio", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )

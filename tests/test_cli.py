@@ -12,20 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from .conftest import run_cli
 
-def run(
-    *args: str, stdin: str = "", env_extra: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "EMPIRIOLABS_API_KEY"}
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, "-m", "empirio", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+run = run_cli
 
 
 def test_embed_to_npy(tmp_path: Path) -> None:

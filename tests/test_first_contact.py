@@ -13,24 +13,12 @@ from typing import Any
 
 import pytest
 
-from .conftest import stats
+from .conftest import run_cli, stats
 
 KEY = "sk-first-contact-0123456789abcdef"
 
 
-def run(
-    *args: str, stdin: str = "", env_extra: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EMPIRIOLABS_")}
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, "-m", "empirio", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+run = run_cli
 
 
 # ---------------------------------------------------------------------- empirio check
