@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._config import PRICE_PER_MILLION_TOKENS_USD, is_loopback_url
-from ._decode import batch_limit_from, decode_error
+from ._decode import LIMIT_HEADERS, advertised_limits, batch_limit_from, decode_error
 from ._errors import APIStatusError, AuthenticationError, EmpirioError, InsufficientCreditsError
 from ._secret import redact
 from ._wire import decode_base64
@@ -169,11 +169,8 @@ def _probe(p: _Prober, report: Report) -> None:
         latencies.append(ms)
         full = _dense(r)
     report.latency_ms = round(float(np.median(latencies)), 1)
-    headers = p.headers or httpx.Headers()
-    report.limits = {
-        "rpm": _number(headers.get("x-ratelimit-limit-requests")),
-        "tpm": _number(headers.get("x-ratelimit-limit-tokens")),
-    }
+    advertised = advertised_limits(p.headers or httpx.Headers())
+    report.limits = {name: advertised.get(name) for name, _ in LIMIT_HEADERS}
     if report.limits["rpm"] and not is_loopback_url(report.base_url):
         rpm = float(report.limits["rpm"])  # the per-second rule: rpm/60 a second, at least 1
         p.spacing = max(60.0 / rpm, 1.0 / max(1, int(rpm // 60))) * 1.1
@@ -247,11 +244,3 @@ def _refused(r: httpx.Response, p: _Prober) -> EmpirioError:
         f"the endpoint refused a one-text request: HTTP {r.status_code} {error.message}",
         status_code=r.status_code,
     )
-
-
-def _number(raw: str | None) -> float | None:
-    try:
-        value = float(raw) if raw is not None else None
-    except ValueError:
-        return None
-    return value if value is not None and value >= 1 else None

@@ -83,7 +83,7 @@ from ._config import (
     resolve_rate,
     validate_dimensions,
 )
-from ._decode import Decoded, decode_error, decode_success
+from ._decode import Decoded, advertised_limits, decode_error, decode_success
 from ._distinct import Distinct
 from ._driver import Call, CallDriver, known_result
 from ._engine import SLOT_POLL_S, Attempt, BatchLimit, Engine
@@ -853,23 +853,7 @@ class EmbeddingClient:
         number per minute or ``unlimited``) in place of defaults nobody chose: a local emulator
         is then not paced like the real account. Limits given as arguments or in the
         environment are never changed; where nothing is advertised the defaults stay."""
-        found: dict[str, float | None] = {}
-        for name, header in (
-            ("rpm", "x-ratelimit-limit-requests"),
-            ("tpm", "x-ratelimit-limit-tokens"),
-        ):
-            raw = headers.get(header, "").strip().lower()
-            if not self._adopt[name] or not raw:
-                continue
-            if raw in ("unlimited", "none"):
-                found[name] = None
-                continue
-            try:
-                value = float(raw)
-            except ValueError:
-                continue
-            if math.isfinite(value) and value >= 1:
-                found[name] = value
+        found = {k: v for k, v in advertised_limits(headers).items() if self._adopt[k]}
         if not found:
             return
         with self._lock:

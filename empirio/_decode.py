@@ -21,7 +21,15 @@ from ._retry import parse_retry_after
 from ._secret import redact
 from ._wire import EmbeddingResponse, ErrorEnvelope, decode_base64
 
-__all__ = ["NORM_TOLERANCE", "Decoded", "batch_limit_from", "decode_error", "decode_success"]
+__all__ = [
+    "LIMIT_HEADERS",
+    "NORM_TOLERANCE",
+    "Decoded",
+    "advertised_limits",
+    "batch_limit_from",
+    "decode_error",
+    "decode_success",
+]
 
 #: How far a dense row's L2 norm may be from 1 (the service returns unit vectors; float32
 #: rounding and base64 transport move it by about 1e-7). A row outside is not a vector.
@@ -157,6 +165,28 @@ def decode_error(
         request_id=None if request_id is None else redact(request_id, *secrets),
         retry_after=parse_retry_after(headers, now_epoch),
     )
+
+
+#: The headers in which a server advertises the account's limits, per minute, by setting.
+LIMIT_HEADERS = (("rpm", "x-ratelimit-limit-requests"), ("tpm", "x-ratelimit-limit-tokens"))
+
+
+def advertised_limits(headers: Mapping[str, str]) -> dict[str, float | None]:
+    """The limits ``headers`` advertise, by setting (``rpm``, ``tpm``): a number per minute, or
+    ``None`` for ``unlimited``. A header that is absent or unreadable is left out."""
+    found: dict[str, float | None] = {}
+    for name, header in LIMIT_HEADERS:
+        raw = (headers.get(header) or "").strip().lower()
+        if raw in ("unlimited", "none"):
+            found[name] = None
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            continue
+        if math.isfinite(value) and value >= 1:
+            found[name] = value
+    return found
 
 
 def batch_limit_from(error: APIStatusError) -> int | None:

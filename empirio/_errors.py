@@ -57,6 +57,7 @@ __all__ = [
     "RequestTooLargeError",
     "TruncationWarning",
     "UnsupportedFeatureError",
+    "agree",
     "plural",
     "status_error",
     "truncation_message",
@@ -254,10 +255,15 @@ def _rebuild(
     return err
 
 
+def agree(n: int, one: str, many: str | None = None) -> str:
+    """The form of a word that agrees with a count of ``n``: ``one``, else ``many`` (default
+    ``one + "s"``). ``agree(2, "position")``, ``agree(1, "is", "are")``."""
+    return one if n == 1 else (many or one + "s")
+
+
 def plural(n: int, word: str, many: str | None = None) -> str:
-    """``"1 text"``, ``"2 texts"``: a count with its noun, singular or plural (``many`` for
-    irregular plurals)."""
-    return f"{n:,} {word if n == 1 else (many or word + 's')}"
+    """``"1 text"``, ``"2 texts"``: a count with its noun (see :func:`agree`)."""
+    return f"{n:,} {agree(n, word, many)}"
 
 
 def truncation_message(
@@ -274,11 +280,11 @@ def truncation_message(
     n = len(truncated)
     where = ", ".join(f"{at} ({tokens:,} tokens)" for at, tokens in truncated[:shown])
     more = f" and {n - shown} more" if n > shown else ""
-    them = "it" if n == 1 else "them"
+    them = agree(n, "it", "them")
     return (
         f"{plural(n, 'text')} exceeded the model's input limit and "
-        f"{'was' if n == 1 else 'were'} truncated to 8,191 tokens: "
-        f"{noun}{'' if n == 1 else 's'} {where}{more}. Pass {option.format('chunk')} to embed "
+        f"{agree(n, 'was', 'were')} truncated to 8,191 tokens: "
+        f"{agree(n, noun)} {where}{more}. Pass {option.format('chunk')} to embed "
         f"{them} whole, or {option.format('error')} to refuse {them}."
     )
 

@@ -10,7 +10,7 @@ of at most ``batch_size`` inputs and ``token_budget`` billed tokens.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping, Sequence, Set, Sized
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._config import format_query
-from ._errors import InvalidInputError, plural
+from ._errors import InvalidInputError, agree, plural
 from ._tokens import SAFE_INPUT_TOKENS, QwenTokenizer
 
 __all__ = [
@@ -209,17 +209,17 @@ def check_texts(texts: Sequence[object], offset: int = 0) -> list[str]:
     except UnicodeEncodeError:
         unsendable = [offset + i for i, t in enumerate(strs) if not encodes(t)]
         raise InvalidInputError(
-            f"{plural(len(unsendable), 'text')} {_verb(unsendable, 'contains', 'contain')} "
+            f"{plural(len(unsendable), 'text')} {agree(len(unsendable), 'contains', 'contain')} "
             "lone surrogates (such as '\\ud800'), which are not valid Unicode and cannot be "
-            f"sent: {_positions(unsendable)} {_show(unsendable)}",
+            f"sent: {agree(len(unsendable), 'position')} {_show(unsendable)}",
             tuple(unsendable),
         ) from None
     blank = [offset + i for i, t in enumerate(strs) if not t.strip()]
     if blank:
         raise InvalidInputError(
-            f"{plural(len(blank), 'text')} {_verb(blank, 'is', 'are')} empty or whitespace only, "
-            "which the service rejects (input length must be 1 to 8,192 tokens): "
-            f"{_positions(blank)} {_show(blank)}",
+            f"{plural(len(blank), 'text')} {agree(len(blank), 'is', 'are')} empty or whitespace "
+            "only, which the service rejects (input length must be 1 to 8,192 tokens): "
+            f"{agree(len(blank), 'position')} {_show(blank)}",
             tuple(blank),
         )
     return strs
@@ -232,14 +232,6 @@ def encodes(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _verb(items: Sized, one: str, many: str) -> str:
-    return one if len(items) == 1 else many
-
-
-def _positions(items: Sized) -> str:
-    return "position" if len(items) == 1 else "positions"
 
 
 def _show(indices: Sequence[int], most: int = 10) -> str:
@@ -379,8 +371,8 @@ def plan_segment(
             f"{offset + int(first_at[owner_of[u]])} ({counts[u]} tokens)" for u in over[:10]
         )
         raise InvalidInputError(
-            f"{plural(len(over), 'text')} {_verb(over, 'exceeds', 'exceed')} the limit of "
-            f"{limit} tokens per input (overflow='error'): {_positions(over)} "
+            f"{plural(len(over), 'text')} {agree(len(over), 'exceeds', 'exceed')} the limit of "
+            f"{limit} tokens per input (overflow='error'): {agree(len(over), 'position')} "
             f"{where}{', ...' if len(over) > 10 else ''}. "
             "Use overflow='truncate' or 'chunk', or split them first.",
             tuple(offset + int(first_at[owner_of[u]]) for u in over),

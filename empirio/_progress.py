@@ -27,10 +27,10 @@ class Progress:
         if n <= 0:
             return
         bar = self.bar
-        if bar is not None and self._note:
-            bar.set_postfix_str("", refresh=False)
-            self._note = False
         if bar is not None:
+            if self._note:  # what it waited for is over
+                bar.set_postfix_str("", refresh=False)
+                self._note = False
             if bar.total is not None and bar.n + n >= bar.total:
                 # The last step is drawn once, by close(): updating would draw "N/N" too when
                 # the refresh interval has passed, and the bar would show its end twice.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -46,27 +46,11 @@ class Usage:
         return self.input_tokens * PRICE_PER_MILLION_TOKENS_USD / 1_000_000
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.requests + other.requests,
-            self.input_tokens + other.input_tokens,
-            self.retries + other.retries,
-            self.rate_limited + other.rate_limited,
-            self.failed_requests + other.failed_requests,
-            self.abandoned_requests + other.abandoned_requests,
-            self.abandoned_tokens + other.abandoned_tokens,
-        )
+        return Usage(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
     def __sub__(self, other: Usage) -> Usage:
         """What was spent since ``other`` (an earlier snapshot of the same meter)."""
-        return Usage(
-            self.requests - other.requests,
-            self.input_tokens - other.input_tokens,
-            self.retries - other.retries,
-            self.rate_limited - other.rate_limited,
-            self.failed_requests - other.failed_requests,
-            self.abandoned_requests - other.abandoned_requests,
-            self.abandoned_tokens - other.abandoned_tokens,
-        )
+        return Usage(*(a - b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
     def __str__(self) -> str:
         abandoned = (

@@ -358,7 +358,7 @@ def _embed_checked(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ._client import EmbeddingClient
-    from ._errors import ConfigurationError, EmpirioError, InvalidInputError, plural
+    from ._errors import ConfigurationError, EmpirioError, InvalidInputError, agree, plural
 
     fmt = _output_format(args)
     if fmt == "npy" and args.output == "-":
@@ -475,14 +475,14 @@ def _embed_checked(args: argparse.Namespace) -> int:
         except InvalidInputError as exc:
             where = ", ".join(str(numbers[i]) for i in exc.indices[:10] if i < len(numbers))
             more = ", ..." if len(exc.indices) > 10 else ""
-            many = "s" if len(exc.indices) > 1 else ""
+            line = agree(len(exc.indices), "line")
             if "empty or whitespace" in str(exc):
-                reason = f"blank line{many}: {where}{more} (the service refuses empty texts; "
+                reason = f"blank {line}: {where}{more} (the service refuses empty texts; "
                 reason += "--skip-blank skips them)"
             elif "tokens per input (overflow=" in str(exc):
-                reason = f"line{many} over 8,191 tokens: {where}{more} (--overflow error)"
+                reason = f"{line} over 8,191 tokens: {where}{more} (--overflow error)"
             else:
-                reason = f"{str(exc).split(':')[0]}: line{many} {where}{more}"
+                reason = f"{str(exc).split(':')[0]}: {line} {where}{more}"
             sent = done or len(exc.partial_indices)
             outcome = (
                 "nothing was sent"
@@ -754,7 +754,7 @@ def _check(args: argparse.Namespace) -> int:
         return 2
     base_url = resolve_base_url(args.base_url)
     print(
-        f"empirio check: probing {base_url} with about 12 tiny requests "
+        f"empirio check: probing {base_url} with about ten tiny requests "
         "(a few hundred tokens, under $0.0001)",
         file=sys.stderr,
     )

@@ -29,7 +29,7 @@ from .._config import (
     PRICE_PER_MILLION_TOKENS_USD,
     format_query,
 )
-from .._errors import APIStatusError, EmpirioError, InvalidInputError
+from .._errors import APIStatusError, EmpirioError, InvalidInputError, agree
 from .._secret import redact
 from .._tokens import SAFE_INPUT_TOKENS, get_tokenizer
 
@@ -321,11 +321,10 @@ def _describe(exc: EmpirioError, noun: str = "text") -> dict[str, Any]:
     status = exc.status_code if isinstance(exc, APIStatusError) else None
     message = str(exc)
     if isinstance(exc, InvalidInputError) and exc.indices and ": position" in message:
-        many = len(exc.indices) > 1
         numbers = ", ".join(str(i + 1) for i in exc.indices[:10])
         more = ", ..." if len(exc.indices) > 10 else ""
-        plural = ("queries" if noun == "query" else noun + "s") if many else noun
-        message = f"{message.split(': position')[0]}: {plural} {numbers}{more}"
+        nouns = agree(len(exc.indices), noun, "queries" if noun == "query" else None)
+        message = f"{message.split(': position')[0]}: {nouns} {numbers}{more}"
     return {"type": type(exc).__name__, "message": message, "status": status}
 
 
