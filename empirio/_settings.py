@@ -118,7 +118,12 @@ SETTINGS: tuple[Setting, ...] = (
         "machine",
         '`"machine"`',
     ),
-    Setting("cache", None, "a persistent cache: a path, or a store with mget/mset", shown="none"),
+    Setting(
+        "cache",
+        None,
+        "a persistent cache: a path, a redis:// URL, or a store with mget/mset",
+        shown="none",
+    ),
 )
 
 #: Each setting's default by name (``FROM_ENV`` where the environment decides).
