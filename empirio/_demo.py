@@ -11,6 +11,7 @@ import importlib.resources
 import json
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,12 +21,16 @@ from ._config import API_BASE_ENV, API_KEY_ENV, DEFAULT_BASE_URL, resolve_base_u
 
 __all__ = ["QUERIES", "load_corpus", "run_demo"]
 
+#: (language, question). Two have no document in their own language, so a hit there is a
+#: cross-lingual one: the real model finds them, and so does the semantic emulator.
 QUERIES = (
-    "How do I change my password?",
-    "退票政策是什么？",
-    "how do plants make oxygen",
-    "when does the support team answer chat messages?",
+    ("en", "How do I change my password?"),
+    ("zh", "退票政策是什么？"),
+    ("de", "Wie produzieren Pflanzen Sauerstoff?"),
+    ("es", "¿A qué hora responde el equipo de soporte al chat?"),
 )
+_LANGUAGES = {"de": "German", "en": "English", "es": "Spanish", "fr": "French", "ja": "Japanese"}
+_LANGUAGES["zh"] = "Chinese"
 
 
 def load_corpus() -> list[dict[str, str]]:
@@ -35,8 +40,10 @@ def load_corpus() -> list[dict[str, str]]:
 
 
 @contextlib.contextmanager
-def _endpoint(use_emulator: bool) -> Iterator[tuple[str | None, str | None, str]]:
-    """(base_url, api_key, label): the emulator unless a key is present."""
+def _endpoint(use_emulator: bool) -> Iterator[tuple[str | None, str | None, str, str | None]]:
+    """(base_url, api_key, label, vectors): the emulator unless a key is present; ``vectors`` is
+    what the emulator serves (``"semantic"`` when ``empirio[semantic]`` is installed, else
+    ``"hashed"``), ``None`` for a real endpoint."""
     if not use_emulator:
         base = resolve_base_url(None)
         where = (
@@ -44,15 +51,16 @@ def _endpoint(use_emulator: bool) -> Iterator[tuple[str | None, str | None, str]
             if base == DEFAULT_BASE_URL
             else f"{base} (from {API_BASE_ENV})"
         )
-        yield None, None, f"{where}, with the key in {API_KEY_ENV}"
+        yield None, None, f"{where}, with the key in {API_KEY_ENV}", None
         return
-    from .emulator import serve
+    from .emulator import EmulatorConfig, serve
 
-    with serve() as url:
-        yield url, "emulator-key", f"the LOCAL EMULATOR at {url} (no key set)"
+    config = EmulatorConfig(vectors="auto")
+    with serve(config=config) as url:
+        yield url, "emulator-key", f"the LOCAL EMULATOR at {url} (no key set)", config.vectors
 
 
-def _short(text: str, width: int = 58) -> str:
+def _short(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
@@ -149,13 +157,20 @@ def run_demo(*, dimensions: int = 512, force_emulator: bool = False) -> int:
     corpus = load_corpus()
     by_id = {d["id"]: d for d in corpus}
     started = time.perf_counter()
-    with _endpoint(use_emulator) as (base_url, key, label):
+    with _endpoint(use_emulator) as (base_url, key, label, vectors):
         print(f"empirio demo: text-embedding-v4 via {label}")
-        if use_emulator:
+        if vectors is not None:
+            from .emulator import describe_vectors
+
+            about = f"The emulator serves {describe_vectors(vectors)}. Set {API_KEY_ENV} to search "
             print(
-                "  The emulator's vectors come from hashed tokens, not the real model: texts\n"
-                "  that share words score high, but translations do not. Set\n"
-                f"  {API_KEY_ENV} to see the real model's cross-lingual search."
+                textwrap.fill(
+                    about + "with text-embedding-v4 itself.",
+                    92,
+                    initial_indent="  ",
+                    break_on_hyphens=False,
+                    subsequent_indent="  ",
+                )
             )
         langs = sorted({d["lang"] for d in corpus})
         print(
@@ -165,13 +180,18 @@ def run_demo(*, dimensions: int = 512, force_emulator: bool = False) -> int:
         kw: dict[str, Any] = {"rpm": None, "tpm": None} if use_emulator else {}
         with EmbeddingClient(api_key=key, base_url=base_url, dimensions=dimensions, **kw) as client:
             searchers = _searchers(client, corpus)
-            for query in QUERIES:
+            for lang, query in QUERIES:
                 print(f"query: {query}")
                 for name, search in searchers:
                     doc_id, score = search(query)
                     doc = by_id[doc_id]
                     shown = "      " if score is None else f"{score:.3f} "
-                    print(f"  {name} [{doc['lang']}] {shown}{_short(doc['text'])}")
+                    across = (
+                        f"  <- asked in {_LANGUAGES[lang]}, found in {_LANGUAGES[doc['lang']]}"
+                        if doc["lang"] != lang
+                        else ""
+                    )
+                    print(f"  {name} [{doc['lang']}] {shown}{_short(doc['text'], 48)}{across}")
             u = client.usage
         took = time.perf_counter() - started
         print(

@@ -20,6 +20,8 @@ __all__ = ["main"]
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .emulator._semantic import VECTOR_KINDS
+
     p = sub.add_parser(
         "serve",
         help="run the local text-embedding-v4 emulator",
@@ -59,6 +61,14 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--seed", type=int, default=0, help="seed for fault injection (default 0)")
     p.add_argument("--vector-seed", type=int, default=0, help="seed for the vectors (default 0)")
     p.add_argument(
+        "--vectors",
+        choices=VECTOR_KINDS,
+        default="hashed",
+        help="dense vectors from hashed tokens (exact, fast, model-free), from a small "
+        "multilingual model (semantic: needs empirio[semantic]), or semantic when installed "
+        "(auto) (default: hashed)",
+    )
+    p.add_argument(
         "--credit-tokens", type=int, default=None, help="tokens before 402 (default unlimited)"
     )
     p.add_argument(
@@ -70,7 +80,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .emulator import EmulatorConfig, serve
+    from .emulator import EmulatorConfig, describe_vectors, serve
 
     try:
         config = EmulatorConfig(
@@ -86,6 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
             storm_s=args.storm_s,
             seed=args.seed,
             vector_seed=args.vector_seed,
+            vectors=args.vectors,
             credit_tokens=args.credit_tokens,
             sparse_output=args.sparse,
         )
@@ -93,7 +104,10 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"empirio serve: {_flag_names(str(exc))}", file=sys.stderr)
         return 2
     return _serve_until_stopped(
-        "serve", args, lambda: serve(host=args.host, port=args.port, config=config)
+        "serve",
+        args,
+        lambda: serve(host=args.host, port=args.port, config=config),
+        lambda url: print(f"empirio serve: {describe_vectors(config.vectors)}", file=sys.stderr),
     )
 
 

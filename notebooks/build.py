@@ -255,9 +255,13 @@ print(f"{len(texts)} texts + 1 query: {embed.empirio_client.usage.requests} requ
             "# Choosing dimensions: recall against storage\n\nRecall@k of 24 help-centre "
             "questions against their known answers, for every dimension the model offers, and "
             "what a million vectors take to store. **Without a key these numbers come from the "
-            "local emulator**, whose vectors are hashed tokens: they show the method and the "
-            "shape of the trade-off, not the real model's quality. Set `EMPIRIOLABS_API_KEY` "
-            "and re-run for real figures.",
+            "local emulator**: with `empirio[semantic]` installed its vectors come from a small "
+            "multilingual stand-in model (Universal Sentence Encoder multilingual v3), lifted to "
+            "2,048 dimensions by a fixed rotation, with smaller dimensions as prefixes (the first "
+            "cell's output says which vectors are served). They show real recall against "
+            "dimensions, *the stand-in's*, not text-embedding-v4's: the real model is trained "
+            "to keep the most in its first dimensions and loses less. Set `EMPIRIOLABS_API_KEY` "
+            "and re-run for its figures.",
         ),
         ("code", SETUP),
         (
@@ -314,7 +318,11 @@ ax.set_ylim(0, 1.05)
 ax2 = ax.twinx()
 ax2.bar(dims, [t[3] for t in table], width=[d * 0.3 for d in dims], alpha=0.2, color="grey")
 ax2.set_ylabel("GiB per million vectors")
-source = "emulator" if client.base_url.startswith("http://127.") else "text-embedding-v4"
+source = (
+    "the emulator's stand-in model, not text-embedding-v4"
+    if client.base_url.startswith("http://127.")
+    else "text-embedding-v4"
+)
 ax.set_title(f"Recall vs storage ({source})")
 ax.legend(loc="lower right")
 fig.tight_layout()

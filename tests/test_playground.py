@@ -67,7 +67,9 @@ def test_texts_and_settings_in_results_out(page: Any, local: str) -> None:
         "The cat sat on the mat and purred.",
     ]
     page.goto(local)
-    assert "LOCAL EMULATOR" in page.inner_text("#mode-banner")
+    banner = page.inner_text("#mode-banner")
+    assert "LOCAL EMULATOR" in banner
+    assert "not text-embedding-v4" in banner
     page.fill("#documents", "\n".join(docs))
     page.fill("#queries", "how do I reset my password\nthe cat on the mat")
     page.select_option("#dimensions", "256")

@@ -36,6 +36,7 @@ from .._tokens import MAX_INPUT_TOKENS, get_tokenizer
 from .._wire import EmbeddingRequest, encode_base64
 from ._embed import HashEmbedder
 from ._limits import AccountLimiter, Verdict
+from ._semantic import SemanticEmbedder, Vectors, resolve_vectors
 
 __all__ = ["EmulatorConfig", "EmulatorStats", "create_app"]
 
@@ -82,6 +83,10 @@ class EmulatorConfig:
         max_batch: inputs allowed per request (10 upstream).
         seed: seeds fault injection and request ids.
         vector_seed: seeds the vectors; a different fault seed must not change the "model".
+        vectors: where dense vectors come from: ``"hashed"`` (hashed Qwen tokens: exact, fast,
+            model-free; the default), ``"semantic"`` (a small multilingual model shipped in
+            ``empirio[semantic]``; see :mod:`empirio.emulator._semantic`) or ``"auto"``
+            (semantic when installed, else hashed; resolved when the config is built).
         credit_tokens: tokens the account may spend before 402; ``None`` = unlimited.
         max_body_bytes: larger request bodies get 413.
         window_s: the rate limits' window in seconds (60 upstream).
@@ -102,6 +107,7 @@ class EmulatorConfig:
     max_batch: int = DEFAULT_MAX_BATCH
     seed: int = 0
     vector_seed: int = 0
+    vectors: Vectors = "hashed"
     credit_tokens: int | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     window_s: float = 60.0
@@ -109,6 +115,8 @@ class EmulatorConfig:
     storm_s: float = 0.0
 
     def __post_init__(self) -> None:
+        # Frozen, so "auto" is resolved here once: a config always says what it serves.
+        object.__setattr__(self, "vectors", resolve_vectors(self.vectors))
         for name in ("fail_rate", "drop_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -180,7 +188,12 @@ class EmulatorApp:
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
         self.tokenizer = get_tokenizer()
-        self.embedder = HashEmbedder(self.tokenizer, seed=config.vector_seed)
+        hashed = HashEmbedder(self.tokenizer, seed=config.vector_seed)
+        self.embedder: HashEmbedder | SemanticEmbedder = (
+            SemanticEmbedder(hashed, seed=config.vector_seed)
+            if config.vectors == "semantic"
+            else hashed
+        )
         self.reset()
 
     def reset(self) -> None:
@@ -239,7 +252,7 @@ class EmulatorApp:
     def identity(self) -> str:
         """Which vectors this emulator serves (see :data:`IDENTITY_HEADER`): emulators with the
         same identity on any port serve the same vectors, so a cache may share their entries."""
-        return f"emulator-hashed-{self.config.vector_seed}"
+        return f"emulator-{self.config.vectors}-{self.config.vector_seed}"
 
     def _models(self) -> dict[str, Any]:
         return {

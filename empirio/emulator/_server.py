@@ -54,7 +54,9 @@ def serve(
         port: port to bind; 0 picks a free one.
         config: a ready :class:`EmulatorConfig`; otherwise ``options`` are its fields
             (``api_key``, ``rpm``, ``tpm``, ``latency_ms``, ``fail_rate``, ``drop_rate``,
-            ``retry_after``, ``max_batch``, ``strict_burst``, ``seed``, ...).
+            ``retry_after``, ``max_batch``, ``strict_burst``, ``seed``, ``vectors``, ...);
+            ``vectors="semantic"`` serves vectors that carry meaning across languages from the
+            ``empirio[semantic]`` model, ``"auto"`` does when it is installed.
         startup_timeout: seconds to wait for the server to accept connections.
 
     The server stops, and its port is released, when the ``with`` block ends.

@@ -73,11 +73,13 @@ class Backend:
         api_key: the key (kept here, never sent to the page).
         base_url: the endpoint.
         emulator: whether it is the local emulator (the page says so plainly).
+        vectors: for the emulator, what its vectors are (``describe_vectors``), shown on the page.
     """
 
     api_key: SecretStr
     base_url: str
     emulator: bool
+    vectors: str | None = None
 
     def __repr__(self) -> str:
         return f"Backend(base_url={self.base_url!r}, emulator={self.emulator})"
@@ -128,6 +130,7 @@ def create_app(
         {
             "emulator": backend.emulator,
             "endpoint": "the local emulator" if backend.emulator else backend.base_url,
+            "vectors": backend.vectors,
             "dimensions": list(ALLOWED_DIMENSIONS),
             "query_instruction": DEFAULT_QUERY_INSTRUCTION,
             "max_documents": MAX_DOCUMENTS,
@@ -230,10 +233,13 @@ def backend_from_env(*, force_emulator: bool = False) -> tuple[Backend, contextl
     if key and not force_emulator:
         base = resolve_base_url(os.environ.get(API_BASE_ENV))
         return Backend(SecretStr(key), base, emulator=False), stack
-    from ..emulator import serve
+    from ..emulator import EmulatorConfig, describe_vectors, serve
 
-    url = stack.enter_context(serve())
-    return Backend(SecretStr("emulator"), url, emulator=True), stack
+    config = EmulatorConfig(vectors="auto")  # meaning across languages when it is installed
+    url = stack.enter_context(serve(config=config))
+    return Backend(
+        SecretStr("emulator"), url, emulator=True, vectors=describe_vectors(config.vectors)
+    ), stack
 
 
 @contextlib.contextmanager
