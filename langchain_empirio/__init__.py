@@ -4,6 +4,7 @@ from langchain_empirio import EmpirioEmbeddings
 
 embeddings = EmpirioEmbeddings(dimensions=512)
 sparse = embeddings.sparse()   # EmpirioSparseEmbeddings, for langchain-qdrant hybrid search
+milvus = embeddings.milvus_sparse()  # EmpirioMilvusSparseEmbeddings, for langchain-milvus
 """
 
 from __future__ import annotations
@@ -21,15 +22,21 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
 from .embeddings import EmpirioEmbeddings
 
 if TYPE_CHECKING:
+    from .milvus import EmpirioMilvusSparseEmbeddings
     from .sparse import EmpirioSparseEmbeddings
 
-__all__ = ["EmpirioEmbeddings", "EmpirioSparseEmbeddings"]
+__all__ = ["EmpirioEmbeddings", "EmpirioMilvusSparseEmbeddings", "EmpirioSparseEmbeddings"]
 
 
 def __getattr__(name: str) -> Any:
-    # The sparse class needs langchain-qdrant, an optional extra: import it only when asked.
+    # The sparse classes need langchain-qdrant or langchain-milvus, optional extras: import
+    # them only when asked.
     if name == "EmpirioSparseEmbeddings":
         from .sparse import EmpirioSparseEmbeddings
 
         return EmpirioSparseEmbeddings
+    if name == "EmpirioMilvusSparseEmbeddings":
+        from .milvus import EmpirioMilvusSparseEmbeddings
+
+        return EmpirioMilvusSparseEmbeddings
     raise AttributeError(f"module 'langchain_empirio' has no attribute {name!r}")

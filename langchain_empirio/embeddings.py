@@ -11,6 +11,7 @@ from pydantic import ConfigDict
 from ._base import EmpirioSettings
 
 if TYPE_CHECKING:
+    from .milvus import EmpirioMilvusSparseEmbeddings
     from .sparse import EmpirioSparseEmbeddings
 
 __all__ = ["EmpirioEmbeddings"]
@@ -69,3 +70,11 @@ class EmpirioEmbeddings(EmpirioSettings, Embeddings, Serializable):
         from .sparse import EmpirioSparseEmbeddings
 
         return EmpirioSparseEmbeddings(**self._sibling_fields())
+
+    def milvus_sparse(self) -> EmpirioMilvusSparseEmbeddings:
+        """The sparse view for langchain-milvus (``{token id: weight}`` dicts), sharing this
+        object's client, so that dense and sparse come from one request per text. Needs
+        langchain-milvus (``empirio[milvus]``)."""
+        from .milvus import EmpirioMilvusSparseEmbeddings
+
+        return EmpirioMilvusSparseEmbeddings(**self._sibling_fields())

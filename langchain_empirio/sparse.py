@@ -18,6 +18,7 @@ from ._base import EmpirioSettings
 
 if TYPE_CHECKING:
     from .embeddings import EmpirioEmbeddings
+    from .milvus import EmpirioMilvusSparseEmbeddings
 
 __all__ = ["EmpirioSparseEmbeddings"]
 
@@ -82,3 +83,10 @@ class EmpirioSparseEmbeddings(EmpirioSettings, SparseEmbeddings, Serializable):
         from .embeddings import EmpirioEmbeddings
 
         return EmpirioEmbeddings(**self._sibling_fields())
+
+    def milvus(self) -> EmpirioMilvusSparseEmbeddings:
+        """This view as langchain-milvus wants it (``{token id: weight}`` dicts), sharing this
+        object's client. Needs langchain-milvus (``empirio[milvus]``)."""
+        from .milvus import EmpirioMilvusSparseEmbeddings
+
+        return EmpirioMilvusSparseEmbeddings(**self._sibling_fields())

@@ -7,6 +7,7 @@ printed in the README's table of tested consumers.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,93 @@ def test_qdrant_hybrid_langchain(url: str) -> None:
     assert hit.page_content == CORPUS[1]
 
 
+def test_milvus_lite_hybrid_with_the_milvus_sparse_view(url: str, tmp_path: Path) -> None:
+    from langchain_milvus import Milvus
+    from langchain_milvus.utils.sparse import BaseSparseEmbedding
+
+    dense = lc(url, dimensions=256)
+    sparse = dense.milvus_sparse()
+    assert isinstance(sparse, BaseSparseEmbedding)  # what Milvus checks to use a sparse field
+    assert sparse.dense().dimensions == 256
+    assert KEY not in repr(sparse)
+    assert KEY.encode() not in pickle.dumps(sparse)
+    store = Milvus.from_texts(
+        CORPUS,
+        [dense, sparse],
+        vector_field=["dense", "sparse"],
+        connection_args={"uri": str(tmp_path / "milvus.db")},
+        collection_name="compat",
+        # milvus-lite builds sparse indexes with no dropped weights only (its error says so).
+        index_params=[
+            {"index_type": "FLAT", "metric_type": "IP"},
+            {"index_type": "SPARSE_INVERTED_INDEX", "metric_type": "IP"},
+        ],
+        search_params=[{"metric_type": "IP"}, {"metric_type": "IP", "params": {}}],
+    )
+    assert requests(url) == 1  # dense and sparse of every text from one request
+    hit = store.similarity_search("how do I reset my password", k=1)[0]
+    assert hit.page_content == CORPUS[0]
+    assert requests(url) == 2  # the query's two views: one more request
+    weights = sparse.embed_query("password reset")
+    assert weights
+    assert all(isinstance(k, int) and v > 0 for k, v in weights.items())
+
+
+def test_lancedb_langchain(url: str, tmp_path: Path) -> None:
+    import lancedb
+    from langchain_community.vectorstores import LanceDB
+
+    for run in range(2):
+        store = LanceDB.from_texts(
+            CORPUS,
+            lc(url, cache=tmp_path / "c.sqlite3"),
+            connection=lancedb.connect(str(tmp_path / f"lance{run}")),
+            table_name="compat",
+        )
+        hit = store.similarity_search("refund to my card", k=1)[0]
+        assert hit.page_content == CORPUS[1]
+        if run == 0:
+            sent = requests(url)
+    assert requests(url) == sent
+
+
 # ---------------------------------------------------------------------------------- LlamaIndex
+
+
+def test_lancedb_llamaindex(url: str, tmp_path: Path) -> None:
+    from llama_index.core import StorageContext, VectorStoreIndex
+    from llama_index.core.schema import TextNode
+    from llama_index.vector_stores.lancedb import LanceDBVectorStore
+
+    store = LanceDBVectorStore(uri=str(tmp_path / "lance"), table_name="compat")
+    index = VectorStoreIndex(
+        [TextNode(text=t) for t in CORPUS],
+        embed_model=li(url),
+        storage_context=StorageContext.from_defaults(vector_store=store),
+    )
+    assert requests(url) == 1
+    hits = index.as_retriever(similarity_top_k=1).retrieve("the cat sat on the mat")
+    assert hits[0].node.get_content() == CORPUS[4]
+
+
+def test_chroma_llamaindex(url: str) -> None:
+    import chromadb
+    from llama_index.core import StorageContext, VectorStoreIndex
+    from llama_index.core.schema import TextNode
+    from llama_index.vector_stores.chroma import ChromaVectorStore
+
+    collection = chromadb.EphemeralClient().create_collection("compat_li")
+    index = VectorStoreIndex(
+        [TextNode(text=t) for t in CORPUS],
+        embed_model=li(url, dimensions=512),
+        storage_context=StorageContext.from_defaults(
+            vector_store=ChromaVectorStore(chroma_collection=collection)
+        ),
+    )
+    assert requests(url) == 1
+    assert collection.count() == len(CORPUS)
+    hits = index.as_retriever(similarity_top_k=1).retrieve("when does support answer chat?")
+    assert hits[0].node.get_content() == CORPUS[2]
 
 
 def test_ingestion_pipeline_cache_survives_a_change_of_pacing(url: str) -> None:
