@@ -101,7 +101,7 @@ from ._errors import (
     UnsupportedFeatureError,
     truncation_message,
 )
-from ._pace import AUTO_CEILING, Concurrency, Limits
+from ._pace import AUTO_CEILING, Concurrency, Limits, LimitsInEffect, LimitSource
 from ._plan import (
     NFC_BYTES_PER_CHAR,
     InstructionMode,
@@ -297,23 +297,14 @@ class EmbeddingClient:
             name: value is FROM_ENV and not os.environ.get(env, "").strip()
             for name, value, env in (("rpm", rpm, RPM_ENV), ("tpm", tpm, TPM_ENV))
         }
-        try:
+        self._sources: dict[str, LimitSource] = {
+            name: "default" if adopt else "set" for name, adopt in self._adopt.items()
+        }
+        try:  # None and 0 mean unpaced here, in the environment and on the command line
             rpm = resolve_rate(rpm, RPM_ENV, DEFAULT_RPM)
             tpm = resolve_rate(tpm, TPM_ENV, DEFAULT_TPM)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
-        for name, rate in (("rpm", rpm), ("tpm", tpm)):
-            if rate is None:
-                continue
-            if isinstance(rate, bool) or not isinstance(rate, int | float):
-                raise ConfigurationError(
-                    f"{name} must be a number per minute or None; got {type(rate).__name__}"
-                )
-            if not (math.isfinite(rate) and rate >= 1):
-                raise ConfigurationError(
-                    f"{name} must be a finite number of at least 1 per minute, or None for no "
-                    f"limit; got {rate!r}"
-                )
         if (
             isinstance(timeout, bool)
             or not isinstance(timeout, int | float)
@@ -449,6 +440,13 @@ class EmbeddingClient:
             f"dimensions={self.dimensions}, api_key={self._api_key!r}, "
             f"batch_size={self._batch_limit.size}, rpm={self.rpm}, tpm={self.tpm})"
         )
+
+    @property
+    def limits(self) -> LimitsInEffect:
+        """The rate limits pacing this client now, and where each came from: set (argument or
+        environment), the defaults (until the server advertises its own) or the server. ``rpm``
+        and ``tpm`` follow the server's advertised limits too; this also says why."""
+        return LimitsInEffect(self.rpm, self.tpm, self._sources["rpm"], self._sources["tpm"])
 
     @property
     def api_key(self) -> SecretStr:
@@ -864,6 +862,7 @@ class EmbeddingClient:
             if (rpm, tpm) == (self.rpm, self.tpm):
                 return
             self.__dict__.update(rpm=rpm, tpm=tpm)  # the limits in effect (from the server)
+            self._sources.update(dict.fromkeys(found, "server"))
             self._limits = Limits(rpm, tpm)
             self._concurrency.limits = self._limits
             for driver in self._calls:  # calls under way pace to the new limits at once
@@ -997,7 +996,13 @@ class EmbeddingClient:
         if shared is not None:
             parked, missing = shared
             try:
-                fetched = self.embed(missing, kind=kind, output="both", show_progress=show_progress)
+                fetched = self.embed(
+                    missing,
+                    kind=kind,
+                    output="both",
+                    show_progress=show_progress,
+                    on_progress=on_progress,
+                )
             except UnsupportedFeatureError:
                 if call.output != "dense":
                     raise
@@ -1009,7 +1014,7 @@ class EmbeddingClient:
                     show_progress=show_progress,
                     on_progress=on_progress,
                 )
-            return self._shared_merge(checked, call, parked, missing, fetched)
+            return self._shared_merge(checked, call, parked, missing, fetched, on_progress)
         if not checked:
             return self._empty(call)
         if self._pipelines(checked):
@@ -1149,10 +1154,15 @@ class EmbeddingClient:
         parked: list[Any],
         missing: list[str],
         fetched: EmbeddingResult,
+        on_progress: Callable[[int], object] | None,
     ) -> EmbeddingResult:
-        """Combine parked values with freshly fetched ones; park the view not asked for."""
+        """Combine parked values with freshly fetched ones; park the view not asked for.
+        ``on_progress`` hears of the texts served without a request (the fetch reported the
+        ``missing`` ones), so that every text of the call is counted once."""
         views = self._views
         assert views is not None
+        if on_progress is not None and len(texts) > len(missing):
+            on_progress(len(texts) - len(missing))
         other_dense = fetched.dense if call.output == "sparse" else None
         other_sparse = fetched.sparse if call.output == "dense" else None
         views.park(call.kind, missing, other_dense, other_sparse)
@@ -1321,7 +1331,7 @@ class EmbeddingClient:
                     show_progress=show_progress,
                     on_progress=on_progress,
                 )
-            return self._shared_merge(checked, call, parked, missing, fetched)
+            return self._shared_merge(checked, call, parked, missing, fetched, on_progress)
         if not checked:
             return self._empty(call)
         if self._pipelines(checked):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from urllib.parse import urlsplit
@@ -25,6 +26,7 @@ __all__ = [
     "RPM_ENV",
     "TPM_ENV",
     "FromEnv",
+    "check_rate",
     "format_query",
     "host_port",
     "is_loopback_url",
@@ -132,30 +134,57 @@ class FromEnv(enum.Enum):
 FROM_ENV = FromEnv.TOKEN
 
 
+#: Text that means "no limit" in an environment variable or a flag, as ``None`` and ``0`` do.
+_UNPACED_WORDS = ("none", "off", "unlimited")
+
+
+def check_rate(name: str, rate: object) -> float | None:
+    """A rate limit per minute, read the same way wherever it comes from (an argument, an
+    environment variable, a CLI flag): ``None`` or ``0`` means no limit (unpaced); anything else
+    must be a finite number of at least 1.
+
+    Raises:
+        ValueError: naming ``name`` and what it accepts.
+    """
+    if rate is None:
+        return None
+    if isinstance(rate, bool) or not isinstance(rate, int | float):
+        raise ValueError(
+            f"{name} must be a number per minute, or None or 0 for no limit; "
+            f"got {type(rate).__name__}"
+        )
+    if rate == 0:
+        return None
+    if not (math.isfinite(rate) and rate >= 1):
+        raise ValueError(
+            f"{name} must be a finite number of at least 1 per minute, or None or 0 for no "
+            f"limit; got {rate!r}"
+        )
+    return rate
+
+
 def resolve_rate(
     value: float | FromEnv | None,
     env_name: str,
     default: float,
     environ: Mapping[str, str] | None = None,
 ) -> float | None:
-    """An explicit rate, else the variable ``env_name`` (a number, or ``none``/``off``/``0`` for
-    no limit), else ``default``.
+    """An explicit rate (see :func:`check_rate`), else the variable ``env_name`` (a number, with
+    ``0``, ``none``, ``off`` or ``unlimited`` for no limit), else ``default``.
 
     Raises:
-        ValueError: the variable is set to something else.
+        ValueError: the rate or the variable is not a valid rate.
     """
     if value is not FROM_ENV:
-        return value
+        return check_rate(env_name.removeprefix("EMPIRIOLABS_").lower(), value)
     env = os.environ if environ is None else environ
     raw = env.get(env_name, "").strip().lower()
     if not raw:
         return default
-    if raw in ("none", "off", "0", "unlimited"):
+    if raw in _UNPACED_WORDS:
         return None
     try:
         rate = float(raw)
     except ValueError:
         raise ValueError(f"{env_name}={raw!r} is not a number or 'none'") from None
-    if not rate > 0:
-        raise ValueError(f"{env_name} must be positive or 'none'; got {raw!r}")
-    return rate
+    return check_rate(env_name, rate)

@@ -20,6 +20,7 @@ from ._config import (
     resolve_rate,
     validate_dimensions,
 )
+from ._pace import LimitsInEffect
 from ._secret import MASK, URL_OPTIONS, SealedKey, open_sealed, seal_urls
 
 __all__ = ["CLIENT_OPTIONS", "ClientFields", "build_client", "default_rpm", "default_tpm"]
@@ -124,6 +125,13 @@ class ClientFields(BaseModel):
     @property
     def _client(self) -> EmbeddingClient:
         return self._current()
+
+    @property
+    def limits(self) -> LimitsInEffect:
+        """The rate limits pacing now and where they came from. The ``rpm``/``tpm`` fields say
+        what was set (or the default, 50 and 2,000,000); a limit nobody set follows what the
+        server advertises, which this shows (``str()`` says it in a sentence)."""
+        return self._current().limits
 
     @property
     def empirio_client(self) -> EmbeddingClient:

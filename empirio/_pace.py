@@ -37,6 +37,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 __all__ = [
     "AUTO_CEILING",
@@ -49,7 +50,9 @@ __all__ = [
     "MINUTE_S",
     "BudgetState",
     "Concurrency",
+    "LimitSource",
     "Limits",
+    "LimitsInEffect",
     "admit",
     "sent",
     "succeed",
@@ -72,6 +75,45 @@ MAX_JITTER_S = 0.5
 MINUTE_S = 61.0
 #: A little more than nothing, so that boundary cases fall on the safe side of a half-open window.
 _EPS = 1e-6
+
+
+#: Where a limit in effect came from: an argument or the environment (``"set"``), nobody
+#: (``"default"``: 50 RPM and 2,000,000 TPM until a server advertises its own), or the server's
+#: ``x-ratelimit-limit-*`` headers (``"server"``).
+LimitSource = Literal["set", "default", "server"]
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsInEffect:
+    """The limits a client paces to now, and where each came from (see :data:`LimitSource`).
+
+    ``str()`` says it in a sentence, e.g. ``50 requests and 2,000,000 tokens a minute (the
+    defaults, until the server advertises its own)``.
+    """
+
+    rpm: float | None
+    tpm: float | None
+    rpm_source: LimitSource
+    tpm_source: LimitSource
+
+    def __str__(self) -> str:
+        def rate(value: float | None, unit: str) -> str:
+            return f"no {unit} limit" if value is None else f"{value:,.0f} {unit}s"
+
+        sources = {self.rpm_source, self.tpm_source}
+        why = {
+            "set": "as set",
+            "default": "the defaults, until the server advertises its own",
+            "server": "as the server advertises",
+        }
+        said = "; ".join(
+            f"{name} {why[src]}"
+            for name, src in (("rpm", self.rpm_source), ("tpm", self.tpm_source))
+        )
+        return (
+            f"{rate(self.rpm, 'request')} and {rate(self.tpm, 'token')} a minute "
+            f"({why[next(iter(sources))] if len(sources) == 1 else said})"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,7 +74,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "rpm",
         FROM_ENV,
-        "the account's requests a minute (`None`: unpaced; unset: what the server advertises)",
+        "the account's requests a minute (`None` or 0: unpaced; unset: what the server "
+        "advertises; `.limits` says which)",
         (RPM_ENV,),
         DEFAULT_RPM,
         "50",
@@ -82,7 +83,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "tpm",
         FROM_ENV,
-        "the account's tokens a minute (`None`: unpaced; unset: what the server advertises)",
+        "the account's tokens a minute (`None` or 0: unpaced; unset: what the server "
+        "advertises; `.limits` says which)",
         (TPM_ENV,),
         DEFAULT_TPM,
         "2,000,000",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import signal
 import sys
@@ -341,13 +340,15 @@ def _output_format(args: argparse.Namespace) -> str:
 
 
 def _rate(value: float | None, flag: str) -> Any:
-    from ._config import FROM_ENV
+    """A rate flag as the client reads rates (``0`` = unpaced); not given: the environment."""
+    from ._config import FROM_ENV, check_rate
 
     if value is None:
         return FROM_ENV
-    if not (value >= 0 and math.isfinite(value)):
-        raise _Usage(f"{flag} must be a number of at least 0 (0 = unpaced); got {value}")
-    return value or None
+    try:
+        return check_rate(flag, value)
+    except ValueError as exc:
+        raise _Usage(str(exc)) from None
 
 
 def _row_json(index: int, dense: Any, sparse: dict[int, float] | None) -> str:

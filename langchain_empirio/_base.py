@@ -87,10 +87,12 @@ class EmpirioSettings(ClientFields):
     max_concurrency: int | Literal["auto"] = DEFAULTS["max_concurrency"]
     """Most requests in flight, or ``"auto"``: the account's rate x the measured latency."""
     rpm: float | None = Field(default_factory=default_rpm)
-    """Account requests per minute, paced client-side; ``None`` = unpaced. Default
-    ``EMPIRIOLABS_RPM`` or 50."""
+    """Account requests per minute, paced client-side; ``None`` or 0 = unpaced. Default
+    ``EMPIRIOLABS_RPM`` or 50 (replaced by what the server advertises when nobody set it:
+    ``.limits`` shows the limits in effect and where they came from)."""
     tpm: float | None = Field(default_factory=default_tpm)
-    """Account tokens per minute; ``None`` = unpaced. Default ``EMPIRIOLABS_TPM`` or 2,000,000."""
+    """Account tokens per minute; ``None`` or 0 = unpaced. Default ``EMPIRIOLABS_TPM`` or
+    2,000,000 (see ``rpm``)."""
     max_retries: int = DEFAULTS["max_retries"]
     """Retries per request for 408/409/429/5xx and lost connections."""
     timeout: float = DEFAULTS["timeout"]

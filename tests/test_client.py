@@ -312,7 +312,6 @@ async def test_bad_input_raises_before_any_request_async(make_emulator: Any) -> 
         ({"dimensions": 100}, r"choose one of \[64, 128, 256, 512, 768, 1024, 1536, 2048\]"),
         ({"batch_size": 0}, "batch_size"),
         ({"batch_size": 5000}, "batch_size"),
-        ({"rpm": 0}, "rpm"),
         ({"overflow": "drop"}, "overflow"),
         ({"instruction_mode": "magic"}, "instruction_mode"),
         ({"base_url": "ftp://x"}, "http"),
@@ -667,6 +666,72 @@ def test_unset_limits_adopt_what_a_local_server_advertises(
     with EmbeddingClient(api_key="k", base_url=free) as c:  # from the environment: kept
         c.embed(TEXTS[:10])
         assert (c.rpm, c.tpm) == (100, None)
+
+
+def test_limits_say_where_they_came_from(
+    make_emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from langchain_empirio import EmpirioEmbeddings
+
+    monkeypatch.delenv("EMPIRIOLABS_RPM", raising=False)
+    monkeypatch.delenv("EMPIRIOLABS_TPM", raising=False)
+    limited = make_emulator(rpm=600, tpm=900_000)
+    with EmbeddingClient(api_key="k", base_url=limited) as c:
+        assert (c.limits.rpm, c.limits.rpm_source) == (50, "default")
+        assert "until the server advertises its own" in str(c.limits)
+        c.embed(TEXTS[:10])
+        assert c.limits.rpm == 600
+        assert (c.limits.rpm_source, c.limits.tpm_source) == ("server", "server")
+        assert (
+            str(c.limits) == "600 requests and 900,000 tokens a minute (as the server advertises)"
+        )
+    with EmbeddingClient(api_key="k", base_url=limited, rpm=100) as c:
+        c.embed(TEXTS[:10])
+        assert (c.limits.rpm, c.limits.rpm_source, c.limits.tpm_source) == (100, "set", "server")
+    lc = EmpirioEmbeddings(api_key="k", base_url=limited)
+    lc.embed_documents(TEXTS[:3])
+    assert lc.rpm == 50  # the field: what was set, or the default
+    assert (lc.limits.rpm, lc.limits.rpm_source) == (600, "server")  # what paces, and why
+    lc.empirio_client.close()
+
+
+def test_zero_and_none_mean_unpaced_as_argument_variable_and_flag(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from empirio.cli import _rate
+    from empirio.emulator import EmulatorConfig
+
+    url = "http://127.0.0.1:9/v1"
+    for value in (0, 0.0, None):
+        c = EmbeddingClient(api_key=KEY, base_url=url, rpm=value, tpm=value)
+        assert (c.rpm, c.tpm, c.limits.rpm_source) == (None, None, "set")
+    for raw in ("0", "none", "off", "unlimited"):
+        monkeypatch.setenv("EMPIRIOLABS_RPM", raw)
+        assert EmbeddingClient(api_key=KEY, base_url=url).rpm is None
+    assert _rate(0.0, "--rpm") is None
+    assert EmulatorConfig(rpm=0, tpm=0).rpm is None
+    for bad in (0.5, -1):
+        with pytest.raises(ConfigurationError, match="None or 0 for no limit"):
+            EmbeddingClient(api_key=KEY, base_url=url, rpm=bad)
+    monkeypatch.setenv("EMPIRIOLABS_RPM", "0.5")
+    with pytest.raises(ConfigurationError, match="EMPIRIOLABS_RPM must be a finite number"):
+        EmbeddingClient(api_key=KEY, base_url=url)
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_shared_views_report_progress_for_every_text(
+    emulator_url: str, use_async: bool
+) -> None:
+    texts = [f"shared view progress {i}" for i in range(25)]
+    seen: list[int] = []
+    async with client(emulator_url, share_views=True) as c:
+        for output in ("dense", "sparse"):  # fetched, then served from the parked view
+            if use_async:
+                await c.aembed(texts + texts[:5], output=output, on_progress=seen.append)
+            else:
+                c.embed(texts + texts[:5], output=output, on_progress=seen.append)
+            assert sum(seen) == 30, (output, seen)
+            seen.clear()
 
 
 def test_truncation_warnings_point_at_the_callers_line(emulator_url: str) -> None:

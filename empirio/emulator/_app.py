@@ -72,8 +72,8 @@ class EmulatorConfig:
 
     Attributes:
         api_key: the one accepted key; ``None`` accepts any non-empty key.
-        rpm: account requests per minute (sliding 60 s window); ``None`` = no limit.
-        tpm: account tokens per minute; ``None`` = no limit.
+        rpm: account requests per minute (sliding 60 s window); ``None`` or ``0`` = no limit.
+        tpm: account tokens per minute; ``None`` or ``0`` = no limit.
         strict_burst: also apply the per-second rules, as the service does: at most ``rpm/60``
             requests and ``tpm/60`` tokens in any second (on by default).
         latency_ms: added to every response, in milliseconds.
@@ -117,6 +117,9 @@ class EmulatorConfig:
     def __post_init__(self) -> None:
         # Frozen, so "auto" is resolved here once: a config always says what it serves.
         object.__setattr__(self, "vectors", resolve_vectors(self.vectors))
+        for name in ("rpm", "tpm"):  # 0 is no limit, as for the client
+            if getattr(self, name) == 0:
+                object.__setattr__(self, name, None)
         for name in ("fail_rate", "drop_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
