@@ -9,9 +9,8 @@ integrations.
     client.usage.cost_usd
 """
 
-from ._cache import CacheStats, EmbeddingCache, EmbeddingStore
 from ._client import EmbeddingClient
-from ._config import (
+from ._core.config import (
     ALLOWED_DIMENSIONS,
     DEFAULT_BASE_URL,
     DEFAULT_MODEL,
@@ -19,8 +18,8 @@ from ._config import (
     PRICE_PER_MILLION_TOKENS_USD,
     format_query,
 )
-from ._config import package_version as _version
-from ._errors import (
+from ._core.config import package_version as _version
+from ._core.errors import (
     APIConnectionError,
     APIError,
     APIResponseValidationError,
@@ -43,10 +42,11 @@ from ._errors import (
     TruncationWarning,
     UnsupportedFeatureError,
 )
-from ._plan import InstructionMode, Kind, Output, Overflow
-from ._result import EmbeddingResult, Usage
-from ._sqlite_store import SqliteStore
-from ._tokens import MAX_INPUT_TOKENS, SAFE_INPUT_TOKENS, QwenTokenizer, get_tokenizer
+from ._core.plan import InstructionMode, Kind, Output, Overflow
+from ._core.result import EmbeddingResult, Usage
+from ._core.tokens import MAX_INPUT_TOKENS, SAFE_INPUT_TOKENS, QwenTokenizer, get_tokenizer
+from ._io.cache import CacheStats, EmbeddingCache, EmbeddingStore
+from ._io.sqlite_store import SqliteStore
 
 __version__ = _version()
 

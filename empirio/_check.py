@@ -18,11 +18,16 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from ._config import PRICE_PER_MILLION_TOKENS_USD, is_loopback_url
-from ._decode import LIMIT_HEADERS, advertised_limits, batch_limit_from, decode_error
-from ._errors import APIStatusError, AuthenticationError, EmpirioError, InsufficientCreditsError
-from ._secret import redact
-from ._wire import decode_base64
+from ._core.config import PRICE_PER_MILLION_TOKENS_USD, is_loopback_url
+from ._core.decode import LIMIT_HEADERS, advertised_limits, batch_limit_from, decode_error
+from ._core.errors import (
+    APIStatusError,
+    AuthenticationError,
+    EmpirioError,
+    InsufficientCreditsError,
+)
+from ._core.secret import redact
+from ._core.wire import decode_base64
 
 __all__ = ["Report", "check_endpoint"]
 

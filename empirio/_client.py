@@ -3,7 +3,7 @@
 Everything that decides (planning, pacing, retries, splitting, bookkeeping) lives in ``_plan``,
 ``_pace``, ``_retry``, ``_engine`` and ``_driver``; this module only reads the clock, sleeps,
 sends HTTP and hands outcomes back. Both shells run the same loop over a
-:class:`~empirio._driver.CallDriver`:
+:class:`~empirio._core.driver.CallDriver`:
 
 * async: requests run as tasks on the caller's loop, with one ``httpx.AsyncClient`` per loop;
 * sync: the loop runs in the caller's thread (so input is read, and warnings are raised, there),
@@ -50,25 +50,7 @@ import httpx
 import numpy as np
 from pydantic import SecretStr
 
-from ._budget import (
-    Budget,
-    LocalBudget,
-    ShareBudget,
-    budget_for,
-    is_redis_url,
-    resolve_share_budget,
-)
-from ._cache import (
-    IDENTITY_HEADER,
-    CacheScope,
-    EmbeddingCache,
-    EmbeddingStore,
-    View,
-    decode_dense_rows,
-    decode_sparse,
-    endpoint_identity,
-)
-from ._config import (
+from ._core.config import (
     DEFAULT_RPM,
     DEFAULT_TPM,
     FROM_ENV,
@@ -83,11 +65,11 @@ from ._config import (
     resolve_rate,
     validate_dimensions,
 )
-from ._decode import Decoded, advertised_limits, decode_error, decode_success
-from ._distinct import Distinct
-from ._driver import Call, CallDriver, known_result
-from ._engine import SLOT_POLL_S, Attempt, BatchLimit, Engine
-from ._errors import (
+from ._core.decode import Decoded, advertised_limits, decode_error, decode_success
+from ._core.distinct import Distinct
+from ._core.driver import Call, CallDriver, known_result
+from ._core.engine import SLOT_POLL_S, Attempt, BatchLimit, Engine
+from ._core.errors import (
     APIConnectionError,
     APIResponseValidationError,
     APIStatusError,
@@ -101,8 +83,8 @@ from ._errors import (
     UnsupportedFeatureError,
     truncation_message,
 )
-from ._pace import AUTO_CEILING, Concurrency, Limits, LimitsInEffect, LimitSource
-from ._plan import (
+from ._core.pace import AUTO_CEILING, Concurrency, Limits, LimitsInEffect, LimitSource
+from ._core.plan import (
     NFC_BYTES_PER_CHAR,
     InstructionMode,
     Kind,
@@ -119,15 +101,33 @@ from ._plan import (
     prompt_overhead,
     unique_texts,
 )
-from ._progress import Progress, tqdm_class
-from ._redis_store import RedisStore
-from ._result import EmbeddingResult, Usage, UsageMeter
-from ._retry import RetryPolicy
-from ._secret import SealedKey, open_sealed, seal_urls
-from ._settings import DEFAULTS
-from ._sqlite_store import SqliteStore
-from ._tokens import SAFE_INPUT_TOKENS, QwenTokenizer, get_tokenizer
-from ._views import ViewCache
+from ._core.result import EmbeddingResult, Usage, UsageMeter
+from ._core.retry import RetryPolicy
+from ._core.secret import SealedKey, open_sealed, seal_urls
+from ._core.settings import DEFAULTS
+from ._core.tokens import SAFE_INPUT_TOKENS, QwenTokenizer, get_tokenizer
+from ._core.views import ViewCache
+from ._io.budget import (
+    Budget,
+    LocalBudget,
+    ShareBudget,
+    budget_for,
+    is_redis_url,
+    resolve_share_budget,
+)
+from ._io.cache import (
+    IDENTITY_HEADER,
+    CacheScope,
+    EmbeddingCache,
+    EmbeddingStore,
+    View,
+    decode_dense_rows,
+    decode_sparse,
+    endpoint_identity,
+)
+from ._io.progress import Progress, tqdm_class
+from ._io.redis_store import RedisStore
+from ._io.sqlite_store import SqliteStore
 
 __all__ = ["EmbeddingClient"]
 
@@ -426,7 +426,7 @@ class EmbeddingClient:
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Pickles and deep copies are new clients with the same settings: same key (sealed,
-        see :mod:`empirio._secret`), same account budget; fresh connections, usage and locks.
+        see :mod:`empirio._core.secret`), same account budget; fresh connections, usage and locks.
         ``http_client``/``async_http_client`` are not carried."""
         # A Redis URL's password is a secret like the key.
         options = seal_urls(dict(self._options, share_views=self._views is not None))
@@ -589,9 +589,9 @@ class EmbeddingClient:
         return Known(tuple(hits), dense, sparse), keys
 
     def _endpoint_identity(self) -> str:
-        """The endpoint's identity for cache keys (see :func:`~empirio._cache.endpoint_identity`).
-        A server on this machine is asked once, with ``GET /models``, what it serves; one that
-        does not say (or does not answer) is known by its port."""
+        """The endpoint's identity for cache keys (see
+        :func:`~empirio._io.cache.endpoint_identity`). A server on this machine is asked once,
+        with ``GET /models``, what it serves; one that does not say is known by its port."""
         with self._identity_lock:  # one probe, however many threads look up at once
             if self._identity is not None:
                 return self._identity
@@ -1530,8 +1530,8 @@ def _open_cache(
     cache: str | os.PathLike[str] | EmbeddingStore | None,
 ) -> tuple[EmbeddingCache | None, SqliteStore | RedisStore | None]:
     """The client's cache, and the store the client opened itself (and so closes), if any:
-    a ``redis://`` URL is a :class:`~empirio._redis_store.RedisStore`, another string or path
-    a :class:`~empirio._sqlite_store.SqliteStore` file."""
+    a ``redis://`` URL is a :class:`~empirio._io.redis_store.RedisStore`, another string or path
+    a :class:`~empirio._io.sqlite_store.SqliteStore` file."""
     if cache is None:
         return None, None
     if is_redis_url(cache):

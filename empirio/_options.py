@@ -11,7 +11,7 @@ from pydantic import BaseModel, PrivateAttr, SecretStr, ValidationError, field_v
 from pydantic_core import InitErrorDetails
 
 from ._client import EmbeddingClient
-from ._config import (
+from ._core.config import (
     DEFAULT_RPM,
     DEFAULT_TPM,
     FROM_ENV,
@@ -20,8 +20,8 @@ from ._config import (
     resolve_rate,
     validate_dimensions,
 )
-from ._pace import LimitsInEffect
-from ._secret import MASK, URL_OPTIONS, SealedKey, open_sealed, seal_urls
+from ._core.pace import LimitsInEffect
+from ._core.secret import MASK, URL_OPTIONS, SealedKey, open_sealed, seal_urls
 
 __all__ = ["CLIENT_OPTIONS", "ClientFields", "build_client", "default_rpm", "default_tpm"]
 

@@ -18,10 +18,10 @@ import numpy as np
 import numpy.typing as npt
 
 from ._client import EmbeddingClient
-from ._errors import ConfigurationError, InvalidInputError
-from ._plan import Kind, Output
-from ._result import Usage
-from ._secret import SealedKey, open_sealed, seal_urls
+from ._core.errors import ConfigurationError, InvalidInputError
+from ._core.plan import Kind, Output
+from ._core.result import Usage
+from ._core.secret import SealedKey, open_sealed, seal_urls
 
 __all__ = ["JobUsage", "RowResult", "embed_batch", "embed_rows", "open_options", "seal_options"]
 
@@ -144,7 +144,7 @@ def embed_batch(
 
 def seal_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """Client options for shipping to workers: the key and Redis URLs (their passwords) sealed,
-    so they are in no pickle's bytes (see :mod:`empirio._secret`)."""
+    so they are in no pickle's bytes (see :mod:`empirio._core.secret`)."""
     if "client" in options or "http_client" in options or "async_http_client" in options:
         raise ConfigurationError(
             "engine workers make their own clients: pass client options (api_key, base_url, "

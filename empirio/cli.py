@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import Any
 
-from ._settings import DEFAULTS
+from ._core.settings import DEFAULTS
 
 __all__ = ["main"]
 
@@ -118,7 +118,7 @@ def _serve_until_stopped(
 ) -> int:
     """Run a local server until SIGINT or SIGTERM: print its URL, then wait. One-line errors
     for a bad port or setting (2) or an address that cannot be bound (1)."""
-    from ._errors import ConfigurationError
+    from ._core.errors import ConfigurationError
 
     if not 0 <= args.port <= 65535:
         print(f"empirio {command}: --port must be 0 to 65535; got {args.port}", file=sys.stderr)
@@ -341,7 +341,7 @@ def _output_format(args: argparse.Namespace) -> str:
 
 def _rate(value: float | None, flag: str) -> Any:
     """A rate flag as the client reads rates (``0`` = unpaced); not given: the environment."""
-    from ._config import FROM_ENV, check_rate
+    from ._core.config import FROM_ENV, check_rate
 
     if value is None:
         return FROM_ENV
@@ -373,7 +373,7 @@ def _embed_checked(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ._client import EmbeddingClient
-    from ._errors import ConfigurationError, EmpirioError, InvalidInputError, agree, plural
+    from ._core.errors import ConfigurationError, EmpirioError, InvalidInputError, agree, plural
 
     fmt = _output_format(args)
     if fmt == "npy" and args.output == "-":
@@ -539,7 +539,7 @@ def _write_failed(
 ) -> int:
     """One line for an output that cannot be written (a full disk, a closed pipe), saying where
     what was paid for is: the cache, or the unfinished file, kept and named."""
-    from ._errors import plural
+    from ._core.errors import plural
 
     if isinstance(exc, BrokenPipeError) or tmp is None:
         # Nobody reads stdout any more: point it at /dev/null so that the interpreter's final
@@ -601,7 +601,7 @@ def _warnings_as_lines(numbers: Sequence[int]) -> Iterator[None]:
 
     from tqdm import tqdm
 
-    from ._errors import TruncationWarning, truncation_message
+    from ._core.errors import TruncationWarning, truncation_message
 
     def show(message: Any, category: Any, *rest: Any, **kw: Any) -> None:
         if isinstance(message, TruncationWarning) and message.truncated:
@@ -705,7 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_demo(sub)
     _add_check(sub)
     args = parser.parse_args(argv)
-    from ._errors import EmpirioError
+    from ._core.errors import EmpirioError
 
     bad = _bad_dimensions(args)
     if bad:
@@ -761,7 +761,7 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _check(args: argparse.Namespace) -> int:
     from ._check import check_endpoint
-    from ._config import API_KEY_ENV, resolve_base_url
+    from ._core.config import API_KEY_ENV, resolve_base_url
 
     key = os.environ.get(API_KEY_ENV)
     if not key:
@@ -781,7 +781,7 @@ def _check(args: argparse.Namespace) -> int:
 def _bad_dimensions(args: argparse.Namespace) -> str | None:
     """Why ``--dimensions`` cannot be used, if it cannot: checked before any banner or
     request, so that a wrong value is one line and costs nothing."""
-    from ._config import ALLOWED_DIMENSIONS
+    from ._core.config import ALLOWED_DIMENSIONS
 
     n = getattr(args, "dimensions", None)
     if n is None or n in ALLOWED_DIMENSIONS:

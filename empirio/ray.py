@@ -29,9 +29,9 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from ._budget import SHARE_BUDGET_ENV, is_redis_url
 from ._client import EmbeddingClient
-from ._plan import Kind, Output
+from ._core.plan import Kind, Output
+from ._io.budget import SHARE_BUDGET_ENV, is_redis_url
 from ._rows import JobUsage, embed_batch, open_options, seal_options
 
 if TYPE_CHECKING:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._plan import Kind, Output
+from ._core.plan import Kind, Output
 from ._rows import JobUsage, seal_options
 
 if TYPE_CHECKING:

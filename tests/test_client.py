@@ -26,8 +26,8 @@ from empirio import (
     UnsupportedFeatureError,
     format_query,
 )
-from empirio._config import DEFAULT_QUERY_INSTRUCTION
-from empirio._tokens import get_tokenizer
+from empirio._core.config import DEFAULT_QUERY_INSTRUCTION
+from empirio._core.tokens import get_tokenizer
 from empirio.emulator import text_key
 
 from .conftest import stats

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from empirio import APIResponseValidationError, UnsupportedFeatureError
-from empirio._decode import decode_success
+from empirio._core.decode import decode_success
 
 
 def body(data: list[dict[str, Any]], **extra: Any) -> bytes:

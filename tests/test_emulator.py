@@ -14,9 +14,9 @@ import httpx
 import numpy as np
 import pytest
 
-from empirio._config import ALLOWED_DIMENSIONS, DEFAULT_QUERY_INSTRUCTION, format_query
-from empirio._tokens import get_tokenizer
-from empirio._wire import decode_base64
+from empirio._core.config import ALLOWED_DIMENSIONS, DEFAULT_QUERY_INSTRUCTION, format_query
+from empirio._core.tokens import get_tokenizer
+from empirio._core.wire import decode_base64
 from empirio.emulator import text_key
 
 from .conftest import stats

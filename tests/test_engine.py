@@ -18,13 +18,13 @@ from empirio import (
     RateLimitError,
     RequestTooLargeError,
 )
-from empirio._budget import LocalBudget
-from empirio._decode import Decoded
-from empirio._engine import SLOT_POLL_S, Attempt, BatchLimit, Engine
-from empirio._errors import EmpirioError
-from empirio._pace import Concurrency, Limits
-from empirio._plan import PlannedRequest
-from empirio._retry import RetryPolicy
+from empirio._core.decode import Decoded
+from empirio._core.engine import SLOT_POLL_S, Attempt, BatchLimit, Engine
+from empirio._core.errors import EmpirioError
+from empirio._core.pace import Concurrency, Limits
+from empirio._core.plan import PlannedRequest
+from empirio._core.retry import RetryPolicy
+from empirio._io.budget import LocalBudget
 
 
 def req(rid: int, n: int = 10, first: int = 0) -> PlannedRequest:

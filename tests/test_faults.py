@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from empirio import EmbeddingClient
-from empirio._tokens import get_tokenizer
+from empirio._core.tokens import get_tokenizer
 from empirio.emulator import HashEmbedder
 
 from .conftest import stats

@@ -162,7 +162,7 @@ def test_start_if_no_key_without_the_server_extra_names_it(tmp_path: Path) -> No
 
 @pytest.mark.parametrize(("n", "word"), [(1, "1 text"), (2, "2 texts"), (1234, "1,234 texts")])
 def test_plural(n: int, word: str) -> None:
-    from empirio._errors import plural
+    from empirio._core.errors import plural
 
     assert plural(n, "text") == word
 

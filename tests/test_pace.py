@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from empirio._budget import LocalBudget, SqliteBudget, _pack, _unpack, account_id, budget_for
-from empirio._pace import (
+from empirio._core.pace import (
     COLD_JITTER_S,
     COLD_S,
     IDLE_S,
@@ -25,6 +24,7 @@ from empirio._pace import (
     succeed,
     throttle,
 )
+from empirio._io.budget import LocalBudget, SqliteBudget, _pack, _unpack, account_id, budget_for
 from empirio.emulator import AccountLimiter
 
 #: A state that has been sending (at time 0): no cold start, whose margin the tests below
@@ -274,7 +274,7 @@ def test_concurrency_never_below_one() -> None:
 def test_a_store_with_its_own_clock_decides_as_the_local_ledger() -> None:
     """One home for the rules, several stores: a store whose clock is far from the caller's
     (Redis's TIME against a host's monotonic clock) makes the same decisions, in durations."""
-    from empirio._budget import LocalBudget, _Kept
+    from empirio._io.budget import LocalBudget, _Kept
 
     class OtherClock(_Kept):
         def __init__(self, offset: float) -> None:
@@ -303,7 +303,7 @@ def test_a_store_with_its_own_clock_decides_as_the_local_ledger() -> None:
 
 
 def test_requests_in_flight_follow_rate_times_latency() -> None:
-    from empirio._pace import AUTO_CEILING, UNPACED_CONCURRENCY
+    from empirio._core.pace import AUTO_CEILING, UNPACED_CONCURRENCY
 
     c = Concurrency(AUTO_CEILING, auto=True, limits=Limits(1200, None))
     assert c.allowed == 31  # 20/s x 1 s (assumed before any answer) x 1.5 + 1

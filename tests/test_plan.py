@@ -8,10 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from empirio import InvalidInputError, format_query
-from empirio._decode import Decoded
-from empirio._driver import Call, _Segment
-from empirio._plan import SegmentPlan, check_texts, pack, plan_segment
-from empirio._tokens import get_tokenizer
+from empirio._core.decode import Decoded
+from empirio._core.driver import Call, _Segment
+from empirio._core.plan import SegmentPlan, check_texts, pack, plan_segment
+from empirio._core.tokens import get_tokenizer
 
 tok = get_tokenizer()
 

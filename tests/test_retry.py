@@ -6,7 +6,7 @@ import email.utils
 
 import pytest
 
-from empirio._retry import RetryPolicy, is_retryable_status, parse_retry_after
+from empirio._core.retry import RetryPolicy, is_retryable_status, parse_retry_after
 
 NOW = 1_700_000_000.0
 

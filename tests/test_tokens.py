@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from empirio._tokens import END_OF_TEXT_ID, SAFE_INPUT_TOKENS, get_tokenizer
+from empirio._core.tokens import END_OF_TEXT_ID, SAFE_INPUT_TOKENS, get_tokenizer
 
 tok = get_tokenizer()
 

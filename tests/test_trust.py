@@ -31,7 +31,7 @@ from empirio import (
     AuthenticationError,
     EmbeddingClient,
 )
-from empirio._wire import encode_base64
+from empirio._core.wire import encode_base64
 
 from .conftest import stats
 
@@ -331,7 +331,7 @@ def test_a_text_that_nfc_makes_longer_is_counted_after_nfc(
     import warnings
 
     from empirio import TruncationWarning, get_tokenizer
-    from empirio._plan import over_limit
+    from empirio._core.plan import over_limit
 
     text = "\U0001d160" * 2100  # 8,400 bytes as given; three code points each after NFC
     tokens = get_tokenizer()
@@ -359,7 +359,7 @@ def test_settings_of_a_client_cannot_be_changed_quietly(emulator_url: str) -> No
 
 
 def test_localhost_and_127_0_0_1_are_one_account() -> None:
-    from empirio._budget import account_id
+    from empirio._io.budget import account_id
 
     same = {
         account_id(url, KEY)
@@ -378,7 +378,7 @@ def test_a_ledger_locked_for_a_while_is_used_again_when_free(
     import sqlite3
 
     from empirio import _budget
-    from empirio._pace import Limits
+    from empirio._core.pace import Limits
 
     path = tmp_path / "ledger.sqlite3"
     budget = _budget.SqliteBudget(path, busy_timeout=0.2)
@@ -399,7 +399,7 @@ def test_a_ledger_locked_for_a_while_is_used_again_when_free(
 
 
 def test_parked_views_are_bounded_in_bytes() -> None:
-    from empirio._views import ViewCache
+    from empirio._core.views import ViewCache
 
     views = ViewCache(max_bytes=1_000_000)
     rows = np.ones((1000, 2048), dtype=np.float32)
@@ -450,7 +450,7 @@ def test_a_large_account_keeps_rate_times_latency_in_flight(make_emulator: Any) 
 def test_every_error_pickles_and_unpickles_with_its_attributes() -> None:
     import empirio
     from empirio import EmbeddingResult, Usage
-    from empirio._errors import status_error
+    from empirio._core.errors import status_error
 
     partial = EmbeddingResult(np.ones((1, 4), dtype=np.float32), None, Usage(requests=1))
     errors = [

@@ -22,8 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .._cache import IDENTITY_HEADER
-from .._config import (
+from .._core.config import (
     ALLOWED_DIMENSIONS,
     DEFAULT_DIMENSIONS,
     DEFAULT_MAX_BATCH,
@@ -31,9 +30,10 @@ from .._config import (
     DEFAULT_QUERY_INSTRUCTION,
     format_query,
 )
-from .._plan import encodes
-from .._tokens import MAX_INPUT_TOKENS, get_tokenizer
-from .._wire import EmbeddingRequest, encode_base64
+from .._core.plan import encodes
+from .._core.tokens import MAX_INPUT_TOKENS, get_tokenizer
+from .._core.wire import EmbeddingRequest, encode_base64
+from .._io.cache import IDENTITY_HEADER
 from ._embed import HashEmbedder
 from ._limits import AccountLimiter, Verdict
 from ._semantic import SemanticEmbedder, Vectors, resolve_vectors

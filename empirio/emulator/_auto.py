@@ -7,7 +7,7 @@ import contextlib
 import os
 import threading
 
-from .._config import API_BASE_ENV, API_KEY_ENV, RPM_ENV, TPM_ENV
+from .._core.config import API_BASE_ENV, API_KEY_ENV, RPM_ENV, TPM_ENV
 from ._app import EmulatorConfig
 from ._semantic import Vectors, describe_vectors
 from ._server import serve

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .._tokens import QwenTokenizer
+from .._core.tokens import QwenTokenizer
 
 __all__ = ["FULL_DIMENSIONS", "HashEmbedder", "SparseWeights"]
 

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from .._errors import ConfigurationError
+from .._core.errors import ConfigurationError
 from ._embed import FULL_DIMENSIONS, HashEmbedder, SparseWeights, _normalise, split_query
 
 __all__ = [

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from .._errors import ConfigurationError
+from .._core.errors import ConfigurationError
 from ._app import EmulatorConfig, create_app
 
 __all__ = ["missing_server_extra", "require_server_extra", "run_app", "serve"]

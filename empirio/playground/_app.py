@@ -30,7 +30,7 @@ from typing import Any
 
 from pydantic import SecretStr, ValidationError
 
-from .._config import (
+from .._core.config import (
     ALLOWED_DIMENSIONS,
     API_BASE_ENV,
     API_KEY_ENV,
@@ -38,7 +38,7 @@ from .._config import (
     is_loopback_url,
     resolve_base_url,
 )
-from .._errors import ConfigurationError
+from .._core.errors import ConfigurationError
 from ._run import MAX_DOCUMENTS, MAX_QUERIES, RunSettings, run
 
 __all__ = [

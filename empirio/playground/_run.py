@@ -19,7 +19,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from .._client import EmbeddingClient
-from .._config import (
+from .._core.config import (
     ALLOWED_DIMENSIONS,
     DEFAULT_DIMENSIONS,
     DEFAULT_MODEL,
@@ -29,9 +29,9 @@ from .._config import (
     PRICE_PER_MILLION_TOKENS_USD,
     format_query,
 )
-from .._errors import APIStatusError, EmpirioError, InvalidInputError, agree
-from .._secret import redact
-from .._tokens import SAFE_INPUT_TOKENS, get_tokenizer
+from .._core.errors import APIStatusError, EmpirioError, InvalidInputError, agree
+from .._core.secret import redact
+from .._core.tokens import SAFE_INPUT_TOKENS, get_tokenizer
 
 __all__ = ["RunSettings", "run"]
 
@@ -317,7 +317,7 @@ def _shorten(response: bytes) -> str:
 def _describe(exc: EmpirioError, noun: str = "text") -> dict[str, Any]:
     """An error for the page. Input errors name texts as the page's tables do: ``noun`` and a
     number from 1, not the library's positions from 0."""
-    # Messages are masked where they are made (see empirio._secret.redact).
+    # Messages are masked where they are made (see empirio._core.secret.redact).
     status = exc.status_code if isinstance(exc, APIStatusError) else None
     message = str(exc)
     if isinstance(exc, InvalidInputError) and exc.indices and ": position" in message:

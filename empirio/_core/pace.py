@@ -29,7 +29,7 @@ backoff says.
 :class:`BudgetState` is everything the senders of one account share; :func:`admit`,
 :func:`throttle` and :func:`succeed` are the only ways it changes. Where it is kept (one
 process, or a file shared by every process of the machine) is the shell's business
-(:mod:`empirio._budget`).
+(:mod:`empirio._io.budget`).
 """
 
 from __future__ import annotations

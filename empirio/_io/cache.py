@@ -1,6 +1,6 @@
 """The persistent embedding cache: what a vector's key is made of, how it is stored as bytes,
 and the counters. The store itself is pluggable (:class:`EmbeddingStore`); SQLite is the
-embedded default (:mod:`empirio._sqlite_store`).
+embedded default (:mod:`empirio._io.sqlite_store`).
 
 The key is exactly what changes a vector and nothing else:
 
@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import numpy.typing as npt
 
-from ._config import is_loopback_url
+from .._core.config import is_loopback_url
 
 __all__ = [
     "IDENTITY_HEADER",

@@ -18,8 +18,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._errors import CacheError
-from ._forksafe import hold_across_fork
+from .._core.errors import CacheError
+from .forksafe import hold_across_fork
 
 __all__ = ["SqliteStore"]
 

@@ -2,8 +2,8 @@
 
 The limits belong to the account, not to a client object: every client, adapter, copy and
 sibling in a process, and every process on the machine, that uses one key at one endpoint
-draws on one :class:`~empirio._pace.BudgetState`. This module only keeps that state; every
-decision is :mod:`empirio._pace`'s.
+draws on one :class:`~empirio._core.pace.BudgetState`. This module only keeps that state; every
+decision is :mod:`empirio._core.pace`'s.
 
 * ``scope="machine"`` (the default): a small SQLite file, named by a hash of the endpoint and
   key (never the key), in ``EMPIRIOLABS_BUDGET_DIR``, else ``$XDG_RUNTIME_DIR/empirio``, else
@@ -37,9 +37,8 @@ from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from ._config import host_port, is_loopback_url
-from ._forksafe import hold_across_fork
-from ._pace import (
+from .._core.config import host_port, is_loopback_url
+from .._core.pace import (
     JITTER_S,
     MAX_JITTER_S,
     MINUTE_S,
@@ -50,6 +49,7 @@ from ._pace import (
     succeed,
     throttle,
 )
+from .forksafe import hold_across_fork
 
 __all__ = [
     "BUDGET_DIR_ENV",
@@ -370,7 +370,7 @@ def budget_for(scope: ShareBudget, base_url: str, api_key: str) -> Budget:
         budget = _REGISTRY.get((scope, account))
         if budget is None:
             if is_redis_url(scope):
-                from ._redis_budget import RedisBudget
+                from .redis_budget import RedisBudget
 
                 budget = RedisBudget(scope, account)
             elif scope == "machine":

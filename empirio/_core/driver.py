@@ -24,12 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from ._cache import encode_dense, encode_sparse
-from ._decode import Decoded
-from ._engine import Attempt, Engine, Step
-from ._errors import EmpirioError
-from ._plan import Kind, Output, PlannedRequest, SegmentPlan, combine_windows
-from ._result import EmbeddingResult, Usage, UsageMeter
+from .._io.cache import encode_dense, encode_sparse
+from .decode import Decoded
+from .engine import Attempt, Engine, Step
+from .errors import EmpirioError
+from .plan import Kind, Output, PlannedRequest, SegmentPlan, combine_windows
+from .result import EmbeddingResult, Usage, UsageMeter
 
 __all__ = ["PLAN_POLL_S", "Call", "CallDriver", "known_result"]
 

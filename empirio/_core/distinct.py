@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from ._errors import EmpirioError
-from ._result import EmbeddingResult
+from .errors import EmpirioError
+from .result import EmbeddingResult
 
 __all__ = ["Distinct"]
 

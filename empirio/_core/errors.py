@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._result import EmbeddingResult
+    from .result import EmbeddingResult
 
 __all__ = [
     "APIConnectionError",

@@ -17,9 +17,9 @@ from typing import Literal, cast
 import numpy as np
 import numpy.typing as npt
 
-from ._config import format_query
-from ._errors import InvalidInputError, agree, plural
-from ._tokens import SAFE_INPUT_TOKENS, QwenTokenizer
+from .config import format_query
+from .errors import InvalidInputError, agree, plural
+from .tokens import SAFE_INPUT_TOKENS, QwenTokenizer
 
 __all__ = [
     "InstructionMode",

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from ._budget import SHARE_BUDGET_ENV
-from ._config import (
+from .._io.budget import SHARE_BUDGET_ENV
+from .config import (
     API_BASE_ENV,
     API_KEY_ENV,
     BASE_URL_ENV,

@@ -9,7 +9,7 @@ from dataclasses import astuple, dataclass
 import numpy as np
 import numpy.typing as npt
 
-from ._config import PRICE_PER_MILLION_TOKENS_USD
+from .config import PRICE_PER_MILLION_TOKENS_USD
 
 __all__ = ["EmbeddingResult", "Usage", "UsageMeter"]
 

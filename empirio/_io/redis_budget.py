@@ -1,10 +1,10 @@
 """The account's budget in Redis: every process on every host of an account paces together.
 
 ``share_budget="redis://[:password@]host:port/db"`` (or ``rediss://``, or the same in
-``EMPIRIOLABS_SHARE_BUDGET``). The rules are :mod:`empirio._pace`'s, the very ones the machine's
-SQLite ledger applies (one home for the rules, several stores): each decision loads the
-account's :class:`~empirio._pace.BudgetState`, applies the rule with **Redis's clock** (``TIME``;
-hosts' monotonic clocks are not comparable) and stores the result in one optimistic
+``EMPIRIOLABS_SHARE_BUDGET``). The rules are :mod:`empirio._core.pace`'s, the very ones the
+machine's SQLite ledger applies (one home for the rules, several stores): each decision loads
+the account's :class:`~empirio._core.pace.BudgetState`, applies the rule with **Redis's clock**
+(``TIME``; hosts' monotonic clocks are not comparable) and stores the result in one optimistic
 transaction (``WATCH``/``MULTI``/``EXEC``, retried when another process got there first), so the
 check of every rule and the reservation are atomic across hosts. Tokens are reserved at the
 exact pre-counted size before the send. The key is named by a hash of endpoint and key (never
@@ -36,10 +36,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from ._budget import LocalBudget, _Kept, _pack, _unpack
-from ._errors import BudgetError, ConfigurationError
-from ._pace import BudgetState, Limits
-from ._secret import redact
+from .._core.errors import BudgetError, ConfigurationError
+from .._core.pace import BudgetState, Limits
+from .._core.secret import redact
+from .budget import LocalBudget, _Kept, _pack, _unpack
 
 __all__ = ["RedisBudget", "checked_redis_url", "redis_display"]
 

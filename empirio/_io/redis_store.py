@@ -10,7 +10,7 @@ policy (a dense vector of 1,024 dimensions takes about 4.2 KB).
 
 A Redis that cannot be reached is a :class:`~empirio.CacheError` naming host and port (never the
 password) when vectors are looked up; a failed write warns and the call goes on (its vectors are
-returned). Pickles carry the URL sealed (see :mod:`empirio._secret`); each process, and each
+returned). Pickles carry the URL sealed (see :mod:`empirio._core.secret`); each process, and each
 child after a fork, opens its own connections (redis-py's pool does so by process id).
 """
 
@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ._errors import CacheError
-from ._redis_budget import checked_redis_url, redis_display
-from ._secret import SealedKey, redact
+from .._core.errors import CacheError
+from .._core.secret import SealedKey, redact
+from .redis_budget import checked_redis_url, redis_display
 
 __all__ = ["RedisStore"]
 

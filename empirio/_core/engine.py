@@ -14,12 +14,12 @@ clock. What it decides:
 * Limits: at most ``Concurrency.allowed`` requests in flight, counting those other calls of
   the same client have on the wire (the shell says how many: a count derived afresh each time,
   so a call that dies cannot strand slots), and the account's budget
-  (:mod:`empirio._budget`, rules in :mod:`empirio._pace`).
+  (:mod:`empirio._io.budget`, rules in :mod:`empirio._core.pace`).
 * Outcomes: a success is returned for storing and is never sent again. A 400 naming a smaller
   batch limit splits the request and lowers the limit for the client's life; a 413 halves it.
   408/409/429/5xx and lost connections are retried with backoff (429 also pauses every send and
   holds the account's senders and halves concurrency); 429s are retried for at least
-  :data:`~empirio._retry.THROTTLE_WINDOW_S` however many retries that takes. Anything else is
+  :data:`~empirio._core.retry.THROTTLE_WINDOW_S` however many retries that takes. Anything else is
   fatal: :attr:`failed` is set, nothing more is sent, and the shell raises it once the requests
   already in flight have ended (their results are kept).
 """
@@ -32,17 +32,17 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ._budget import Budget
-from ._decode import Decoded, batch_limit_from
-from ._errors import (
+from .._io.budget import Budget
+from .decode import Decoded, batch_limit_from
+from .errors import (
     APIConnectionError,
     APIResponseValidationError,
     APIStatusError,
     EmpirioError,
 )
-from ._pace import Concurrency, Limits
-from ._plan import PlannedRequest
-from ._retry import RetryPolicy, is_retryable_status
+from .pace import Concurrency, Limits
+from .plan import PlannedRequest
+from .retry import RetryPolicy, is_retryable_status
 
 __all__ = ["SLOT_POLL_S", "Attempt", "BatchLimit", "Completion", "Engine", "Step"]
 

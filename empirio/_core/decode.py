@@ -11,15 +11,15 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
-from ._errors import (
+from .errors import (
     APIResponseValidationError,
     APIStatusError,
     UnsupportedFeatureError,
     status_error,
 )
-from ._retry import parse_retry_after
-from ._secret import redact
-from ._wire import EmbeddingResponse, ErrorEnvelope, decode_base64
+from .retry import parse_retry_after
+from .secret import redact
+from .wire import EmbeddingResponse, ErrorEnvelope, decode_base64
 
 __all__ = [
     "LIMIT_HEADERS",

@@ -1,0 +1,1 @@
+"""The pure layer: every decision and all shared state, with no I/O (see ARCHITECTURE.md)."""
