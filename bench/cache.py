@@ -33,8 +33,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from empirio import EmbeddingClient, SqliteStore
+from empirio._core.cache_keys import CacheScope, encode_dense, endpoint_identity
 from empirio._core.config import DEFAULT_BASE_URL, DEFAULT_MODEL
-from empirio._io.cache import CacheScope, encode_dense, endpoint_identity
 
 from _common import machine_line, markdown_table
 

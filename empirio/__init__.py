@@ -9,7 +9,7 @@ integrations.
     client.usage.cost_usd
 """
 
-from ._client import EmbeddingClient
+from ._core.cache_keys import CacheStats, EmbeddingStore
 from ._core.config import (
     ALLOWED_DIMENSIONS,
     DEFAULT_BASE_URL,
@@ -45,8 +45,9 @@ from ._core.errors import (
 from ._core.plan import InstructionMode, Kind, Output, Overflow
 from ._core.result import EmbeddingResult, Usage
 from ._core.tokens import MAX_INPUT_TOKENS, SAFE_INPUT_TOKENS, QwenTokenizer, get_tokenizer
-from ._io.cache import CacheStats, EmbeddingCache, EmbeddingStore
+from ._io.cache import EmbeddingCache
 from ._io.sqlite_store import SqliteStore
+from .client import EmbeddingClient
 
 __version__ = _version()
 

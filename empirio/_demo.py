@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ._client import EmbeddingClient
 from ._core.config import API_BASE_ENV, API_KEY_ENV, DEFAULT_BASE_URL, resolve_base_url
+from .client import EmbeddingClient
 
 __all__ = ["QUERIES", "load_corpus", "run_demo"]
 

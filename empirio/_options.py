@@ -10,7 +10,6 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_core import InitErrorDetails
 
-from ._client import EmbeddingClient
 from ._core.config import (
     DEFAULT_RPM,
     DEFAULT_TPM,
@@ -22,6 +21,7 @@ from ._core.config import (
 )
 from ._core.pace import LimitsInEffect
 from ._core.secret import MASK, URL_OPTIONS, SealedKey, open_sealed, seal_urls
+from .client import EmbeddingClient
 
 __all__ = ["CLIENT_OPTIONS", "ClientFields", "build_client", "default_rpm", "default_tpm"]
 

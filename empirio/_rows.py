@@ -17,11 +17,11 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from ._client import EmbeddingClient
 from ._core.errors import ConfigurationError, InvalidInputError
 from ._core.plan import Kind, Output
 from ._core.result import Usage
 from ._core.secret import SealedKey, open_sealed, seal_urls
+from .client import EmbeddingClient
 
 __all__ = ["JobUsage", "RowResult", "embed_batch", "embed_rows", "open_options", "seal_options"]
 

@@ -372,8 +372,8 @@ def _embed(args: argparse.Namespace) -> int:
 def _embed_checked(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ._client import EmbeddingClient
     from ._core.errors import ConfigurationError, EmpirioError, InvalidInputError, agree, plural
+    from .client import EmbeddingClient
 
     fmt = _output_format(args)
     if fmt == "npy" and args.output == "-":

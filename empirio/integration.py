@@ -5,10 +5,9 @@ Nothing here is needed to use the client; it is the shared machinery of the adap
 one place so that each adapter stays field declarations and mapping only.
 """
 
-from ._core.config import API_BASE_ENV, API_KEY_ENV, BASE_URL_ENV
+from ._core.config import API_BASE_ENV, API_KEY_ENV, BASE_URL_ENV, SHARE_BUDGET_ENV, is_redis_url
 from ._core.plan import InstructionMode, Kind, Output, Overflow, as_text_list, check_texts
 from ._core.settings import DEFAULTS, SETTINGS, Setting, readme_table
-from ._io.budget import SHARE_BUDGET_ENV, is_redis_url
 from ._io.progress import Progress, tqdm_class
 from ._options import CLIENT_OPTIONS, ClientFields, build_client, default_rpm, default_tpm
 

@@ -29,10 +29,10 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from ._client import EmbeddingClient
+from ._core.config import SHARE_BUDGET_ENV, is_redis_url
 from ._core.plan import Kind, Output
-from ._io.budget import SHARE_BUDGET_ENV, is_redis_url
 from ._rows import JobUsage, embed_batch, open_options, seal_options
+from .client import EmbeddingClient
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -166,8 +166,8 @@ def _partition(
     options: dict[str, Any],
 ) -> Iterator[pd.DataFrame]:
     """One partition, on a worker: one client, each Arrow batch embedded as it comes."""
-    from ._client import EmbeddingClient
     from ._rows import embed_batch, open_options
+    from .client import EmbeddingClient
 
     with EmbeddingClient(**open_options(options)) as client:
         for batch in batches:

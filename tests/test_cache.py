@@ -177,7 +177,7 @@ def test_servers_that_serve_other_vectors_never_share_entries(
     np.testing.assert_array_equal(client(other, path).embed(TEXTS[:5]).dense, b)
     # A local server that does not say what it serves (a proxy to the real service, say) is
     # known by its port: it is never served an emulator's entries.
-    from empirio._io.cache import endpoint_identity
+    from empirio._core.cache_keys import endpoint_identity
 
     assert endpoint_identity("http://127.0.0.1:8001/v1") != endpoint_identity(
         "http://127.0.0.1:8002/v1"

@@ -377,7 +377,7 @@ def test_a_ledger_locked_for_a_while_is_used_again_when_free(
 ) -> None:
     import sqlite3
 
-    from empirio import _budget
+    from empirio._io import budget as _budget
     from empirio._core.pace import Limits
 
     path = tmp_path / "ledger.sqlite3"

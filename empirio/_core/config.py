@@ -9,6 +9,8 @@ import os
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from .types import BUDGET_SCOPES, ShareBudget
+
 __all__ = [
     "ALLOWED_DIMENSIONS",
     "API_BASE_ENV",
@@ -24,16 +26,19 @@ __all__ = [
     "FROM_ENV",
     "PRICE_PER_MILLION_TOKENS_USD",
     "RPM_ENV",
+    "SHARE_BUDGET_ENV",
     "TPM_ENV",
     "FromEnv",
     "check_rate",
     "format_query",
     "host_port",
     "is_loopback_url",
+    "is_redis_url",
     "package_version",
     "resolve_api_key",
     "resolve_base_url",
     "resolve_rate",
+    "resolve_share_budget",
     "validate_dimensions",
 ]
 
@@ -46,6 +51,9 @@ BASE_URL_ENV = "EMPIRIOLABS_BASE_URL"
 #: Account limits for accounts with other limits than the default; "none" turns pacing off.
 RPM_ENV = "EMPIRIOLABS_RPM"
 TPM_ENV = "EMPIRIOLABS_TPM"
+#: Sets ``share_budget`` for every client that is not given one (Ray actors, Spark executors
+#: and gunicorn workers inherit it).
+SHARE_BUDGET_ENV = "EMPIRIOLABS_SHARE_BUDGET"
 
 ALLOWED_DIMENSIONS: tuple[int, ...] = (64, 128, 256, 512, 768, 1024, 1536, 2048)
 DEFAULT_DIMENSIONS = 1024
@@ -188,3 +196,27 @@ def resolve_rate(
     except ValueError:
         raise ValueError(f"{env_name}={raw!r} is not a number or 'none'") from None
     return check_rate(env_name, rate)
+
+
+def is_redis_url(value: object) -> bool:
+    """Whether ``value`` names a Redis budget (``redis://`` or ``rediss://``)."""
+    return isinstance(value, str) and value.lower().startswith(("redis://", "rediss://"))
+
+
+def resolve_share_budget(value: object) -> ShareBudget:
+    """``share_budget`` as given, or from ``EMPIRIOLABS_SHARE_BUDGET`` when not given
+    (``None``), else ``"machine"``.
+
+    Raises:
+        ValueError: neither a scope nor a ``redis://``/``rediss://`` URL (the message never
+            shows a password).
+    """
+    if value is None:
+        value = os.environ.get(SHARE_BUDGET_ENV, "").strip() or "machine"
+    if isinstance(value, str) and (value in BUDGET_SCOPES or is_redis_url(value)):
+        return value
+    shown = "a URL of another scheme" if isinstance(value, str) and "://" in value else repr(value)
+    scopes = ", ".join(map(repr, BUDGET_SCOPES))
+    raise ValueError(
+        f"share_budget must be {scopes} or a redis://[:password@]host:port/db URL; got {shown}"
+    )

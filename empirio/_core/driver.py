@@ -1,7 +1,7 @@
 """One call, sans I/O: plan segments, schedule requests, store answers, hand results out in order.
 
-The sync and async shells in :mod:`empirio._client` each run the same loop over a
-:class:`CallDriver`::
+The sync and async shells (:mod:`empirio._io.sync`, :mod:`empirio._io.aio`) each run the same
+loop over a :class:`CallDriver`::
 
     for result in driver.ready(): ...          # finished segments, in input order
     step = driver.step(now, busy_elsewhere)    # None when the call is over
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .._io.cache import encode_dense, encode_sparse
+from .cache_keys import encode_dense, encode_sparse
 from .decode import Decoded
 from .engine import Attempt, Engine, Step
 from .errors import EmpirioError

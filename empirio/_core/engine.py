@@ -32,17 +32,14 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .._io.budget import Budget
 from .decode import Decoded, batch_limit_from
 from .errors import (
-    APIConnectionError,
-    APIResponseValidationError,
     APIStatusError,
     EmpirioError,
 )
-from .pace import Concurrency, Limits
+from .pace import Budget, Concurrency, Limits
 from .plan import PlannedRequest
-from .retry import RetryPolicy, is_retryable_status
+from .retry import RetryPolicy, is_retryable
 
 __all__ = ["SLOT_POLL_S", "Attempt", "BatchLimit", "Completion", "Engine", "Step"]
 
@@ -232,13 +229,7 @@ class Engine:
                 self._split(request, (len(request) + 1) // 2, attempt.retries)
                 return Completion()
         throttled = isinstance(outcome, APIStatusError) and outcome.status_code == 429
-        retryable = (
-            (isinstance(outcome, APIConnectionError) and outcome.retryable)
-            or (isinstance(outcome, APIStatusError) and is_retryable_status(outcome.status_code))
-            # A body that breaks the contract (a vector that is not one) may be a glitch on the
-            # way: tried once more, never more (a server that always lies is not a blip).
-            or (isinstance(outcome, APIResponseValidationError) and attempt.retries == 0)
-        )
+        retryable = is_retryable(outcome, attempt.retries)
         elapsed = now - attempt.first_sent_at
         if retryable and not self.policy.gives_up(
             attempt.retries, throttled=throttled, elapsed=elapsed

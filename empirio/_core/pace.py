@@ -37,7 +37,9 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Protocol
+
+from .types import LimitSource
 
 __all__ = [
     "AUTO_CEILING",
@@ -48,6 +50,7 @@ __all__ = [
     "LATE_S",
     "MAX_JITTER_S",
     "MINUTE_S",
+    "Budget",
     "BudgetState",
     "Concurrency",
     "LimitSource",
@@ -75,12 +78,6 @@ MAX_JITTER_S = 0.5
 MINUTE_S = 61.0
 #: A little more than nothing, so that boundary cases fall on the safe side of a half-open window.
 _EPS = 1e-6
-
-
-#: Where a limit in effect came from: an argument or the environment (``"set"``), nobody
-#: (``"default"``: 50 RPM and 2,000,000 TPM until a server advertises its own), or the server's
-#: ``x-ratelimit-limit-*`` headers (``"server"``).
-LimitSource = Literal["set", "default", "server"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,3 +398,21 @@ class Concurrency:
             return
         self.limit = max(1.0, min(self.limit, float(self.target)) / 2.0)
         self._last_cut = now
+
+
+class Budget(Protocol):
+    """The pacing state of one account, wherever it is kept (memory, a SQLite file, Redis:
+    :mod:`empirio._io.budget`), through which the rules above are applied. Times are monotonic
+    seconds of the caller's clock."""
+
+    def acquire(self, limits: Limits, now: float, tokens: int) -> float:
+        """Record a send of ``tokens`` at ``now`` and return 0, or return the seconds to wait."""
+
+    def sent(self, limits: Limits, admitted_at: float, now: float) -> None:
+        """Note that a request admitted at ``admitted_at`` actually left at ``now``."""
+
+    def throttled(self, limits: Limits, now: float, sent_at: float, delay: float) -> None:
+        """Note a 429 for a request sent at ``sent_at``; ``delay`` is the server's wait."""
+
+    def succeeded(self) -> None:
+        """Note a success."""

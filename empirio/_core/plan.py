@@ -12,7 +12,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +20,7 @@ import numpy.typing as npt
 from .config import format_query
 from .errors import InvalidInputError, agree, plural
 from .tokens import SAFE_INPUT_TOKENS, QwenTokenizer
+from .types import InstructionMode, Kind, Output, Overflow
 
 __all__ = [
     "InstructionMode",
@@ -42,11 +43,6 @@ __all__ = [
     "prompt_overhead",
     "unique_texts",
 ]
-
-Kind = Literal["document", "query"]
-Output = Literal["dense", "sparse", "both"]
-Overflow = Literal["truncate", "chunk", "error"]
-InstructionMode = Literal["prompt", "api", "none"]
 
 
 @dataclass(frozen=True, slots=True)

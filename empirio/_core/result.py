@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import astuple, dataclass
 
@@ -67,24 +66,14 @@ class Usage:
 
 
 class UsageMeter:
-    """A running :class:`Usage`, safe to add to from several threads."""
+    """A running :class:`Usage`. Added to under the client's lock (by the call drivers); read
+    at any time (a reference to a frozen value)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._usage = Usage()
+        self.usage = Usage()
 
     def add(self, delta: Usage) -> None:
-        with self._lock:
-            self._usage = self._usage + delta
-
-    @property
-    def usage(self) -> Usage:
-        with self._lock:
-            return self._usage
-
-    def after_fork(self) -> None:
-        """A forked child's meter: a new lock (the parent's may have been held), same counts."""
-        self._lock = threading.Lock()
+        self.usage = self.usage + delta
 
 
 @dataclass(frozen=True, slots=True)

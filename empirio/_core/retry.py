@@ -1,4 +1,5 @@
-"""Retry policy, pure: which failures to retry and how long to wait before the next attempt.
+"""Retry policy, pure: which failures to retry (statuses, transport failures, broken bodies:
+:func:`is_retryable`, :func:`transport_error`) and how long to wait before the next attempt.
 
 Backoff is ``min(0.5 * 2**n, 8) * U(0.75, 1)`` seconds for retry ``n`` (0-based): full jitter
 spreads clients apart, and the 0.75 floor keeps the wait from collapsing to nothing. A server
@@ -16,14 +17,27 @@ from __future__ import annotations
 import email.utils
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
+
+from .config import host_port, is_loopback_url
+from .errors import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    EmpirioError,
+)
 
 __all__ = [
     "MAX_FLOOR_S",
     "MAX_RETRY_AFTER",
     "THROTTLE_WINDOW_S",
     "RetryPolicy",
+    "TransportFailure",
+    "is_retryable",
     "is_retryable_status",
     "parse_retry_after",
+    "transport_error",
 ]
 
 #: The longest server-requested wait we honour, in seconds; longer requests are capped.
@@ -109,3 +123,61 @@ class RetryPolicy:
         if retries_done < self.max_retries:
             return False
         return not (throttled and self.max_retries > 0 and elapsed < THROTTLE_WINDOW_S)
+
+
+#: How a request failed before any HTTP answer, as the I/O layer classifies it.
+TransportFailure = Literal["unresolved", "refused", "timeout", "other"]
+
+
+def transport_error(
+    failure: TransportFailure,
+    *,
+    base_url: str,
+    timeout: float,
+    exc_name: str = "",
+    reason: str = "",
+    reached_before: bool,
+) -> EmpirioError:
+    """The error for a request that got no HTTP answer, and whether it is worth retrying.
+
+    A host that does not resolve, or a port where nothing listens, is an answer rather than a
+    blip while nothing has succeeded yet (``reached_before``): it fails at once with the likely
+    fix, instead of a minute of silent retries. Afterwards, as every other failure (a timeout,
+    a reset), it is retried.
+    """
+    if failure == "timeout":
+        return APITimeoutError(f"no response from {base_url} within {timeout} s")
+    if failure == "unresolved" and not reached_before:
+        err = APIConnectionError(
+            f"cannot resolve the host of {base_url}: check the address and the "
+            "network (no request has reached it)"
+        )
+        err.retryable = False
+        return err
+    if failure == "refused" and not reached_before:
+        hint = (
+            "is the emulator running? `empirio serve`, or start_if_no_key() in Python"
+            if is_loopback_url(base_url)
+            else "check the address and port"
+        )
+        err = APIConnectionError(
+            f"nothing is listening on {host_port(base_url)} (connection refused); {hint}"
+        )
+        err.retryable = False
+        return err
+    return APIConnectionError(
+        f"connection to {base_url} failed: {exc_name}" + (f" ({reason})" if reason else "")
+    )
+
+
+def is_retryable(outcome: EmpirioError, retries_done: int) -> bool:
+    """Whether a failed attempt is worth another: a retryable status (see
+    :func:`is_retryable_status`), a transport failure not judged final by
+    :func:`transport_error`, or a body that breaks the contract (a vector that is not one),
+    which may be a glitch on the way: tried once more, never more (a server that always lies is
+    not a blip)."""
+    return (
+        (isinstance(outcome, APIConnectionError) and outcome.retryable)
+        or (isinstance(outcome, APIStatusError) and is_retryable_status(outcome.status_code))
+        or (isinstance(outcome, APIResponseValidationError) and retries_done == 0)
+    )

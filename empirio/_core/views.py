@@ -3,22 +3,22 @@
 Hybrid stores ask for the dense vectors of a batch and then for the sparse vectors of the same
 batch (or the reverse). With view sharing on, the first call fetches ``dense&sparse`` once and
 parks the other view here until the second call takes it, so each text is billed once. Pure
-bookkeeping under a lock; bounded (least recently parked entries go first).
+bookkeeping, bounded (least recently parked entries go first); the client calls it under its
+lock.
 """
 
 from __future__ import annotations
 
-import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from .types import View
+
 __all__ = ["ViewCache"]
 
-View = Literal["dense", "sparse"]
 _Value = npt.NDArray[np.float32] | dict[int, float]
 
 
@@ -35,7 +35,6 @@ class ViewCache:
     def __init__(self, max_items: int = 50_000, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_items = max_items
         self.max_bytes = max_bytes
-        self._lock = threading.Lock()
         self._items: OrderedDict[tuple[str, str, str], _Value] = OrderedDict()
         self._bytes = 0
 
@@ -49,22 +48,17 @@ class ViewCache:
         """Bytes parked now, roughly (see ``max_bytes``)."""
         return self._bytes
 
-    def after_fork(self) -> None:
-        """A forked child's cache: a new lock (the parent's may have been held at the fork)."""
-        self._lock = threading.Lock()
-
     def __len__(self) -> int:
         return len(self._items)
 
     def take(self, view: View, kind: str, texts: Sequence[str]) -> list[_Value | None]:
         """Pop the parked ``view`` of each text, or ``None`` where there is none. A text that
         appears several times gets the same value at each place."""
-        with self._lock:
-            found = {}
-            for t in dict.fromkeys(texts):
-                value = found[t] = self._items.pop((view, kind, t), None)
-                if value is not None:
-                    self._bytes -= self._size((view, kind, t), value)
+        found = {}
+        for t in dict.fromkeys(texts):
+            value = found[t] = self._items.pop((view, kind, t), None)
+            if value is not None:
+                self._bytes -= self._size((view, kind, t), value)
         return [found[t] for t in texts]
 
     def park(
@@ -75,17 +69,14 @@ class ViewCache:
         sparse: Sequence[dict[int, float]] | None,
     ) -> None:
         """Park the given views of ``texts`` for a later :meth:`take`."""
-        with self._lock:
-            for i, text in enumerate(texts):
-                if dense is not None:
-                    self._put(("dense", kind, text), dense[i].copy())
-                if sparse is not None:
-                    self._put(("sparse", kind, text), sparse[i])
-            while self._items and (
-                len(self._items) > self.max_items or self._bytes > self.max_bytes
-            ):
-                key, value = self._items.popitem(last=False)
-                self._bytes -= self._size(key, value)
+        for i, text in enumerate(texts):
+            if dense is not None:
+                self._put(("dense", kind, text), dense[i].copy())
+            if sparse is not None:
+                self._put(("sparse", kind, text), sparse[i])
+        while self._items and (len(self._items) > self.max_items or self._bytes > self.max_bytes):
+            key, value = self._items.popitem(last=False)
+            self._bytes -= self._size(key, value)
 
     def _put(self, key: tuple[str, str, str], value: _Value) -> None:
         old = self._items.pop(key, None)

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Literal
+import json
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from .types import EncodingFormat, InstructionMode, Kind, Output
 
 __all__ = [
     "EmbeddingData",
@@ -27,9 +31,10 @@ __all__ = [
     "WireUsage",
     "decode_base64",
     "encode_base64",
+    "request_body",
+    "response_cap",
 ]
 
-EncodingFormat = Literal["float", "base64"]
 TextType = Literal["query", "document"]
 OutputType = Literal["dense", "sparse", "dense&sparse"]
 
@@ -128,3 +133,40 @@ def decode_base64(data: str, dimensions: int | None = None) -> npt.NDArray[np.fl
     if dimensions is not None and len(raw) != 4 * dimensions:
         raise ValueError(f"base64 embedding has {len(raw) // 4} components, expected {dimensions}")
     return np.frombuffer(raw, dtype="<f4").astype(np.float32, copy=False)
+
+
+def request_body(
+    texts: Sequence[str],
+    *,
+    model: str,
+    dimensions: int,
+    encoding_format: EncodingFormat,
+    user: str | None,
+    kind: Kind,
+    output: Output,
+    instruction_mode: InstructionMode,
+    query_instruction: str,
+) -> bytes:
+    """The JSON body of one request (UTF-8; texts kept as they are, not ``\\u`` escaped)."""
+    body: dict[str, Any] = {
+        "model": model,
+        "input": list(texts),
+        "dimensions": dimensions,
+        "encoding_format": encoding_format,
+    }
+    if user is not None:
+        body["user"] = user
+    if kind == "query" and instruction_mode == "api":
+        body["text_type"] = "query"
+        body["instruct"] = query_instruction
+    if output != "dense":
+        body["output_type"] = "dense&sparse" if output == "both" else "sparse"
+    return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+
+def response_cap(n_inputs: int, dimensions: int, sparse: bool) -> int:
+    """The most bytes a decoded response to ``n_inputs`` inputs may hold: float-list JSON takes
+    at most ~26 bytes a component, sparse output at most a few thousand weights of ~60 bytes.
+    Larger is refused (a compression bomb, or not an embeddings response)."""
+    per_input = 26 * dimensions + (512 * 1024 if sparse else 0) + 1024
+    return 1024 * 1024 + n_inputs * per_input

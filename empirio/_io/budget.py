@@ -34,14 +34,21 @@ import weakref
 from array import array
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit
 
-from .._core.config import host_port, is_loopback_url
+from .._core.config import (
+    SHARE_BUDGET_ENV,
+    host_port,
+    is_loopback_url,
+    is_redis_url,
+    resolve_share_budget,
+)
 from .._core.pace import (
     JITTER_S,
     MAX_JITTER_S,
     MINUTE_S,
+    Budget,
     BudgetState,
     Limits,
     admit,
@@ -49,6 +56,7 @@ from .._core.pace import (
     succeed,
     throttle,
 )
+from .._core.types import BudgetScope, ShareBudget
 from .forksafe import hold_across_fork
 
 __all__ = [
@@ -66,33 +74,11 @@ __all__ = [
 
 logger = logging.getLogger("empirio")
 
-BudgetScope = Literal["machine", "process", "client"]
-#: Where a budget is shared: a scope, or a ``redis://`` / ``rediss://`` URL.
-ShareBudget = BudgetScope | str
-#: Sets ``share_budget`` for every client that is not given one (Ray actors, Spark executors
-#: and gunicorn workers inherit it).
-SHARE_BUDGET_ENV = "EMPIRIOLABS_SHARE_BUDGET"
 #: Overrides where machine-wide budgets are kept.
 BUDGET_DIR_ENV = "EMPIRIOLABS_BUDGET_DIR"
 #: After the shared file failed, how long a process paces alone before trying it again, in s.
 RETRY_FILE_S = 10.0
 _T = TypeVar("_T")
-
-
-class Budget(Protocol):
-    """The pacing state of one account, wherever it is kept. Times are monotonic seconds."""
-
-    def acquire(self, limits: Limits, now: float, tokens: int) -> float:
-        """Record a send of ``tokens`` at ``now`` and return 0, or return the seconds to wait."""
-
-    def sent(self, limits: Limits, admitted_at: float, now: float) -> None:
-        """Note that a request admitted at ``admitted_at`` actually left at ``now``."""
-
-    def throttled(self, limits: Limits, now: float, sent_at: float, delay: float) -> None:
-        """Note a 429 for a request sent at ``sent_at``; ``delay`` is the server's wait."""
-
-    def succeeded(self) -> None:
-        """Note a success."""
 
 
 class _Kept:
@@ -295,32 +281,6 @@ class SqliteBudget(_Kept):
         self._conn = None
         if self._fallback is not None:
             self._fallback._after_fork()
-
-
-def is_redis_url(value: object) -> bool:
-    """Whether ``value`` names a Redis budget (``redis://`` or ``rediss://``)."""
-    return isinstance(value, str) and value.lower().startswith(("redis://", "rediss://"))
-
-
-def resolve_share_budget(value: object) -> ShareBudget:
-    """``share_budget`` as given, or from ``EMPIRIOLABS_SHARE_BUDGET`` when not given
-    (``None``), else ``"machine"``.
-
-    Raises:
-        ValueError: neither a scope nor a ``redis://``/``rediss://`` URL (the message never
-            shows a password).
-    """
-    if value is None:
-        value = os.environ.get(SHARE_BUDGET_ENV, "").strip() or "machine"
-    if value in ("machine", "process", "client"):
-        return value
-    if is_redis_url(value):
-        return value  # type: ignore[return-value]
-    shown = "a URL of another scheme" if isinstance(value, str) and "://" in value else repr(value)
-    raise ValueError(
-        "share_budget must be 'machine', 'process', 'client' or a redis://[:password@]host:port/db "
-        f"URL; got {shown}"
-    )
 
 
 def budget_dir() -> Path:

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .._core.cache_keys import IDENTITY_HEADER
 from .._core.config import (
     ALLOWED_DIMENSIONS,
     DEFAULT_DIMENSIONS,
@@ -33,7 +34,6 @@ from .._core.config import (
 from .._core.plan import encodes
 from .._core.tokens import MAX_INPUT_TOKENS, get_tokenizer
 from .._core.wire import EmbeddingRequest, encode_base64
-from .._io.cache import IDENTITY_HEADER
 from ._embed import HashEmbedder
 from ._limits import AccountLimiter, Verdict
 from ._semantic import SemanticEmbedder, Vectors, resolve_vectors

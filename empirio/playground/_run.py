@@ -18,7 +18,6 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from .._client import EmbeddingClient
 from .._core.config import (
     ALLOWED_DIMENSIONS,
     DEFAULT_DIMENSIONS,
@@ -32,6 +31,7 @@ from .._core.config import (
 from .._core.errors import APIStatusError, EmpirioError, InvalidInputError, agree
 from .._core.secret import redact
 from .._core.tokens import SAFE_INPUT_TOKENS, get_tokenizer
+from ..client import EmbeddingClient
 
 __all__ = ["RunSettings", "run"]
 

@@ -1,0 +1,146 @@
+"""The async shell: drives a call's flow and its requests as tasks on the running loop, with
+one ``httpx.AsyncClient`` per loop (:class:`~empirio._io.http.Transport`).
+
+:class:`AsyncShell` and :class:`~empirio._io.sync.SyncShell` mirror each other line for line
+(``tests/client/test_twins.py`` compares them). Planning of more than a few hundred texts, and
+the conversion of vectors to lists, run off the loop: they would hold it, and with it the sends
+of every other call on it, for tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+
+from .._core.decode import Decoded
+from .._core.driver import Call
+from .._core.engine import Attempt
+from .._core.errors import EmpirioError
+from .._core.flow import CallOptions, Drive, Driven, Fetch, Flow, PlanAll, Step, embed_flow
+from .._core.plan import SegmentPlan
+from .._core.result import EmbeddingResult
+from .http import Transport
+from .planning import Planner, background_pool
+from .progress import Progress
+from .session import Session
+
+__all__ = ["AsyncShell"]
+
+#: Calls of more texts than this are planned (tokenised) off the event loop.
+_PLAN_IN_THREAD = 200
+
+
+class AsyncShell:
+    """Runs calls for the async methods of a client (see the module docstring)."""
+
+    def __init__(self, session: Session, planner: Planner, transport: Transport) -> None:
+        self.session, self.planner, self.transport = session, planner, transport
+
+    async def run(self, flow: Flow) -> Any:
+        """Drive ``flow`` to its end; return its result."""
+        answer: Any = None
+        error: EmpirioError | None = None
+        while True:
+            try:
+                step = flow.throw(error) if error is not None else flow.send(answer)
+            except StopIteration as stop:
+                return stop.value
+            answer, error = None, None
+            try:
+                answer = await self._do(step)
+            except EmpirioError as exc:
+                error = exc
+
+    async def _do(self, step: Step) -> Any:
+        if isinstance(step, Fetch):
+            return await self.run(embed_flow(self.session, step.texts, step.options))
+        if isinstance(step, PlanAll):
+            return await self._plan(step)
+        return await self._drive_all(step)
+
+    async def _plan(self, step: PlanAll) -> SegmentPlan:
+        if len(step.texts) <= _PLAN_IN_THREAD:
+            return self.planner.plan(step.texts, step.call)
+        quiet = functools.partial(self.planner.plan_quietly, step.texts, step.call, 0, 0, 0)
+        plan = await asyncio.get_running_loop().run_in_executor(None, quiet)
+        return self.planner.warn_truncated(plan)
+
+    async def _drive_all(self, step: Drive) -> Driven:
+        """Drive a call to its end: its parts, their rows where asked for, or its failure."""
+        if step.plan is not None:
+            plans: Iterator[SegmentPlan | None] = iter([step.plan])
+        else:
+            plans = self.planner.pipelined(step.texts, step.call, step.positions)
+        as_lists = step.options.as_lists and step.plan is None
+        parts: list[EmbeddingResult] = []
+        converted: list[asyncio.Future[list[list[float]]]] = []
+        loop = asyncio.get_running_loop()
+        with (
+            background_pool("empirio-lists") as pool,
+            self.session.progress(step.total, step.options) as bar,
+        ):
+            bar.update(step.done)
+            try:
+                async for part in self.drive(plans, step.call, bar, ahead=step.ahead):
+                    parts.append(part)
+                    if as_lists:
+                        converted.append(loop.run_in_executor(pool, part.dense_rows))
+            except EmpirioError as exc:
+                return Driven(parts, None, exc)
+            if not as_lists:
+                return Driven(parts)
+            return Driven(parts, [row for rows in await asyncio.gather(*converted) for row in rows])
+
+    async def stream(
+        self, texts: Iterable[str], options: CallOptions, segment_size: int, total: int | None
+    ) -> AsyncIterator[EmbeddingResult]:
+        """``aiter_embed``: one result per segment, in order, with bounded memory."""
+        call = self.session.check_call(options.kind, options.output)
+        plans = self.planner.streamed(texts, call, segment_size)
+        with self.session.progress(total, options) as bar:
+            async for result in self.drive(plans, call, bar, ahead=2):
+                yield result
+
+    async def drive(
+        self, plans: Iterator[SegmentPlan | None], call: Call, progress: Progress, *, ahead: int
+    ) -> AsyncIterator[EmbeddingResult]:
+        """The loop over one call's driver: send what it says, wait, hand outcomes back."""
+        session = self.session
+        loop = asyncio.get_running_loop()
+        await self.transport.for_loop()  # before the first pacing decision, as in sync
+        tasks: dict[asyncio.Task[Decoded | EmpirioError], Attempt] = {}
+        driver = session.new_driver(plans, call, ahead, tasks, loop)
+        try:
+            while True:
+                for result in driver.ready():
+                    yield result
+                step = session.step(driver, None, progress)
+                if step is None:
+                    return
+                sends, timeout = step
+                for attempt in sends:
+                    tasks[asyncio.ensure_future(self.transport.send(attempt, call, sync=False))] = (
+                        attempt
+                    )
+                if not tasks:
+                    await asyncio.sleep(timeout or 0.0)
+                    continue
+                done, _ = await asyncio.wait(
+                    tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    outcome = task.result()
+                    session.complete(driver, tasks.pop(task), outcome, progress, self._save)
+        finally:
+            session.end(driver)
+            for task in tasks:
+                task.cancel()
+            if tasks and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # the loop may be closing under us
+                    await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _save(self, driver: Any) -> None:
+        self.planner.save(driver)

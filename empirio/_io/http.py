@@ -1,0 +1,233 @@
+"""Sending one attempt: the HTTP clients (one ``httpx.AsyncClient`` per event loop, or the
+user's), a body size cap, the timeout over the whole exchange, and transport failures
+classified for :func:`empirio._core.retry.transport_error` (which decides what they mean)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import socket
+import time
+from collections.abc import AsyncGenerator, Iterator, Mapping
+
+import httpx
+
+from .._core.config import is_loopback_url, package_version
+from .._core.decode import Decoded
+from .._core.driver import Call
+from .._core.engine import Attempt
+from .._core.errors import APIResponseValidationError, EmpirioError
+from .._core.retry import TransportFailure, transport_error
+from .._core.settings import ClientConfig
+from .._core.wire import request_body, response_cap
+from .session import Session
+
+__all__ = ["Transport"]
+
+_VERSION = package_version()
+_Loop = asyncio.AbstractEventLoop
+
+
+class Transport:
+    """Sends a client's attempts and reads their answers (through its :class:`Session`).
+
+    Args:
+        session: the client's session (settings, budget, answers).
+        http_client: a user's ``httpx.Client`` for the sync shell (used on a worker thread).
+        async_http_client: a user's ``httpx.AsyncClient`` (used on any loop).
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        http_client: httpx.Client | None,
+        async_http_client: httpx.AsyncClient | None,
+    ) -> None:
+        self.session = session
+        self.config: ClientConfig = session.config
+        self.url = f"{self.config.base_url}/embeddings"
+        self.headers = {
+            "Authorization": f"Bearer {self.config.api_key.get_secret_value()}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": f"empirio/{_VERSION}",
+        }
+        self.user_http = http_client
+        self.user_async_http = async_http_client
+        self.clients: list[tuple[_Loop, httpx.AsyncClient, AsyncGenerator[None, None]]] = []
+        #: keepers of clients made on a loop that must close them at its shutdown even if this
+        #: transport is collected first (the sync shell's private loop; see ``for_loop``)
+        self.keep_with: tuple[_Loop, list[AsyncGenerator[None, None]]] | None = None
+
+    def after_fork(self) -> None:
+        self.clients = []
+        self.keep_with = None
+
+    async def for_loop(self) -> httpx.AsyncClient:
+        """The running loop's ``httpx.AsyncClient`` (made on first use)."""
+        if self.user_async_http is not None:
+            return self.user_async_http
+        loop = asyncio.get_running_loop()
+        with self.session.lock:
+            # An httpx.AsyncClient belongs to the loop that made its connections: keep one per
+            # loop, and forget those whose loop has closed (notebooks and asyncio.run make many).
+            self.clients = [e for e in self.clients if not e[0].is_closed()]
+            for lp, client, _ in self.clients:
+                if lp is loop:
+                    return client
+            # httpcore imports anyio's asyncio backend on its first connection (about 80 ms);
+            # done here, before pacing starts, it cannot delay a paced send behind its slot.
+            importlib.import_module("anyio._backends._asyncio")
+            timeout = self.config.timeout
+            maximum = self.session.concurrency.maximum + 2
+            client = httpx.AsyncClient(
+                timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
+                # A loopback server is reached directly: HTTP_PROXY would otherwise receive
+                # the key in clear text over http://.
+                trust_env=not is_loopback_url(self.config.base_url),
+                # The pool follows the in-flight ceiling; connections open as needed.
+                limits=httpx.Limits(max_connections=maximum, max_keepalive_connections=maximum),
+            )
+            keeper = _close_at_loop_shutdown(client)
+            self.clients.append((loop, client, keeper))
+            if self.keep_with is not None and self.keep_with[0] is loop:
+                # The loop only holds its async generators weakly: if this client is collected
+                # first, the keeper must still be there for the loop's shutdown to close it.
+                self.keep_with[1].append(keeper)
+        # Started here, the keeper is registered with this loop; asyncio.run (and any loop that
+        # runs shutdown_asyncgens) closes it as the loop ends, and with it the connections.
+        await anext(keeper)
+        return client
+
+    async def aclose_for_loop(self) -> None:
+        """Close the running loop's client (those of ended loops closed with their loop)."""
+        with self.session.lock:
+            clients, self.clients = self.clients, []
+        loop = asyncio.get_running_loop()
+        for lp, _, keeper in clients:
+            if lp is loop:
+                await keeper.aclose()
+
+    async def send(self, attempt: Attempt, call: Call, *, sync: bool) -> Decoded | EmpirioError:
+        """Send one attempt on the running loop; ``sync``: for the sync shell (which uses the
+        ``http_client`` it was given, on a worker thread, where it was given one).
+
+        ``timeout`` bounds the whole exchange, headers and body: httpx's own timeouts bound each
+        read, so a server trickling a byte a second would otherwise hold the call for ever.
+        """
+        cfg, session = self.config, self.session
+        texts = attempt.request.texts
+        body = request_body(
+            texts,
+            model=cfg.model,
+            dimensions=cfg.dimensions,
+            encoding_format=cfg.encoding_format,
+            user=cfg.user,
+            kind=call.kind,
+            output=call.output,
+            instruction_mode=cfg.instruction_mode,
+            query_instruction=cfg.query_instruction,
+        )
+        session.budget.sent(session.limits, attempt.sent_at, time.monotonic())
+        cap = response_cap(len(texts), cfg.dimensions, call.sparse)
+        try:
+            if sync and self.user_http is not None:
+                post = functools.partial(
+                    _post_capped_sync, self.user_http, self.url, body, self.headers, cap
+                )
+                got = await asyncio.wait_for(
+                    asyncio.get_running_loop().run_in_executor(None, post), cfg.timeout
+                )
+            else:
+                http = await self.for_loop()
+                got = await asyncio.wait_for(
+                    _post_capped(http, self.url, body, self.headers, cap), cfg.timeout
+                )
+        except (TimeoutError, httpx.TimeoutException):
+            return self._failed("timeout")
+        except httpx.HTTPError as exc:
+            return self._failed(_classify(exc), type(exc).__name__, _root_cause(exc))
+        except _TooLarge:
+            return APIResponseValidationError(
+                f"the response from {cfg.base_url} is larger than {cap:,} bytes decoded, far "
+                f"more than {len(texts)} embeddings take: refused"
+            )
+        status, content, headers = got
+        return session.read(status, content, headers, len(texts), call)
+
+    def _failed(self, failure: TransportFailure, name: str = "", reason: str = "") -> EmpirioError:
+        return transport_error(
+            failure,
+            base_url=self.config.base_url,
+            timeout=self.config.timeout,
+            exc_name=name,
+            reason=reason,
+            reached_before=self.session.meter.usage.requests > 0,
+        )
+
+
+class _TooLarge(Exception):
+    """A response body grew past the size its request can explain (a compression bomb)."""
+
+
+async def _post_capped(
+    http: httpx.AsyncClient, url: str, body: bytes, headers: Mapping[str, str], cap: int
+) -> tuple[int, bytes, httpx.Headers]:
+    """POST and read the body, refusing one that decodes to more than ``cap`` bytes."""
+    async with http.stream("POST", url, content=body, headers=headers) as r:
+        chunks, size = [], 0
+        async for chunk in r.aiter_bytes():
+            size += len(chunk)
+            if size > cap:
+                raise _TooLarge
+            chunks.append(chunk)
+        return r.status_code, b"".join(chunks), r.headers
+
+
+def _post_capped_sync(
+    http: httpx.Client, url: str, body: bytes, headers: Mapping[str, str], cap: int
+) -> tuple[int, bytes, httpx.Headers]:
+    """:func:`_post_capped` for a user's ``httpx.Client`` (a line-for-line mirror)."""
+    with http.stream("POST", url, content=body, headers=headers) as r:
+        chunks, size = [], 0
+        for chunk in r.iter_bytes():
+            size += len(chunk)
+            if size > cap:
+                raise _TooLarge
+            chunks.append(chunk)
+        return r.status_code, b"".join(chunks), r.headers
+
+
+async def _close_at_loop_shutdown(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
+    """Yields once, then closes ``client`` when closed itself: by ``aclose()``, or by the loop's
+    ``shutdown_asyncgens()`` as ``asyncio.run`` ends."""
+    try:
+        yield
+        yield  # pragma: no cover - never resumed a second time
+    finally:
+        await client.aclose()
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its causes, outermost first (httpx -> httpcore -> OSError: a short chain)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost cause's words (an OS reason such as "Connection reset by peer")."""
+    return next((str(e) for e in reversed(list(_chain(exc))) if str(e)), "")
+
+
+def _classify(exc: BaseException) -> TransportFailure:
+    """What kind of transport failure ``exc`` is (its meaning: ``transport_error``)."""
+    if any(isinstance(e, socket.gaierror) for e in _chain(exc)):
+        return "unresolved"
+    if any(isinstance(e, ConnectionRefusedError) for e in _chain(exc)):
+        return "refused"
+    return "other"

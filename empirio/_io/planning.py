@@ -1,0 +1,295 @@
+"""Planning with the I/O it needs: cache lookups, the endpoint's identity, a planning thread
+ahead of the sends, truncation warnings at the caller's line. The plan itself is pure
+(:func:`empirio._core.plan.plan_segment`)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import itertools
+import os
+import sys
+import threading
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from typing import cast
+
+import httpx
+
+from .._core.cache_keys import (
+    IDENTITY_HEADER,
+    CacheScope,
+    View,
+    decode_dense_rows,
+    decode_sparse,
+    endpoint_identity,
+)
+from .._core.config import is_loopback_url
+from .._core.driver import Call, CallDriver
+from .._core.errors import CacheError, CacheWarning, TruncationWarning, truncation_message
+from .._core.plan import (
+    NFC_BYTES_PER_CHAR,
+    Known,
+    SegmentPlan,
+    Unique,
+    check_texts,
+    over_limit,
+    plan_segment,
+    prompt_overhead,
+    unique_texts,
+)
+from .._core.settings import ClientConfig
+from .._core.tokens import SAFE_INPUT_TOKENS, QwenTokenizer, get_tokenizer
+from .session import Session
+
+__all__ = ["Planner", "background_pool", "caller_level"]
+
+#: The first segment of a pipelined call, small so that sending starts at once; then segments
+#: of this many texts, planned one ahead of the sends.
+_FIRST_SEGMENT = 100
+_SEGMENT = 1000
+#: Folders of our packages: a warning is reported at the first frame outside them.
+_OUR_DIRS = tuple(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), n)
+    + os.sep
+    for n in ("empirio", "langchain_empirio", "llamaindex_empirio", "llama_index")
+)
+
+
+class Planner:
+    """Plans a client's calls (see the module docstring).
+
+    Args:
+        session: the client's session (its batch limit, cache and settings).
+        headers: the request headers (the identity probe of a local server sends them).
+    """
+
+    def __init__(self, session: Session, headers: dict[str, str]) -> None:
+        self.session = session
+        self.config: ClientConfig = session.config
+        self.headers = headers
+        self._tokenizer: QwenTokenizer | None = None
+        self._identity: str | None = None  # the endpoint's, for cache keys: asked on first use
+        self._identity_lock = threading.Lock()
+
+    def after_fork(self) -> None:
+        self._identity_lock = threading.Lock()
+
+    @property
+    def tokenizer(self) -> QwenTokenizer:
+        """The exact Qwen tokenizer (loaded on first use, about a quarter second)."""
+        if self._tokenizer is None:
+            self._tokenizer = get_tokenizer()
+        return self._tokenizer
+
+    def plan(self, texts: Sequence[str], call: Call) -> SegmentPlan:
+        """``texts`` as one segment, truncations warned of at the caller's line."""
+        return self.warn_truncated(self.plan_quietly(texts, call, 0, 0, 0))
+
+    def plan_quietly(
+        self, texts: Sequence[str], call: Call, index: int, offset: int, first_id: int
+    ) -> SegmentPlan:
+        cfg = self.config
+        mode = cfg.instruction_mode if call.kind == "query" else "none"
+        uniq = unique_texts(
+            texts, kind=call.kind, instruction_mode=mode, instruction=cfg.query_instruction
+        )
+        known, keys = self._lookup(uniq, call) if self.session.cache is not None else (None, None)
+        return plan_segment(
+            uniq,
+            known=known,
+            cache_keys=keys,
+            tokenizer=get_tokenizer if self._tokenizer is None else self._tokenizer,
+            index=index,
+            offset=offset,
+            first_request_id=first_id,
+            kind=call.kind,
+            instruction_mode=mode,
+            instruction=cfg.query_instruction,
+            overflow=cfg.overflow,
+            batch_size=self.session.batch_limit.size,
+            token_budget=int(self.session.tpm) if self.session.tpm is not None else None,
+        )
+
+    def _lookup(self, uniq: Unique, call: Call) -> tuple[Known | None, dict[str, tuple[str, ...]]]:
+        """The cached vectors of the distinct texts (every view asked for), and their keys."""
+        cache = self.session.cache
+        assert cache is not None
+        cfg = self.config
+        api = call.kind == "query" and cfg.instruction_mode == "api"
+        scope = CacheScope(
+            endpoint=self._endpoint_identity(),
+            model=cfg.model,
+            dimensions=cfg.dimensions,
+            text_type="query" if api else "",
+            instruct=cfg.query_instruction if api else "",
+        )
+        mode = cfg.instruction_mode if call.kind == "query" else "none"
+        if any(len(t) > SAFE_INPUT_TOKENS // NFC_BYTES_PER_CHAR for t in uniq.texts):
+            limit = SAFE_INPUT_TOKENS - prompt_overhead(
+                self.tokenizer, call.kind, mode, cfg.query_instruction
+            )
+            tags = [
+                cfg.overflow if over_limit(self.tokenizer, t, limit) else "" for t in uniq.texts
+            ]
+        else:
+            tags = [""] * len(uniq.texts)
+        views: list[View] = [v for v in ("dense", "sparse") if getattr(call, v)]
+        keys: dict[str, tuple[str, ...]] = {
+            v: tuple(scope.keys(v, uniq.texts, tags)) for v in views
+        }
+        width = 4 * cfg.dimensions
+        raw: dict[str, list[bytes | None]] = {}
+        for view in views:
+            values = cache.store.mget(list(keys[view]))
+            if len(values) != len(uniq.texts):
+                raise CacheError(f"the cache store {cache.store!r} answered the wrong count")
+            raw[view] = values
+        sparse_found: list[dict[int, float] | None] = []
+        if call.sparse:
+            sparse_found = [None if v is None else decode_sparse(v) for v in raw["sparse"]]
+        # A value of the wrong size (a damaged entry) is a miss, and is written again.
+        hits = [
+            u
+            for u in range(len(uniq.texts))
+            if (not call.dense or len(raw["dense"][u] or b"") == width)
+            and (not call.sparse or sparse_found[u] is not None)
+        ]
+        cache.count(len(hits), len(uniq.texts) - len(hits))
+        if not hits:
+            return None, keys
+        dense = None
+        if call.dense:
+            rows = b"".join(cast(bytes, raw["dense"][u]) for u in hits)
+            dense = decode_dense_rows(rows, cfg.dimensions)
+        sparse = (
+            tuple(cast(dict[int, float], sparse_found[u]) for u in hits) if call.sparse else None
+        )
+        return Known(tuple(hits), dense, sparse), keys
+
+    def _endpoint_identity(self) -> str:
+        """The endpoint's identity for cache keys (see
+        :func:`~empirio._core.cache_keys.endpoint_identity`). A server on this machine is asked
+        once, with ``GET /models``, what it serves; one that does not say is known by its port."""
+        with self._identity_lock:  # one probe, however many threads look up at once
+            if self._identity is not None:
+                return self._identity
+            declared = None
+            base_url = self.config.base_url
+            if is_loopback_url(base_url):
+                with contextlib.suppress(httpx.HTTPError):
+                    r = httpx.get(
+                        f"{base_url}/models",
+                        headers=self.headers,
+                        timeout=min(5.0, self.config.timeout),
+                        trust_env=False,
+                    )
+                    declared = r.headers.get(IDENTITY_HEADER)
+            self._identity = endpoint_identity(base_url, declared)
+            return self._identity
+
+    def save(self, driver: CallDriver) -> None:
+        """Write the vectors of the texts ``driver`` finished to the cache. A failure to write
+        warns and the call goes on: its vectors are still returned."""
+        pairs = driver.take_cache_pairs()
+        cache = self.session.cache
+        if not pairs or cache is None:
+            return
+        try:
+            cache.store.mset(pairs)
+        except Exception as exc:  # any store's failure; the vectors themselves are safe
+            warnings.warn(
+                f"{len(pairs)} vectors could not be written to the embedding cache: {exc}",
+                CacheWarning,
+                stacklevel=2,
+            )
+
+    def warn_truncated(
+        self, plan: SegmentPlan, positions: Sequence[int] | None = None
+    ) -> SegmentPlan:
+        """Warn of the texts ``plan`` truncated; ``positions`` maps the plan's positions to the
+        caller's (a call whose duplicates were set aside: each text's first position)."""
+        if plan.truncated:
+            at = (lambda i: i) if positions is None else positions.__getitem__
+            cut = tuple((at(i), n) for i, n in plan.truncated)
+            warnings.warn(
+                TruncationWarning(truncation_message(cut, "position", "overflow='{}'"), cut),
+                stacklevel=caller_level(),
+            )
+        return plan
+
+    def pipelined(
+        self, texts: Sequence[str], call: Call, positions: Sequence[int] | None = None
+    ) -> Iterator[SegmentPlan | None]:
+        """Plans of ``texts`` in segments: the first (small) one here, each later one on a
+        planning thread while the one before it is sent. Planned one ahead, not all at once:
+        a burst of tokenising competes with the paced sends for the interpreter and makes
+        their arrivals jitter. ``positions``: see :meth:`warn_truncated`."""
+        bounds = [(0, _FIRST_SEGMENT)] + [
+            (a, min(a + _SEGMENT, len(texts))) for a in range(_FIRST_SEGMENT, len(texts), _SEGMENT)
+        ]
+        pool = background_pool("empirio-plan")
+
+        def plan(i: int) -> concurrent.futures.Future[SegmentPlan]:
+            a, b = bounds[i]
+            # Request ids must be unique within the call: each segment gets its own range.
+            return pool.submit(self.plan_quietly, texts[a:b], call, i, a, i << 24)
+
+        ahead = plan(1) if len(bounds) > 1 else None
+        try:
+            first = self.plan_quietly(texts[:_FIRST_SEGMENT], call, 0, 0, 0)
+            yield self.warn_truncated(first, positions)
+            for i in range(1, len(bounds)):
+                assert ahead is not None
+                while not ahead.done():
+                    yield None  # not ready: the driver sends what it has and asks again
+                current, ahead = ahead, plan(i + 1) if i + 1 < len(bounds) else None
+                yield self.warn_truncated(current.result(), positions)
+        finally:
+            if ahead is not None:
+                ahead.cancel()  # the call ended early: plan no more
+            pool.shutdown(wait=False)
+
+    def streamed(
+        self, texts: Iterable[str], call: Call, segment_size: int
+    ) -> Iterator[SegmentPlan]:
+        """Plan ``texts`` lazily, ``segment_size`` at a time (``iter_embed``)."""
+        it = iter(texts)
+        offset = first_id = 0
+        for index in itertools.count():
+            chunk = list(itertools.islice(it, segment_size))
+            if not chunk:
+                return
+            plan = self.warn_truncated(
+                self.plan_quietly(check_texts(chunk, offset), call, index, offset, first_id)
+            )
+            offset += len(chunk)
+            first_id += len(plan.requests)
+            yield plan
+
+
+def caller_level() -> int:
+    """``stacklevel`` for a warning raised by the function calling this, pointing at the
+    user's code however deep the call (``iter_embed`` plans inside generators and drivers)."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_OUR_DIRS):
+        if frame.f_back is None:
+            break
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def background_pool(name: str) -> concurrent.futures.ThreadPoolExecutor:
+    """One worker thread for work that runs ahead of the sends (planning, converting), at a
+    lower scheduling priority where the OS allows: on a busy machine it must not take the CPU
+    from the thread that sends on time."""
+    return concurrent.futures.ThreadPoolExecutor(
+        1, thread_name_prefix=name, initializer=_lower_priority
+    )
+
+
+def _lower_priority() -> None:
+    with contextlib.suppress(AttributeError, OSError):  # Linux: per thread; elsewhere: no-op
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)

@@ -1,0 +1,331 @@
+"""A client's shared, mutable state and the lock around it; both shells step their calls here.
+
+One :class:`Session` per client: the account's budget and limits, the in-flight ceiling, the
+usage meter, the shared views, what the endpoint turned out not to support, and the calls under
+way. Every change happens under :attr:`Session.lock`, in short sections that only call the pure
+core (:mod:`empirio._core.driver`, :mod:`empirio._core.engine`, :mod:`empirio._core.pace`); the
+shells read the clock and do the I/O outside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, cast
+
+import httpx
+
+from .._core.decode import Decoded, advertised_limits, decode_error, decode_success
+from .._core.driver import Call, CallDriver
+from .._core.engine import SLOT_POLL_S, Attempt, BatchLimit, Engine
+from .._core.errors import (
+    APIStatusError,
+    EmpirioError,
+    InvalidInputError,
+    UnsupportedFeatureError,
+)
+from .._core.flow import PIPELINE_MIN, CallOptions
+from .._core.pace import AUTO_CEILING, Concurrency, Limits, LimitsInEffect
+from .._core.plan import SegmentPlan
+from .._core.result import EmbeddingResult, UsageMeter
+from .._core.retry import RetryPolicy
+from .._core.settings import ClientConfig, check_choice
+from .._core.types import KINDS, OUTPUTS, Kind, LimitSource, Output
+from .._core.views import ViewCache
+from .budget import Budget, LocalBudget, budget_for
+from .cache import EmbeddingCache
+from .progress import Progress, tqdm_class
+
+__all__ = ["Session"]
+
+logger = logging.getLogger("empirio")
+
+
+class Session:
+    """The state one client's calls share (see the module docstring).
+
+    Args:
+        config: the client's settings.
+        cache: its persistent cache, if any (kept for the planner; written by :meth:`complete`).
+    """
+
+    def __init__(self, config: ClientConfig, cache: EmbeddingCache | None) -> None:
+        self.config = config
+        self.cache = cache
+        self.lock = threading.Lock()
+        self.rpm, self.tpm = config.rpm, config.tpm
+        self.sources: dict[str, LimitSource] = {
+            "rpm": config.rpm_source,
+            "tpm": config.tpm_source,
+        }
+        try:
+            self.limits = Limits(config.rpm, config.tpm)
+        except ValueError as exc:  # pragma: no cover - the config checked the rates
+            raise EmpirioError(str(exc)) from None
+        # An unpaced client needs no shared file: its budget only carries 429 pauses.
+        key = config.api_key.get_secret_value()
+        self.budget: Budget = (
+            budget_for(config.share_budget, config.base_url, key)
+            if self.limits.paced
+            else LocalBudget()
+        )
+        self.concurrency = (
+            Concurrency(AUTO_CEILING, auto=True, limits=self.limits)
+            if config.max_concurrency == "auto"
+            else Concurrency(config.max_concurrency, limits=self.limits)
+        )
+        self.batch_limit = BatchLimit(config.batch_size)
+        self.policy = RetryPolicy(max_retries=config.max_retries)
+        self.meter = UsageMeter()
+        self.views: ViewCache | None = ViewCache() if config.share_views else None
+        # Set when the endpoint answers a sparse request without sparse vectors: sparse calls
+        # are refused from then on, and dense calls stop asking for both views.
+        self.no_sparse = False
+        # Calls under way: driver -> (its requests on the wire, the loop it runs on or None)
+        self.calls: dict[CallDriver, tuple[Mapping[Any, Attempt], asyncio.AbstractEventLoop | None]]
+        self.calls = {}
+        self.wired: set[CallDriver] = set()
+
+    def after_fork(self) -> None:
+        """A forked child's session: a new lock and no calls (the parent's threads are gone);
+        the usage so far and the budget (which renews its own state) are kept."""
+        self.lock = threading.Lock()
+        self.calls = {}
+        self.wired = set()
+
+    # ------------------------------------------------------------------ what the flow reads
+
+    @property
+    def dimensions(self) -> int:
+        return self.config.dimensions
+
+    def check_call(self, kind: str, output: str) -> Call:
+        check_choice("kind", kind, KINDS, error=InvalidInputError)
+        check_choice("output", output, OUTPUTS, error=InvalidInputError)
+        if output != "dense" and self.no_sparse:
+            raise UnsupportedFeatureError(
+                f"{self.config.base_url} does not return sparse vectors (an earlier response had "
+                "none), so output='sparse' or 'both' cannot be served; dense calls still work"
+            )
+        return Call(cast(Kind, kind), cast(Output, output))
+
+    def pipelines(self, texts: Sequence[str]) -> bool:
+        return len(texts) > PIPELINE_MIN and self.config.overflow != "error"
+
+    def take_parked(self, texts: list[str], call: Call) -> tuple[list[Any], list[str]] | None:
+        with self.lock:
+            views = self.views
+            if views is None or call.output == "both" or not texts:
+                return None
+            parked = views.take(call.output, call.kind, texts)
+        missing = list(dict.fromkeys(t for t, v in zip(texts, parked, strict=True) if v is None))
+        return parked, missing
+
+    def park_other(self, call: Call, missing: list[str], fetched: EmbeddingResult) -> None:
+        other_dense = fetched.dense if call.output == "sparse" else None
+        other_sparse = fetched.sparse if call.output == "dense" else None
+        with self.lock:
+            if self.views is not None:
+                self.views.park(call.kind, missing, other_dense, other_sparse)
+
+    def enable_shared_views(self) -> None:
+        with self.lock:
+            if self.views is None and not self.no_sparse:
+                self.views = ViewCache()
+
+    def limits_in_effect(self) -> LimitsInEffect:
+        return LimitsInEffect(self.rpm, self.tpm, self.sources["rpm"], self.sources["tpm"])
+
+    # ------------------------------------------------------------------ progress
+
+    def progress(
+        self, total: int | None, options: CallOptions
+    ) -> contextlib.AbstractContextManager[Progress]:
+        """The call's progress: a tqdm bar if asked for, and ``on_progress``."""
+        enabled = (
+            self.config.show_progress if options.show_progress is None else options.show_progress
+        )
+        bar = tqdm_class()(total=total, unit="text", desc="Embedding") if enabled else None
+        return Progress(bar, options.on_progress)
+
+    # ------------------------------------------------------------------ calls under way
+
+    def new_driver(
+        self,
+        plans: Iterator[SegmentPlan | None],
+        call: Call,
+        ahead: int,
+        pending: Mapping[Any, Attempt],
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> CallDriver:
+        engine = Engine(
+            budget=self.budget,
+            limits=self.limits,
+            concurrency=self.concurrency,
+            policy=self.policy,
+            batch_limit=self.batch_limit,
+        )
+        driver = CallDriver(
+            call,
+            self.config.dimensions,
+            plans,
+            engine,
+            self.meter,
+            ahead=ahead,
+            keep_cache_pairs=self.cache is not None,
+        )
+        with self.lock:
+            self.calls[driver] = (pending, loop)
+        return driver
+
+    def _busy_elsewhere(self, me: CallDriver, blocked: asyncio.AbstractEventLoop | None) -> int:
+        """Requests other calls of this client have on the wire and can still finish.
+
+        Derived afresh each time rather than kept as a count, so nothing can strand a slot:
+        calls whose loop has closed or is not running (they cannot progress) are not counted,
+        nor those on ``blocked``, the loop a sync call is blocking by running in its thread.
+        Must hold :attr:`lock`.
+        """
+        busy = 0
+        for driver in list(self.wired):  # calls with requests out: few, whatever the calls
+            entry = self.calls.get(driver)
+            if entry is None:
+                self.wired.discard(driver)
+                continue
+            pending, loop = entry
+            if loop is not None and loop.is_closed():
+                del self.calls[driver]  # died with its loop; its finally never ran
+                self.wired.discard(driver)
+                continue
+            if driver is me or (loop is not None and (loop is blocked or not loop.is_running())):
+                continue
+            # Sent by the driver (some perhaps not yet handed to a task), less those finished
+            # on the wire and waiting for their call to read them.
+            finished = sum(1 for handle in list(pending) if handle.done())
+            busy += max(0, driver.engine.n_in_flight - finished)
+        return busy
+
+    def step(
+        self, driver: CallDriver, blocked: asyncio.AbstractEventLoop | None, progress: Progress
+    ) -> tuple[tuple[Attempt, ...], float | None] | None:
+        """The driver's next step: what to send now, and how long to wait for a completion
+        before asking again (``None``: until one completes). ``None`` when the call is over."""
+        with self.lock:
+            # Calls waiting for a slot look again every SLOT_POLL_S, less often when many wait.
+            poll = SLOT_POLL_S * max(1.0, len(self.calls) / self.concurrency.maximum)
+            step = driver.step(time.monotonic(), self._busy_elsewhere(driver, blocked), poll)
+            self._note_wire(driver)
+            known, driver.known_done = driver.known_done, 0
+        progress.update(known)
+        if step is None:
+            return None
+        timeout = None if step.wake_at is None else max(0.0, step.wake_at - time.monotonic())
+        return step.sends, timeout
+
+    def complete(
+        self,
+        driver: CallDriver,
+        attempt: Attempt,
+        outcome: Decoded | EmpirioError,
+        progress: Progress,
+        save: Callable[[CallDriver], None],
+    ) -> None:
+        with self.lock:
+            finished = driver.complete(attempt, outcome, time.monotonic())
+            retry_in = driver.retry_in
+            self._note_wire(driver)
+        save(driver)
+        if finished:
+            progress.update(finished)
+        elif not isinstance(outcome, Decoded):
+            why = _describe(outcome)
+            if retry_in is None:
+                logger.info("request of %d inputs failed (%s)", len(attempt.request), why)
+            else:  # one line per wait, and the bar says what it waits for
+                logger.info(
+                    "request of %d inputs failed (%s); retrying in %.1f s (attempt %d)",
+                    len(attempt.request),
+                    why,
+                    retry_in,
+                    attempt.retries + 2,
+                )
+                progress.waiting(f"retrying in {retry_in:.0f} s: {why}")
+
+    def _note_wire(self, driver: CallDriver) -> None:
+        """Keep :attr:`wired`, the calls with requests out. Must hold :attr:`lock`."""
+        if driver.engine.has_in_flight:
+            self.wired.add(driver)
+        else:
+            self.wired.discard(driver)
+
+    def end(self, driver: CallDriver) -> None:
+        with self.lock:
+            self.calls.pop(driver, None)
+            self.wired.discard(driver)
+            gone = driver.close()
+        if gone:
+            logger.warning(
+                "%d requests (%d tokens) were abandoned in flight; the service may have billed "
+                "them (see usage.abandoned_requests)",
+                len(gone),
+                sum(a.request.tokens for a in gone),
+            )
+
+    # ------------------------------------------------------------------ answers
+
+    def read(
+        self, status: int, content: bytes, headers: httpx.Headers, n: int, call: Call
+    ) -> Decoded | EmpirioError:
+        """A response, checked before it is trusted: the vectors, or the error it means."""
+        if "default" in self.sources.values():
+            self._adopt_limits(headers)
+        if 200 <= status < 300:
+            try:
+                return decode_success(
+                    content,
+                    n_inputs=n,
+                    dimensions=self.config.dimensions,
+                    dense=call.dense,
+                    sparse=call.sparse,
+                )
+            except UnsupportedFeatureError as exc:
+                with self.lock:
+                    self.no_sparse, self.views = True, None
+                return exc
+            except EmpirioError as exc:
+                return exc
+        secret = (self.config.api_key.get_secret_value(),)
+        return decode_error(status, content, headers, time.time(), secret)
+
+    def _adopt_limits(self, headers: httpx.Headers) -> None:
+        """Take the limits a server advertises (``x-ratelimit-limit-requests``/``-tokens``, a
+        number per minute or ``unlimited``) in place of defaults nobody chose: a local emulator
+        is then not paced like the real account. Limits given as arguments or in the
+        environment are never changed; where nothing is advertised the defaults stay."""
+        found = {
+            k: v for k, v in advertised_limits(headers).items() if self.sources[k] == "default"
+        }
+        if not found:
+            return
+        with self.lock:
+            self.sources.update(dict.fromkeys(found, "server"))
+            rpm = found.get("rpm", self.rpm)
+            tpm = found.get("tpm", self.tpm)
+            if (rpm, tpm) == (self.rpm, self.tpm):
+                return
+            self.rpm, self.tpm = rpm, tpm
+            self.limits = Limits(rpm, tpm)
+            self.concurrency.limits = self.limits
+            for driver in self.calls:  # calls under way pace to the new limits at once
+                driver.engine.limits = self.limits
+        logger.info("pacing to the limits the server advertises: rpm=%s, tpm=%s", rpm, tpm)
+
+
+def _describe(outcome: object) -> str:
+    if isinstance(outcome, APIStatusError):
+        return f"HTTP {outcome.status_code} {outcome.code or ''}".strip()
+    return type(outcome).__name__

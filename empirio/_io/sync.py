@@ -1,0 +1,218 @@
+"""The sync shell: drives a call's flow and its requests from the caller's thread.
+
+The loop over the call's :class:`~empirio._core.driver.CallDriver` runs in the caller's thread
+(so input is read, and warnings are raised, there), and requests run on a private event loop in
+a daemon thread. Waiting on futures in slices of at most half a second keeps Ctrl-C prompt; an
+interrupt cancels the requests in flight, which closes their connections at once (a blocking
+socket read in a worker thread could only be waited out). It also makes a sync call inside a
+running loop (a notebook cell) safe.
+
+:class:`SyncShell` and :class:`~empirio._io.aio.AsyncShell` mirror each other line for line
+(``tests/client/test_twins.py`` compares them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+import weakref
+from collections.abc import AsyncGenerator, Coroutine, Iterable, Iterator
+from typing import Any, TypeVar
+
+from .._core.decode import Decoded
+from .._core.driver import Call
+from .._core.engine import Attempt
+from .._core.errors import EmpirioError
+from .._core.flow import CallOptions, Drive, Driven, Fetch, Flow, PlanAll, Step, embed_flow
+from .._core.plan import SegmentPlan
+from .._core.result import EmbeddingResult
+from .http import Transport
+from .planning import Planner, background_pool
+from .progress import Progress
+from .session import Session
+
+__all__ = ["SyncShell"]
+
+_T = TypeVar("_T")
+#: The longest a sync call waits in one piece, in seconds: how soon Ctrl-C is seen on platforms
+#: where a blocking wait is not interrupted by signals.
+_WAIT_SLICE_S = 0.5
+
+
+class SyncShell:
+    """Runs calls for the sync methods of a client (see the module docstring)."""
+
+    def __init__(self, session: Session, planner: Planner, transport: Transport) -> None:
+        self.session, self.planner, self.transport = session, planner, transport
+        self._io: _IOLoop | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    def run(self, flow: Flow) -> Any:
+        """Drive ``flow`` to its end; return its result."""
+        answer: Any = None
+        error: EmpirioError | None = None
+        while True:
+            try:
+                step = flow.throw(error) if error is not None else flow.send(answer)
+            except StopIteration as stop:
+                return stop.value
+            answer, error = None, None
+            try:
+                answer = self._do(step)
+            except EmpirioError as exc:
+                error = exc
+
+    def _do(self, step: Step) -> Any:
+        if isinstance(step, Fetch):
+            return self.run(embed_flow(self.session, step.texts, step.options))
+        if isinstance(step, PlanAll):
+            return self.planner.plan(step.texts, step.call)
+        return self._drive_all(step)
+
+    def _drive_all(self, step: Drive) -> Driven:
+        """Drive a call to its end: its parts, their rows where asked for, or its failure."""
+        if step.plan is not None:
+            plans: Iterator[SegmentPlan | None] = iter([step.plan])
+        else:
+            plans = self.planner.pipelined(step.texts, step.call, step.positions)
+        as_lists = step.options.as_lists and step.plan is None
+        parts: list[EmbeddingResult] = []
+        converted: list[concurrent.futures.Future[list[list[float]]]] = []
+        with (
+            background_pool("empirio-lists") as pool,
+            self.session.progress(step.total, step.options) as bar,
+        ):
+            bar.update(step.done)
+            try:
+                for part in self.drive(plans, step.call, bar, ahead=step.ahead):
+                    parts.append(part)
+                    if as_lists:
+                        converted.append(pool.submit(part.dense_rows))
+            except EmpirioError as exc:
+                return Driven(parts, None, exc)
+            if not as_lists:
+                return Driven(parts)
+            return Driven(parts, [row for f in converted for row in f.result()])
+
+    def stream(
+        self, texts: Iterable[str], options: CallOptions, segment_size: int, total: int | None
+    ) -> Iterator[EmbeddingResult]:
+        """``iter_embed``: one result per segment, in order, with bounded memory."""
+        call = self.session.check_call(options.kind, options.output)
+        plans = self.planner.streamed(texts, call, segment_size)
+        with self.session.progress(total, options) as bar:
+            yield from self.drive(plans, call, bar, ahead=2)
+
+    def drive(
+        self, plans: Iterator[SegmentPlan | None], call: Call, progress: Progress, *, ahead: int
+    ) -> Iterator[EmbeddingResult]:
+        """The loop over one call's driver: send what it says, wait, hand outcomes back."""
+        session = self.session
+        io = self._io_loop()
+        if self.transport.user_http is None:
+            # Made before the first pacing decision: an httpx client takes tens of ms to build
+            # (its TLS context), which would delay the first send behind its slot.
+            io.submit(self.transport.for_loop()).result()
+        pending: dict[concurrent.futures.Future[Decoded | EmpirioError], Attempt] = {}
+        driver = session.new_driver(plans, call, ahead, pending, None)
+        blocked = _running_loop()  # a loop this thread runs cannot progress while we wait
+        try:
+            while True:
+                yield from driver.ready()
+                step = session.step(driver, blocked, progress)
+                if step is None:
+                    return
+                sends, timeout = step
+                for attempt in sends:
+                    pending[io.submit(self.transport.send(attempt, call, sync=True))] = attempt
+                wait = _WAIT_SLICE_S if timeout is None else min(timeout, _WAIT_SLICE_S)
+                if not pending:
+                    time.sleep(wait)
+                    continue
+                done, _ = concurrent.futures.wait(
+                    pending, timeout=wait, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                for future in done:
+                    outcome = future.result()
+                    session.complete(driver, pending.pop(future), outcome, progress, self._save)
+        finally:
+            # Reached with requests in flight only when the caller stopped early, or on Ctrl-C
+            # or another BaseException (a failure waits for them in driver.step): cancelling
+            # them closes their connections now instead of after the timeout.
+            for future in pending:
+                future.cancel()
+            session.end(driver)
+
+    def _save(self, driver: Any) -> None:
+        self.planner.save(driver)
+
+    def _io_loop(self) -> _IOLoop:
+        with self.session.lock:
+            if self._io is None:
+                self._io = _IOLoop()
+                self.transport.keep_with = (self._io.loop, self._io.keepers)
+                # Framework objects are rarely closed by their users: stop the thread and close
+                # its connections when this shell is collected.
+                self._finalizer = weakref.finalize(self, self._io.close)
+            return self._io
+
+    def close(self) -> None:
+        """Stop the private loop and its thread, closing their connections."""
+        with self.session.lock:
+            io, self._io = self._io, None
+            finalizer, self._finalizer = self._finalizer, None
+        if finalizer is not None:
+            finalizer.detach()
+        if io is not None:
+            io.close()
+
+    def after_fork(self) -> None:
+        """Forget the parent's thread and loop (not ours to stop); a new one on first use."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._io, self._finalizer = None, None
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class _IOLoop:
+    """A private event loop on a daemon thread, where the sync shell's requests run.
+
+    Daemon, so an interpreter exiting after Ctrl-C never waits for it.
+    """
+
+    def __init__(self) -> None:
+        self.keepers: list[AsyncGenerator[None, None]] = []
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="empirio-io", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            # Closes the loop's httpx.AsyncClient (see http._close_at_loop_shutdown), and with
+            # it the connections; done on this thread whoever asked for the stop.
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+    def submit(self, coro: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        """Stop the loop, closing its connections; waits at most a few seconds (not at all
+        when called on the loop's own thread, as a finalizer may be)."""
+        try:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        except RuntimeError:  # closed already
+            return
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout=5.0)
