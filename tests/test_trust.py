@@ -377,8 +377,8 @@ def test_a_ledger_locked_for_a_while_is_used_again_when_free(
 ) -> None:
     import sqlite3
 
-    from empirio._io import budget as _budget
     from empirio._core.pace import Limits
+    from empirio._io import budget as _budget
 
     path = tmp_path / "ledger.sqlite3"
     budget = _budget.SqliteBudget(path, busy_timeout=0.2)

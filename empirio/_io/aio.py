@@ -2,7 +2,7 @@
 one ``httpx.AsyncClient`` per loop (:class:`~empirio._io.http.Transport`).
 
 :class:`AsyncShell` and :class:`~empirio._io.sync.SyncShell` mirror each other line for line
-(``tests/client/test_twins.py`` compares them). Planning of more than a few hundred texts, and
+(``tests/test_layers.py`` compares them). Planning of more than a few hundred texts, and
 the conversion of vectors to lists, run off the loop: they would hold it, and with it the sends
 of every other call on it, for tens of milliseconds.
 """
@@ -10,13 +10,14 @@ of every other call on it, for tens of milliseconds.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from .._core.decode import Decoded
-from .._core.driver import Call
+from .._core.driver import Call, CallDriver
 from .._core.engine import Attempt
 from .._core.errors import EmpirioError
 from .._core.flow import CallOptions, Drive, Driven, Fetch, Flow, PlanAll, Step, embed_flow
@@ -31,6 +32,9 @@ __all__ = ["AsyncShell"]
 
 #: Calls of more texts than this are planned (tokenised) off the event loop.
 _PLAN_IN_THREAD = 200
+#: A request in flight as a task, and a part's conversion to lists on a worker.
+_Handle = asyncio.Task[Decoded | EmpirioError]
+_Rows = asyncio.Future[list[list[float]]]
 
 
 class AsyncShell:
@@ -61,13 +65,6 @@ class AsyncShell:
             return await self._plan(step)
         return await self._drive_all(step)
 
-    async def _plan(self, step: PlanAll) -> SegmentPlan:
-        if len(step.texts) <= _PLAN_IN_THREAD:
-            return self.planner.plan(step.texts, step.call)
-        quiet = functools.partial(self.planner.plan_quietly, step.texts, step.call, 0, 0, 0)
-        plan = await asyncio.get_running_loop().run_in_executor(None, quiet)
-        return self.planner.warn_truncated(plan)
-
     async def _drive_all(self, step: Drive) -> Driven:
         """Drive a call to its end: its parts, their rows where asked for, or its failure."""
         if step.plan is not None:
@@ -76,8 +73,7 @@ class AsyncShell:
             plans = self.planner.pipelined(step.texts, step.call, step.positions)
         as_lists = step.options.as_lists and step.plan is None
         parts: list[EmbeddingResult] = []
-        converted: list[asyncio.Future[list[list[float]]]] = []
-        loop = asyncio.get_running_loop()
+        converted: list[_Rows] = []
         with (
             background_pool("empirio-lists") as pool,
             self.session.progress(step.total, step.options) as bar,
@@ -87,17 +83,17 @@ class AsyncShell:
                 async for part in self.drive(plans, step.call, bar, ahead=step.ahead):
                     parts.append(part)
                     if as_lists:
-                        converted.append(loop.run_in_executor(pool, part.dense_rows))
+                        converted.append(self._convert(pool, part))
             except EmpirioError as exc:
                 return Driven(parts, None, exc)
             if not as_lists:
                 return Driven(parts)
-            return Driven(parts, [row for rows in await asyncio.gather(*converted) for row in rows])
+            return Driven(parts, await self._gather_rows(converted))
 
     async def stream(
         self, texts: Iterable[str], options: CallOptions, segment_size: int, total: int | None
     ) -> AsyncIterator[EmbeddingResult]:
-        """``aiter_embed``: one result per segment, in order, with bounded memory."""
+        """One result per segment (``iter_embed``, ``aiter_embed``), in order, in bounded memory."""
         call = self.session.check_call(options.kind, options.output)
         plans = self.planner.streamed(texts, call, segment_size)
         with self.session.progress(total, options) as bar:
@@ -109,38 +105,65 @@ class AsyncShell:
     ) -> AsyncIterator[EmbeddingResult]:
         """The loop over one call's driver: send what it says, wait, hand outcomes back."""
         session = self.session
-        loop = asyncio.get_running_loop()
-        await self.transport.for_loop()  # before the first pacing decision, as in sync
-        tasks: dict[asyncio.Task[Decoded | EmpirioError], Attempt] = {}
-        driver = session.new_driver(plans, call, ahead, tasks, loop)
+        loop, blocked = asyncio.get_running_loop(), None  # requests run as tasks on this loop
+        pending: dict[_Handle, Attempt] = {}
+        driver = session.new_driver(plans, call, ahead, pending, loop)
         try:
+            await self._connect()
             while True:
                 for result in driver.ready():
                     yield result
-                step = session.step(driver, None, progress)
+                step = session.step(driver, blocked, progress)
                 if step is None:
                     return
                 sends, timeout = step
                 for attempt in sends:
-                    tasks[asyncio.ensure_future(self.transport.send(attempt, call, sync=False))] = (
-                        attempt
-                    )
-                if not tasks:
-                    await asyncio.sleep(timeout or 0.0)
-                    continue
-                done, _ = await asyncio.wait(
-                    tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                for task in done:
-                    outcome = task.result()
-                    session.complete(driver, tasks.pop(task), outcome, progress, self._save)
+                    pending[self._send(attempt, call)] = attempt
+                for handle in await self._wait(pending, timeout):
+                    outcome = handle.result()
+                    session.complete(driver, pending.pop(handle), outcome, progress, self._save)
         finally:
             session.end(driver)
-            for task in tasks:
-                task.cancel()
-            if tasks and not loop.is_closed():
-                with contextlib.suppress(RuntimeError):  # the loop may be closing under us
-                    await asyncio.gather(*tasks, return_exceptions=True)
+            await self._cancel(pending)
 
-    def _save(self, driver: Any) -> None:
+    def _save(self, driver: CallDriver) -> None:
         self.planner.save(driver)
+
+    # ------------------------------------------------------------------ this shell's own I/O
+
+    async def _plan(self, step: PlanAll) -> SegmentPlan:
+        if len(step.texts) <= _PLAN_IN_THREAD:
+            return self.planner.plan(step.texts, step.call)
+        quiet = functools.partial(self.planner.plan_quietly, step.texts, step.call, 0, 0, 0)
+        plan = await asyncio.get_running_loop().run_in_executor(None, quiet)
+        return self.planner.warn_truncated(plan)
+
+    def _convert(self, pool: concurrent.futures.Executor, part: EmbeddingResult) -> _Rows:
+        return asyncio.get_running_loop().run_in_executor(pool, part.dense_rows)
+
+    async def _gather_rows(self, converted: list[_Rows]) -> list[list[float]]:
+        return [row for rows in await asyncio.gather(*converted) for row in rows]
+
+    async def _connect(self) -> None:
+        """Make this loop's HTTP client before the first pacing decision (as in sync)."""
+        await self.transport.for_loop()
+
+    def _send(self, attempt: Attempt, call: Call) -> _Handle:
+        return asyncio.ensure_future(self.transport.send(attempt, call, sync=False))
+
+    async def _wait(self, pending: dict[_Handle, Attempt], within: float | None) -> set[_Handle]:
+        """The requests that finished within ``within`` seconds (``None``: until one does)."""
+        if not pending:
+            await asyncio.sleep(within or 0.0)
+            return set()
+        done, _ = await asyncio.wait(pending, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        return done
+
+    async def _cancel(self, pending: dict[_Handle, Attempt]) -> None:
+        """Cancel the requests still in flight (the caller stopped early, or a BaseException)
+        and let them end, unless the loop is closing under us."""
+        for handle in pending:
+            handle.cancel()
+        if pending and not asyncio.get_running_loop().is_closed():
+            with contextlib.suppress(RuntimeError):
+                await asyncio.gather(*pending, return_exceptions=True)

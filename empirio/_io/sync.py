@@ -8,7 +8,7 @@ socket read in a worker thread could only be waited out). It also makes a sync c
 running loop (a notebook cell) safe.
 
 :class:`SyncShell` and :class:`~empirio._io.aio.AsyncShell` mirror each other line for line
-(``tests/client/test_twins.py`` compares them).
+(``tests/test_layers.py`` compares them).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator, Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
 from .._core.decode import Decoded
-from .._core.driver import Call
+from .._core.driver import Call, CallDriver
 from .._core.engine import Attempt
 from .._core.errors import EmpirioError
 from .._core.flow import CallOptions, Drive, Driven, Fetch, Flow, PlanAll, Step, embed_flow
@@ -36,6 +36,9 @@ from .session import Session
 __all__ = ["SyncShell"]
 
 _T = TypeVar("_T")
+#: A request in flight on the I/O thread, and a part's conversion to lists on a worker.
+_Handle = concurrent.futures.Future[Decoded | EmpirioError]
+_Rows = concurrent.futures.Future[list[list[float]]]
 #: The longest a sync call waits in one piece, in seconds: how soon Ctrl-C is seen on platforms
 #: where a blocking wait is not interrupted by signals.
 _WAIT_SLICE_S = 0.5
@@ -68,7 +71,7 @@ class SyncShell:
         if isinstance(step, Fetch):
             return self.run(embed_flow(self.session, step.texts, step.options))
         if isinstance(step, PlanAll):
-            return self.planner.plan(step.texts, step.call)
+            return self._plan(step)
         return self._drive_all(step)
 
     def _drive_all(self, step: Drive) -> Driven:
@@ -79,7 +82,7 @@ class SyncShell:
             plans = self.planner.pipelined(step.texts, step.call, step.positions)
         as_lists = step.options.as_lists and step.plan is None
         parts: list[EmbeddingResult] = []
-        converted: list[concurrent.futures.Future[list[list[float]]]] = []
+        converted: list[_Rows] = []
         with (
             background_pool("empirio-lists") as pool,
             self.session.progress(step.total, step.options) as bar,
@@ -89,64 +92,92 @@ class SyncShell:
                 for part in self.drive(plans, step.call, bar, ahead=step.ahead):
                     parts.append(part)
                     if as_lists:
-                        converted.append(pool.submit(part.dense_rows))
+                        converted.append(self._convert(pool, part))
             except EmpirioError as exc:
                 return Driven(parts, None, exc)
             if not as_lists:
                 return Driven(parts)
-            return Driven(parts, [row for f in converted for row in f.result()])
+            return Driven(parts, self._gather_rows(converted))
 
     def stream(
         self, texts: Iterable[str], options: CallOptions, segment_size: int, total: int | None
     ) -> Iterator[EmbeddingResult]:
-        """``iter_embed``: one result per segment, in order, with bounded memory."""
+        """One result per segment (``iter_embed``, ``aiter_embed``), in order, in bounded memory."""
         call = self.session.check_call(options.kind, options.output)
         plans = self.planner.streamed(texts, call, segment_size)
         with self.session.progress(total, options) as bar:
-            yield from self.drive(plans, call, bar, ahead=2)
+            for result in self.drive(plans, call, bar, ahead=2):  # noqa: UP028 (a mirror)
+                yield result
 
     def drive(
         self, plans: Iterator[SegmentPlan | None], call: Call, progress: Progress, *, ahead: int
     ) -> Iterator[EmbeddingResult]:
         """The loop over one call's driver: send what it says, wait, hand outcomes back."""
         session = self.session
-        io = self._io_loop()
-        if self.transport.user_http is None:
-            # Made before the first pacing decision: an httpx client takes tens of ms to build
-            # (its TLS context), which would delay the first send behind its slot.
-            io.submit(self.transport.for_loop()).result()
-        pending: dict[concurrent.futures.Future[Decoded | EmpirioError], Attempt] = {}
-        driver = session.new_driver(plans, call, ahead, pending, None)
-        blocked = _running_loop()  # a loop this thread runs cannot progress while we wait
+        loop, blocked = None, _running_loop()  # a loop this thread runs cannot progress now
+        pending: dict[_Handle, Attempt] = {}
+        driver = session.new_driver(plans, call, ahead, pending, loop)
         try:
+            self._connect()
             while True:
-                yield from driver.ready()
+                for result in driver.ready():  # noqa: UP028 (a mirror)
+                    yield result
                 step = session.step(driver, blocked, progress)
                 if step is None:
                     return
                 sends, timeout = step
                 for attempt in sends:
-                    pending[io.submit(self.transport.send(attempt, call, sync=True))] = attempt
-                wait = _WAIT_SLICE_S if timeout is None else min(timeout, _WAIT_SLICE_S)
-                if not pending:
-                    time.sleep(wait)
-                    continue
-                done, _ = concurrent.futures.wait(
-                    pending, timeout=wait, return_when=concurrent.futures.FIRST_COMPLETED
-                )
-                for future in done:
-                    outcome = future.result()
-                    session.complete(driver, pending.pop(future), outcome, progress, self._save)
+                    pending[self._send(attempt, call)] = attempt
+                for handle in self._wait(pending, timeout):
+                    outcome = handle.result()
+                    session.complete(driver, pending.pop(handle), outcome, progress, self._save)
         finally:
-            # Reached with requests in flight only when the caller stopped early, or on Ctrl-C
-            # or another BaseException (a failure waits for them in driver.step): cancelling
-            # them closes their connections now instead of after the timeout.
-            for future in pending:
-                future.cancel()
             session.end(driver)
+            self._cancel(pending)
 
-    def _save(self, driver: Any) -> None:
+    def _save(self, driver: CallDriver) -> None:
         self.planner.save(driver)
+
+    # ------------------------------------------------------------------ this shell's own I/O
+
+    def _plan(self, step: PlanAll) -> SegmentPlan:
+        return self.planner.plan(step.texts, step.call)
+
+    def _convert(self, pool: concurrent.futures.Executor, part: EmbeddingResult) -> _Rows:
+        return pool.submit(part.dense_rows)
+
+    def _gather_rows(self, converted: list[_Rows]) -> list[list[float]]:
+        return [row for future in converted for row in future.result()]
+
+    def _connect(self) -> None:
+        """Start the I/O thread and its HTTP client before the first pacing decision: an httpx
+        client takes tens of ms to build (its TLS context), which would delay the first send
+        behind its slot."""
+        io = self._io_loop()
+        if self.transport.user_http is None:
+            io.submit(self.transport.for_loop()).result()
+
+    def _send(self, attempt: Attempt, call: Call) -> _Handle:
+        return self._io_loop().submit(self.transport.send(attempt, call, sync=True))
+
+    def _wait(self, pending: dict[_Handle, Attempt], within: float | None) -> set[_Handle]:
+        """The requests that finished within ``within`` seconds (``None``: until one does), waited
+        for in slices so that Ctrl-C is seen."""
+        wait = _WAIT_SLICE_S if within is None else min(within, _WAIT_SLICE_S)
+        if not pending:
+            time.sleep(wait)
+            return set()
+        done, _ = concurrent.futures.wait(
+            pending, timeout=wait, return_when=concurrent.futures.FIRST_COMPLETED
+        )
+        return done
+
+    def _cancel(self, pending: dict[_Handle, Attempt]) -> None:
+        """Reached with requests in flight only when the caller stopped early, or on Ctrl-C or
+        another BaseException (a failure waits for them in driver.step): cancelling them closes
+        their connections now instead of after the timeout."""
+        for handle in pending:
+            handle.cancel()
 
     def _io_loop(self) -> _IOLoop:
         with self.session.lock:
