@@ -21,6 +21,7 @@ from ._core.errors import ConfigurationError, InvalidInputError
 from ._core.plan import Kind, Output
 from ._core.result import Usage
 from ._core.secret import SealedKey, open_sealed, seal_urls
+from ._core.types import wants_dense, wants_sparse
 from .client import EmbeddingClient
 
 __all__ = ["JobUsage", "RowResult", "embed_batch", "embed_rows", "open_options", "seal_options"]
@@ -103,12 +104,8 @@ def embed_rows(
     n = len(values)
     errors = [_row_error(v) for v in values]
     todo = [i for i in range(n) if errors[i] is None]
-    dense = (
-        np.zeros((n, client.dimensions), dtype=np.float32) if output in ("dense", "both") else None
-    )
-    sparse: list[dict[int, float] | None] | None = (
-        [None] * n if output in ("sparse", "both") else None
-    )
+    dense = np.zeros((n, client.dimensions), dtype=np.float32) if wants_dense(output) else None
+    sparse: list[dict[int, float] | None] | None = [None] * n if wants_sparse(output) else None
     while todo:
         try:
             texts = cast(list[str], [values[i] for i in todo])  # checked: strings

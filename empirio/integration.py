@@ -9,6 +9,7 @@ from ._core.config import API_BASE_ENV, API_KEY_ENV, BASE_URL_ENV, SHARE_BUDGET_
 from ._core.plan import InstructionMode, Kind, Output, Overflow, as_text_list, check_texts
 from ._core.settings import DEFAULTS, SETTINGS, Setting, readme_table
 from ._io.progress import Progress, tqdm_class
+from ._job import abatch_job, batch_job, call_options, served, worth_prefetching
 from ._options import CLIENT_OPTIONS, ClientFields, build_client, default_rpm, default_tpm
 
 __all__ = [
@@ -26,12 +27,17 @@ __all__ = [
     "Overflow",
     "Progress",
     "Setting",
+    "abatch_job",
     "as_text_list",
+    "batch_job",
     "build_client",
+    "call_options",
     "check_texts",
     "default_rpm",
     "default_tpm",
     "is_redis_url",
     "readme_table",
+    "served",
     "tqdm_class",
+    "worth_prefetching",
 ]

@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._core.plan import Kind, Output
+from ._core.types import wants_dense, wants_sparse
 from ._rows import JobUsage, seal_options
 
 if TYPE_CHECKING:
@@ -118,9 +119,9 @@ def embed_column(
     if column not in df.columns:
         raise KeyError(f"no column {column!r} to embed; the DataFrame has {df.columns}")
     fields = list(df.schema.fields)
-    if output in ("dense", "both"):
+    if wants_dense(output):
         fields.append(StructField(output_column, ArrayType(FloatType()), True))
-    if output in ("sparse", "both"):
+    if wants_sparse(output):
         fields.append(
             StructField(f"{output_column}_sparse", MapType(IntegerType(), FloatType()), True)
         )

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar, Literal
 
 import httpx
@@ -20,25 +18,17 @@ from empirio.integration import (
     ClientFields,
     InstructionMode,
     Overflow,
-    Progress,
+    abatch_job,
     as_text_list,
+    batch_job,
+    call_options,
     check_texts,
     default_rpm,
     default_tpm,
-    tqdm_class,
+    worth_prefetching,
 )
 
 __all__ = ["EmpirioFields"]
-
-#: The vectors of the batch job under way in this context, by text (see ``_prefetch``).
-_PREFETCHED: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "empirio_llamaindex_prefetched", default=None
-)
-
-#: The progress callback of the batch job under way in this context, if it shows a bar.
-_JOB: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar(
-    "empirio_llamaindex_job", default=None
-)
 
 
 def _doc(name: str) -> str:
@@ -130,15 +120,17 @@ class EmpirioFields(ClientFields):
 
     # LlamaIndex's batch methods take len() of their input and number bad texts within each
     # embed_batch_size chunk, after earlier chunks were sent; and a bar per chunk floods a
-    # notebook. So: any iterable, checked whole first (positions in the caller's list), and one
-    # bar for the whole job, advanced as each request finishes; LlamaIndex's own is off.
+    # notebook. So: any iterable, checked whole first (positions in the caller's list), and
+    # one job over it (empirio.integration.batch_job: one bar, and the whole job fetched in one
+    # pipelined call where LlamaIndex would embed chunk after chunk). LlamaIndex's bar is off.
     def get_text_embedding_batch(
         self, texts: Iterable[str], show_progress: bool = False, **kwargs: Any
     ) -> Any:
         """LlamaIndex's batch embedding, for any iterable of texts, checked whole first."""
         checked = check_texts(as_text_list(texts))
         parent: Any = super()
-        with self._job(len(checked), show_progress), self._serving(self._prefetch(checked)):
+        show = show_progress or self.show_progress
+        with batch_job(checked, show_progress=show, fetch=self._job_fetch(checked)):
             return parent.get_text_embedding_batch(checked, show_progress=False, **kwargs)
 
     async def aget_text_embedding_batch(
@@ -147,55 +139,25 @@ class EmpirioFields(ClientFields):
         """:meth:`get_text_embedding_batch`, async."""
         checked = check_texts(as_text_list(texts))
         parent: Any = super()
-        with self._job(len(checked), show_progress), self._serving(await self._aprefetch(checked)):
+        show = show_progress or self.show_progress
+        async with abatch_job(checked, show_progress=show, fetch=self._job_afetch(checked)):
             return await parent.aget_text_embedding_batch(checked, show_progress=False, **kwargs)
 
-    @contextlib.contextmanager
-    def _job(self, total: int, show: bool) -> Iterator[None]:
-        if not (show or self.show_progress) or _JOB.get() is not None:
-            yield
-            return
-        with Progress(tqdm_class()(total=total, unit="text", desc="Embedding"), None) as bar:
-            token = _JOB.set(bar.update)
-            try:
-                yield
-            finally:
-                _JOB.reset(token)
-
-    # LlamaIndex's batch loop embeds one embed_batch_size chunk after another, each waiting for
-    # its slowest request (a latency lost per chunk, and its sync path never overlaps them).
-    # So the whole job is embedded first, as one pipelined call into the client, and the
-    # chunks LlamaIndex then asks for are served from it: its callbacks and events still fire.
-    def _prefetch(self, texts: list[str]) -> dict[str, Any] | None:
-        """The job's vectors by text, fetched in one call; ``None`` to leave it to the chunks."""
+    def _job_fetch(self, texts: list[str]) -> Callable[[list[str]], list[Any]] | None:
+        """How to fetch a job's vectors whole; ``None``: leave them to LlamaIndex's chunks."""
         return None
 
-    async def _aprefetch(self, texts: list[str]) -> dict[str, Any] | None:
-        """:meth:`_prefetch`, async."""
+    def _job_afetch(self, texts: list[str]) -> Callable[[list[str]], Awaitable[list[Any]]] | None:
+        """:meth:`_job_fetch`, async."""
         return None
 
-    def _can_prefetch(self, texts: list[str]) -> bool:
-        # LlamaIndex's own embeddings cache skips texts it has: embedding them all would pay
-        # for those again. Small jobs are one chunk anyway.
-        return getattr(self, "embeddings_cache", None) is None and len(texts) > int(
-            getattr(self, "embed_batch_size", 10**9)
+    def _worth_prefetching(self, texts: list[str]) -> bool:
+        return worth_prefetching(
+            texts,
+            int(getattr(self, "embed_batch_size", 10**9)),
+            getattr(self, "embeddings_cache", None),
         )
-
-    @contextlib.contextmanager
-    def _serving(self, vectors: dict[str, Any] | None) -> Iterator[None]:
-        token = _PREFETCHED.set(vectors)
-        try:
-            yield
-        finally:
-            _PREFETCHED.reset(token)
-
-    def _prefetched(self, texts: list[str]) -> list[Any] | None:
-        """The vectors of ``texts`` if this job fetched them all already, else ``None``."""
-        vectors = _PREFETCHED.get()
-        if vectors is None or any(t not in vectors for t in texts):
-            return None
-        return [vectors[t] for t in texts]
 
     def _call_options(self) -> dict[str, Any]:
         """Keywords for each call into the client: never a bar of its own (the job has one)."""
-        return {"show_progress": False, "on_progress": _JOB.get()}
+        return call_options()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import ConfigDict, Field
+
+from empirio.integration import call_options, served
 
 from ._base import EmpirioFields
 
@@ -73,7 +76,7 @@ class EmpirioEmbedding(EmpirioFields, BaseEmbedding):
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         if not texts:
             return []
-        done = self._prefetched(texts)
+        done = served(texts)
         if done is not None:
             return done
         return self._client.embed(texts, kind="document", **self._call_options()).dense_rows()
@@ -81,24 +84,24 @@ class EmpirioEmbedding(EmpirioFields, BaseEmbedding):
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         if not texts:
             return []
-        done = self._prefetched(texts)
+        done = served(texts)
         if done is not None:
             return done
         return (
             await self._client.aembed(texts, kind="document", **self._call_options())
         ).dense_rows()
 
-    def _prefetch(self, texts: list[str]) -> dict[str, Any] | None:
-        if not self._can_prefetch(texts):
+    def _job_fetch(self, texts: list[str]) -> Callable[[list[str]], list[Embedding]] | None:
+        if not self._worth_prefetching(texts):
             return None
-        rows = self._client.embed_as_lists(texts, kind="document", **self._call_options())
-        return dict(zip(texts, rows, strict=True))
+        return lambda job: self._client.embed_as_lists(job, kind="document", **call_options())
 
-    async def _aprefetch(self, texts: list[str]) -> dict[str, Any] | None:
-        if not self._can_prefetch(texts):
+    def _job_afetch(
+        self, texts: list[str]
+    ) -> Callable[[list[str]], Awaitable[list[Embedding]]] | None:
+        if not self._worth_prefetching(texts):
             return None
-        rows = await self._client.aembed_as_lists(texts, kind="document", **self._call_options())
-        return dict(zip(texts, rows, strict=True))
+        return lambda job: self._client.aembed_as_lists(job, kind="document", **call_options())
 
     def sparse(self) -> EmpirioSparseEmbedding:
         """The sparse view of the same model, sharing this object's client: dense and sparse of

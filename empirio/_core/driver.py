@@ -12,8 +12,8 @@ loop over a :class:`CallDriver`::
 
 A driver owns what it holds: the requests it has on the wire are counted from its own
 records, never from a shared counter, so a call that fails, is cancelled, or dies with the
-loop it ran on cannot leave slots taken (:meth:`EmbeddingClient._busy_elsewhere` counts only
-the requests of calls that can still make progress).
+loop it ran on cannot leave slots taken (the session counts only the requests of calls that
+can still make progress: :meth:`empirio._io.session.Session._busy_elsewhere`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .engine import Attempt, Engine, Step
 from .errors import EmpirioError
 from .plan import Kind, Output, PlannedRequest, SegmentPlan, combine_windows
 from .result import EmbeddingResult, Usage, UsageMeter
+from .types import wants_dense, wants_sparse
 
 __all__ = ["PLAN_POLL_S", "Call", "CallDriver", "known_result"]
 
@@ -47,11 +48,11 @@ class Call:
 
     @property
     def dense(self) -> bool:
-        return self.output != "sparse"
+        return wants_dense(self.output)
 
     @property
     def sparse(self) -> bool:
-        return self.output != "dense"
+        return wants_sparse(self.output)
 
 
 class _Segment:

@@ -2,7 +2,7 @@
 what it means; and :class:`ClientConfig`, the settings of one client, checked once.
 
 The client's signature, both adapters' fields, the CLI's flags and the README's configuration
-table all take their defaults from :data:`SETTINGS` (``tests/test_settings.py`` proves they
+table all take their defaults from :data:`SETTINGS` (``tests/core/test_settings.py`` proves they
 agree, and that the README's table is :func:`readme_table`'s output). What ``0`` and ``None``
 mean for a rate is :func:`~empirio._core.config.check_rate`'s, wherever the rate comes from.
 """

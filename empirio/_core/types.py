@@ -25,6 +25,8 @@ __all__ = [
     "Overflow",
     "ShareBudget",
     "View",
+    "wants_dense",
+    "wants_sparse",
 ]
 
 #: What a text is: a document (no instruction) or a query (gets the query instruction).
@@ -56,3 +58,13 @@ ENCODING_FORMATS: tuple[EncodingFormat, ...] = get_args(EncodingFormat)
 VIEWS: tuple[View, ...] = get_args(View)
 BUDGET_SCOPES: tuple[BudgetScope, ...] = get_args(BudgetScope)
 LIMIT_SOURCES: tuple[LimitSource, ...] = get_args(LimitSource)
+
+
+def wants_dense(output: Output) -> bool:
+    """Whether ``output`` returns dense vectors (and so asks the service for them)."""
+    return output != "sparse"
+
+
+def wants_sparse(output: Output) -> bool:
+    """Whether ``output`` returns sparse vectors (and so asks the service for them)."""
+    return output != "dense"

@@ -2,7 +2,7 @@
 one ``httpx.AsyncClient`` per loop (:class:`~empirio._io.http.Transport`).
 
 :class:`AsyncShell` and :class:`~empirio._io.sync.SyncShell` mirror each other line for line
-(``tests/test_layers.py`` compares them). Planning of more than a few hundred texts, and
+(``tests/core/test_layers.py`` compares them). Planning of more than a few hundred texts, and
 the conversion of vectors to lists, run off the loop: they would hold it, and with it the sends
 of every other call on it, for tens of milliseconds.
 """

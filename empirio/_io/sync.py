@@ -8,7 +8,7 @@ socket read in a worker thread could only be waited out). It also makes a sync c
 running loop (a notebook cell) safe.
 
 :class:`SyncShell` and :class:`~empirio._io.aio.AsyncShell` mirror each other line for line
-(``tests/test_layers.py`` compares them).
+(``tests/core/test_layers.py`` compares them).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from .._core.config import (
 from .._core.errors import APIStatusError, EmpirioError, InvalidInputError, agree
 from .._core.secret import redact
 from .._core.tokens import SAFE_INPUT_TOKENS, get_tokenizer
+from .._core.types import EncodingFormat, Output, Overflow
 from ..client import EmbeddingClient
 
 __all__ = ["RunSettings", "run"]
@@ -51,13 +52,13 @@ class RunSettings(BaseModel):
     queries: list[str] = Field(default_factory=list, max_length=MAX_QUERIES)
     model: str = DEFAULT_MODEL
     dimensions: int = DEFAULT_DIMENSIONS
-    encoding_format: Literal["base64", "float"] = "base64"
+    encoding_format: EncodingFormat = "base64"
     user: str | None = None
     instruction: bool = True
     instruction_mode: Literal["prompt", "api"] = "prompt"
     query_instruction: str = DEFAULT_QUERY_INSTRUCTION
-    output: Literal["dense", "sparse", "both"] = "dense"
-    overflow: Literal["truncate", "chunk", "error"] = "truncate"
+    output: Output = "dense"
+    overflow: Overflow = "truncate"
 
 
 class _Recorder:

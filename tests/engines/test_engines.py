@@ -1,0 +1,237 @@
+"""Ingestion on the engines, for real: local Ray (several actors) and local Spark (``local[2]``,
+several partitions), against an emulator in its own process that enforces 600 RPM per minute
+and per second. Each engine starts once for this module: they take seconds to start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from empirio import EmbeddingClient
+
+from ..conftest import emulator_processes, stats
+
+KEY = "sk-engines-test-key-0123456789"
+TEXTS = [
+    f"engine row {i} about {['rivers', 'tea', 'stars', 'bonds'][i % 4]} {i * 3}" for i in range(240)
+]
+BLANK, NONE = 17, 101  # rows that are row errors, not job failures
+
+
+def rows() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{"id": i, "text": t, "lang": "en"} for i, t in enumerate(TEXTS)]
+    out[BLANK]["text"] = "   "
+    out[NONE]["text"] = None
+    return out
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[str]:
+    with emulator_processes() as start:
+        yield start("--rpm", "600", "--tpm", "24000000", "--strict-burst")
+
+
+def options(url: str, **kw: Any) -> dict[str, Any]:
+    return {"api_key": KEY, "base_url": url, "dimensions": 64, "rpm": 600, "tpm": 24_000_000, **kw}
+
+
+def reference(url: str) -> np.ndarray:
+    ok = [t for i, t in enumerate(TEXTS) if i not in (BLANK, NONE)]
+    dense = EmbeddingClient(**options(url, share_budget="client")).embed(ok).dense
+    assert dense is not None
+    return dense
+
+
+def check(got: list[dict[str, Any]], ref: np.ndarray) -> None:
+    got = sorted(got, key=lambda r: r["id"])
+    assert [r["id"] for r in got] == list(range(len(TEXTS)))  # every row back, once
+    assert all(r["lang"] == "en" for r in got)  # other columns unchanged
+    k = 0
+    for r in got:
+        if r["id"] in (BLANK, NONE):
+            assert r["embedding"] is None
+            assert r["embedding_error"]
+            continue
+        assert r["embedding_error"] is None
+        np.testing.assert_array_equal(np.asarray(r["embedding"], dtype=np.float32), ref[k])
+        k += 1
+    assert "blank" in got[BLANK]["embedding_error"]
+    assert "null" in got[NONE]["embedding_error"]
+
+
+def check_tally(total: Any, start: dict[str, Any], end: dict[str, Any]) -> None:
+    """The job's tally is what the emulator saw: every row, both row errors, every request."""
+    assert (total.rows, total.row_errors) == (len(TEXTS), 2)
+    assert total.usage.requests == end["requests"] - start["requests"] > 0
+    assert total.usage.input_tokens > 0
+    assert f"{len(TEXTS)} rows (2 with a row error)" in str(total)
+
+
+# ------------------------------------------------------------------------------------ Ray
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[Any]:
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        _node_ip_address="127.0.0.1",  # loopback only, whatever the host's interfaces are
+    )
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_embed_column(ray_local: Any, api: str, tmp_path: Path) -> None:
+    from empirio.ray import Tally, embed_column
+
+    cache = tmp_path / "c.sqlite3"
+    ds = ray_local.data.from_items(rows(), override_num_blocks=6)
+    tally = Tally()
+    start = stats(api)
+    out = embed_column(
+        ds, "text", concurrency=2, batch_size=40, tally=tally, **options(api, cache=str(cache))
+    )
+    got = out.take_all()
+    before = stats(api)
+    assert before["by_status"].get("429", 0) == 0
+    check_tally(tally.total(), start, before)
+    check(got, reference(api))
+    before = stats(api)
+    # A rerun with the cache pays for nothing.
+    again = embed_column(ds, "text", concurrency=2, batch_size=40, **options(api, cache=str(cache)))
+    assert len(again.take_all()) == len(TEXTS)
+    assert stats(api)["requests"] == before["requests"]
+
+
+# ------------------------------------------------------------------------------------ Spark
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[Any]:
+    pytest.importorskip("pyspark")
+    if shutil.which("java") is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("java is missing: apt-get install default-jre-headless")
+        pytest.skip("needs Java: apt-get install default-jre-headless")
+    from pyspark.sql import SparkSession
+
+    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"  # loopback only, whatever the host resolves to
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("empirio-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.shuffle.partitions", "4")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def test_spark_embed_column(spark: Any, api: str, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from empirio.spark import Tally, embed_column
+
+    cache = tmp_path / "c.sqlite3"
+    df = spark.createDataFrame(pd.DataFrame(rows())).repartition(4)
+    start = stats(api)
+    tally = Tally(spark)
+    out = embed_column(df, "text", tally=tally, **options(api, cache=str(cache)))
+    got = [r.asDict() for r in out.collect()]
+    after = stats(api)
+    check_tally(tally.total(), start, after)
+    check(got, reference(api))
+    after = stats(api)
+    assert after["by_status"].get("429", 0) == start["by_status"].get("429", 0)
+    assert len(embed_column(df, "text", **options(api, cache=str(cache))).collect()) == len(TEXTS)
+    assert stats(api)["requests"] == after["requests"]  # the rerun sent nothing
+
+
+SPARK_JOB = """
+    import sys
+    import pandas as pd
+    from pyspark.sql import SparkSession
+    from empirio.spark import embed_column
+
+    url, cache = sys.argv[1], sys.argv[2]
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    texts = [f"a job killed halfway, row {i}" for i in range(600)]
+    df = spark.createDataFrame(pd.DataFrame({"id": range(600), "text": texts})).repartition(4)
+    out = embed_column(
+        df, "text", api_key="sk-killed-0123456789", base_url=url, dimensions=64, rpm=600,
+        tpm=24_000_000, cache=cache,
+    )
+    print(out.filter(out.embedding.isNotNull()).count(), flush=True)
+"""
+
+
+def test_spark_job_killed_halfway_and_rerun_pays_only_for_the_rest(
+    spark: Any, tmp_path: Path
+) -> None:
+    """kill -9 of the whole job (driver, JVM, Python workers) halfway; the rerun with the same
+    cache pays only for what the first had not finished (counted at the emulator)."""
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(SPARK_JOB))
+    cache = str(tmp_path / "vectors.sqlite3")
+    env = {
+        **os.environ,
+        "PYSPARK_PYTHON": sys.executable,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "EMPIRIOLABS_BUDGET_DIR": str(tmp_path / "budget"),
+    }
+    with emulator_processes() as start:
+        url = start("--rpm", "600", "--tpm", "24000000", "--strict-burst")
+        args = [sys.executable, str(script), url, cache]
+        job = subprocess.Popen(
+            args,
+            env=env,
+            start_new_session=True,  # its own process group: the JVM and workers die with it
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 180
+        while stats(url)["inputs_embedded"] < 250 and job.poll() is None:
+            assert time.monotonic() < deadline, "the job never got halfway"
+            time.sleep(0.05)
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=30)
+        first = stats(url)["inputs_embedded"]
+        assert 250 <= first < 600, first  # killed halfway
+        again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert again.stdout.strip().splitlines()[-1] == "600"  # every row has its vector
+        total = stats(url)["inputs_embedded"]
+        # The rerun paid for the rest and for what was in flight at the kill (a few requests
+        # of ten per worker), not again for what the first run had finished.
+        assert total <= 600 + 60, (first, total)
+        assert stats(url)["by_status"].get("429", 0) == 0
