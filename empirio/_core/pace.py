@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -92,6 +93,19 @@ class LimitsInEffect:
     tpm: float | None
     rpm_source: LimitSource
     tpm_source: LimitSource
+
+    def adopt(self, advertised: Mapping[str, float | None]) -> LimitsInEffect:
+        """These limits once a server has advertised ``advertised`` (``rpm``/``tpm`` per minute,
+        ``None`` for unlimited; see :func:`~empirio._core.decode.advertised_limits`): a limit
+        nobody set (``"default"``) takes the server's and says so; a limit given as an argument
+        or in the environment never changes, and what is not advertised stays as it is."""
+        rpm, rpm_source = self.rpm, self.rpm_source
+        tpm, tpm_source = self.tpm, self.tpm_source
+        if rpm_source == "default" and "rpm" in advertised:
+            rpm, rpm_source = advertised["rpm"], "server"
+        if tpm_source == "default" and "tpm" in advertised:
+            tpm, tpm_source = advertised["tpm"], "server"
+        return LimitsInEffect(rpm, tpm, rpm_source, tpm_source)
 
     def __str__(self) -> str:
         def rate(value: float | None, unit: str) -> str:

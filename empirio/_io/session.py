@@ -34,7 +34,7 @@ from .._core.plan import SegmentPlan
 from .._core.result import EmbeddingResult, UsageMeter
 from .._core.retry import RetryPolicy
 from .._core.settings import ClientConfig, check_choice
-from .._core.types import KINDS, OUTPUTS, Kind, LimitSource, Output
+from .._core.types import KINDS, OUTPUTS, Kind, Output
 from .._core.views import ViewCache
 from .budget import Budget, LocalBudget, budget_for
 from .cache import EmbeddingCache
@@ -57,11 +57,11 @@ class Session:
         self.config = config
         self.cache = cache
         self.lock = threading.Lock()
-        self.rpm, self.tpm = config.rpm, config.tpm
-        self.sources: dict[str, LimitSource] = {
-            "rpm": config.rpm_source,
-            "tpm": config.tpm_source,
-        }
+        #: The limits pacing now and where each came from (they follow what a server
+        #: advertises where nobody set them: see ``LimitsInEffect.adopt``).
+        self.in_effect = LimitsInEffect(
+            config.rpm, config.tpm, config.rpm_source, config.tpm_source
+        )
         try:
             self.limits = Limits(config.rpm, config.tpm)
         except ValueError as exc:  # pragma: no cover - the config checked the rates
@@ -138,7 +138,17 @@ class Session:
                 self.views = ViewCache()
 
     def limits_in_effect(self) -> LimitsInEffect:
-        return LimitsInEffect(self.rpm, self.tpm, self.sources["rpm"], self.sources["tpm"])
+        return self.in_effect
+
+    @property
+    def rpm(self) -> float | None:
+        """Requests per minute pacing now (``None``: unpaced)."""
+        return self.in_effect.rpm
+
+    @property
+    def tpm(self) -> float | None:
+        """Tokens per minute pacing now (``None``: unpaced)."""
+        return self.in_effect.tpm
 
     # ------------------------------------------------------------------ progress
 
@@ -281,7 +291,7 @@ class Session:
         self, status: int, content: bytes, headers: httpx.Headers, n: int, call: Call
     ) -> Decoded | EmpirioError:
         """A response, checked before it is trusted: the vectors, or the error it means."""
-        if "default" in self.sources.values():
+        if "default" in (self.in_effect.rpm_source, self.in_effect.tpm_source):
             self._adopt_limits(headers)
         if 200 <= status < 300:
             try:
@@ -302,27 +312,24 @@ class Session:
         return decode_error(status, content, headers, time.time(), secret)
 
     def _adopt_limits(self, headers: httpx.Headers) -> None:
-        """Take the limits a server advertises (``x-ratelimit-limit-requests``/``-tokens``, a
-        number per minute or ``unlimited``) in place of defaults nobody chose: a local emulator
-        is then not paced like the real account. Limits given as arguments or in the
-        environment are never changed; where nothing is advertised the defaults stay."""
-        found = {
-            k: v for k, v in advertised_limits(headers).items() if self.sources[k] == "default"
-        }
-        if not found:
+        """Take the limits a server advertises in place of defaults nobody chose (the rule:
+        :meth:`~empirio._core.pace.LimitsInEffect.adopt`): a local emulator is then not paced
+        like the real account. Calls under way pace to the new limits at once."""
+        advertised = advertised_limits(headers)
+        if not advertised:
             return
         with self.lock:
-            self.sources.update(dict.fromkeys(found, "server"))
-            rpm = found.get("rpm", self.rpm)
-            tpm = found.get("tpm", self.tpm)
-            if (rpm, tpm) == (self.rpm, self.tpm):
+            before = self.in_effect
+            self.in_effect = after = before.adopt(advertised)
+            if (after.rpm, after.tpm) == (before.rpm, before.tpm):
                 return
-            self.rpm, self.tpm = rpm, tpm
-            self.limits = Limits(rpm, tpm)
+            self.limits = Limits(after.rpm, after.tpm)
             self.concurrency.limits = self.limits
-            for driver in self.calls:  # calls under way pace to the new limits at once
+            for driver in self.calls:
                 driver.engine.limits = self.limits
-        logger.info("pacing to the limits the server advertises: rpm=%s, tpm=%s", rpm, tpm)
+        logger.info(
+            "pacing to the limits the server advertises: rpm=%s, tpm=%s", after.rpm, after.tpm
+        )
 
 
 def _describe(outcome: object) -> str:

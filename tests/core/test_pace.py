@@ -323,3 +323,16 @@ def test_requests_in_flight_follow_rate_times_latency() -> None:
     )
     assert Concurrency(16, limits=Limits(1200, None)).allowed == 16  # a ceiling the user chose
     assert Concurrency(16).allowed == 16
+
+
+def test_limits_nobody_set_take_what_the_server_advertises_and_set_ones_never_do() -> None:
+    from empirio._core.pace import LimitsInEffect
+
+    defaults = LimitsInEffect(50, 2_000_000, "default", "default")
+    assert defaults.adopt({"rpm": 1200}) == LimitsInEffect(1200, 2_000_000, "server", "default")
+    assert defaults.adopt({"rpm": 1200, "tpm": None}) == LimitsInEffect(
+        1200, None, "server", "server"
+    )
+    assert defaults.adopt({}) == defaults
+    chosen = LimitsInEffect(60, None, "set", "set")
+    assert chosen.adopt({"rpm": 1200, "tpm": 5_000_000}) == chosen
