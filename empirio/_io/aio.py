@@ -164,6 +164,8 @@ class AsyncShell:
         and let them end, unless the loop is closing under us."""
         for handle in pending:
             handle.cancel()
-        if pending and not asyncio.get_running_loop().is_closed():
-            with contextlib.suppress(RuntimeError):
+        if not pending:
+            return
+        with contextlib.suppress(RuntimeError):  # no running loop any more, or it is closing
+            if not asyncio.get_running_loop().is_closed():
                 await asyncio.gather(*pending, return_exceptions=True)
