@@ -18,7 +18,7 @@ import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
-from ._io.progress import Progress, tqdm_class
+from ._io.progress import Progress
 
 __all__ = ["abatch_job", "batch_job", "call_options", "served", "worth_prefetching"]
 
@@ -96,7 +96,7 @@ def _bar(total: int, show: bool) -> Iterator[None]:
     if not show or _BAR.get() is not None:
         yield
         return
-    with Progress(tqdm_class()(total=total, unit="text", desc="Embedding"), None) as bar:
+    with Progress.of(total, True, None) as bar:
         token = _BAR.set(bar.update)
         try:
             yield

@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from ._core.cache_keys import EmbeddingStore
 from ._core.config import FromEnv
+from ._core.driver import Call
 from ._core.errors import InvalidInputError
 from ._core.flow import CallOptions, embed_flow
 from ._core.pace import LimitsInEffect
@@ -250,8 +251,7 @@ class EmbeddingClient:
     @property
     def usage(self) -> Usage:
         """Requests, tokens and estimated cost of everything this client has done."""
-        with self._session.lock:
-            return self._session.meter.usage
+        return self._session.meter.usage
 
     def enable_shared_views(self) -> None:
         """From now on, ``embed(output="dense")`` and ``embed(output="sparse")`` fetch both views
@@ -369,8 +369,8 @@ class EmbeddingClient:
         A bad text raises when its segment is planned; segments before it were already yielded.
         """
         options = CallOptions(kind, output, show_progress, on_progress)
-        total = self._check_stream(texts, options, segment_size)
-        yield from self._sync.stream(texts, options, segment_size, total)
+        call, total = self._check_stream(texts, options, segment_size)
+        yield from self._sync.stream(texts, call, options, segment_size, total)
 
     async def aiter_embed(
         self,
@@ -384,19 +384,22 @@ class EmbeddingClient:
     ) -> AsyncIterator[EmbeddingResult]:
         """:meth:`iter_embed`, natively async."""
         options = CallOptions(kind, output, show_progress, on_progress)
-        total = self._check_stream(texts, options, segment_size)
-        async for result in self._async.stream(texts, options, segment_size, total):
+        call, total = self._check_stream(texts, options, segment_size)
+        async for result in self._async.stream(texts, call, options, segment_size, total):
             yield result
 
-    def _check_stream(self, texts: Iterable[str], options: CallOptions, size: int) -> int | None:
-        """Check a stream's call before anything is sent; its length where it has one."""
-        self._session.check_call(options.kind, options.output)
+    def _check_stream(
+        self, texts: Iterable[str], options: CallOptions, size: int
+    ) -> tuple[Call, int | None]:
+        """Check a stream's call before anything is sent: the call, and the stream's length
+        where it has one."""
+        call = self._session.check_call(options.kind, options.output)
         check_int("segment_size", size, (1, 10_000_000), error=InvalidInputError)
         check_collection(texts)
         if isinstance(texts, Sequence):
             check_texts(texts)  # cheap, and finds a bad text before anything is sent
-            return len(texts)
-        return None
+            return call, len(texts)
+        return call, None
 
     # ------------------------------------------------------------------ lifecycle
 

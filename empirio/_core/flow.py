@@ -98,6 +98,13 @@ class Drive:
     positions: Sequence[int] | None = None
     ahead: int = 1
 
+    @property
+    def lists_per_part(self) -> bool:
+        """Whether each part's dense rows become lists as it arrives (a pipelined call asked
+        for lists): converting them all at the end would add most of a second to a large call;
+        a single plan's one part is converted by the flow."""
+        return self.options.as_lists and self.plan is None
+
 
 @dataclass(frozen=True, slots=True)
 class Driven:

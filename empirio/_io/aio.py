@@ -71,7 +71,7 @@ class AsyncShell:
             plans: Iterator[SegmentPlan | None] = iter([step.plan])
         else:
             plans = self.planner.pipelined(step.texts, step.call, step.positions)
-        as_lists = step.options.as_lists and step.plan is None
+        as_lists = step.lists_per_part
         parts: list[EmbeddingResult] = []
         converted: list[_Rows] = []
         with (
@@ -91,10 +91,14 @@ class AsyncShell:
             return Driven(parts, await self._gather_rows(converted))
 
     async def stream(
-        self, texts: Iterable[str], options: CallOptions, segment_size: int, total: int | None
+        self,
+        texts: Iterable[str],
+        call: Call,
+        options: CallOptions,
+        segment_size: int,
+        total: int | None,
     ) -> AsyncIterator[EmbeddingResult]:
         """One result per segment (``iter_embed``, ``aiter_embed``), in order, in bounded memory."""
-        call = self.session.check_call(options.kind, options.output)
         plans = self.planner.streamed(texts, call, segment_size)
         with self.session.progress(total, options) as bar:
             async for result in self.drive(plans, call, bar, ahead=2):

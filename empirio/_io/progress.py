@@ -16,6 +16,14 @@ class Progress:
         self.callback = callback
         self._note = False
 
+    @classmethod
+    def of(
+        cls, total: int | None, show: bool, callback: Callable[[int], object] | None
+    ) -> Progress:
+        """Progress over ``total`` texts (``None``: unknown), with a bar if ``show``."""
+        bar = tqdm_class()(total=total, unit="text", desc="Embedding") if show else None
+        return cls(bar, callback)
+
     def waiting(self, why: str) -> None:
         """Say on the bar what the call waits for (a retry after a 429, say), until the next
         text finishes."""

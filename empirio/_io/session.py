@@ -10,7 +10,6 @@ shells read the clock and do the I/O outside it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -38,7 +37,7 @@ from .._core.types import KINDS, OUTPUTS, Kind, Output
 from .._core.views import ViewCache
 from .budget import Budget, LocalBudget, budget_for
 from .cache import EmbeddingCache
-from .progress import Progress, tqdm_class
+from .progress import Progress
 
 __all__ = ["Session"]
 
@@ -152,15 +151,12 @@ class Session:
 
     # ------------------------------------------------------------------ progress
 
-    def progress(
-        self, total: int | None, options: CallOptions
-    ) -> contextlib.AbstractContextManager[Progress]:
+    def progress(self, total: int | None, options: CallOptions) -> Progress:
         """The call's progress: a tqdm bar if asked for, and ``on_progress``."""
         enabled = (
             self.config.show_progress if options.show_progress is None else options.show_progress
         )
-        bar = tqdm_class()(total=total, unit="text", desc="Embedding") if enabled else None
-        return Progress(bar, options.on_progress)
+        return Progress.of(total, enabled, options.on_progress)
 
     # ------------------------------------------------------------------ calls under way
 

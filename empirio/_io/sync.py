@@ -80,7 +80,7 @@ class SyncShell:
             plans: Iterator[SegmentPlan | None] = iter([step.plan])
         else:
             plans = self.planner.pipelined(step.texts, step.call, step.positions)
-        as_lists = step.options.as_lists and step.plan is None
+        as_lists = step.lists_per_part
         parts: list[EmbeddingResult] = []
         converted: list[_Rows] = []
         with (
@@ -100,10 +100,14 @@ class SyncShell:
             return Driven(parts, self._gather_rows(converted))
 
     def stream(
-        self, texts: Iterable[str], options: CallOptions, segment_size: int, total: int | None
+        self,
+        texts: Iterable[str],
+        call: Call,
+        options: CallOptions,
+        segment_size: int,
+        total: int | None,
     ) -> Iterator[EmbeddingResult]:
         """One result per segment (``iter_embed``, ``aiter_embed``), in order, in bounded memory."""
-        call = self.session.check_call(options.kind, options.output)
         plans = self.planner.streamed(texts, call, segment_size)
         with self.session.progress(total, options) as bar:
             for result in self.drive(plans, call, bar, ahead=2):  # noqa: UP028 (a mirror)
