@@ -91,6 +91,23 @@ def stats(base_url: str) -> dict[str, Any]:
     return dict(httpx.get(f"{root}/_emulator/stats", timeout=10).json())
 
 
+#: The most 429s a paced run may meet and still count as "no overrun". The pace tolerates 20 ms
+#: of arrival jitter and doubles that margin after each 429 (up to 0.5 s, five refusals away),
+#: so a loaded 2-core machine (a JVM collecting, Ray winding down) can cost a few 429s before
+#: it settles; with two senders in flight each widening can be answered twice. An account
+#: overrun (senders that do not share a budget) sees dozens to hundreds. Retried 429s are never
+#: paid for and lose nothing: the tests that use this check what was paid separately.
+FEW_429S = 12
+
+
+def assert_few_429s(counters: dict[str, Any], before: dict[str, Any] | None = None) -> None:
+    """The emulator refused at most :data:`FEW_429S` requests (since ``before``, if given)."""
+    seen = counters["by_status"].get("429", 0)
+    if before is not None:
+        seen -= before["by_status"].get("429", 0)
+    assert seen <= FEW_429S, counters["by_status"]
+
+
 @contextlib.contextmanager
 def emulator_processes() -> Iterator[Any]:
     """Start ``empirio serve`` processes with given flags; all are stopped at the end."""
