@@ -5,6 +5,7 @@ loop over a :class:`CallDriver`::
 
     for result in driver.ready(): ...          # finished segments, in input order
     step = driver.step(now, busy_elsewhere)    # None when the call is over
+    while step.ask: step = driver.answer(now, budget.acquire(...), busy_elsewhere)
     ... send step.sends, wait for one to end or until step.wake_at ...
     driver.complete(attempt, outcome, now)
     ...
@@ -18,7 +19,7 @@ can still make progress: :meth:`empirio._io.session.Session._busy_elsewhere`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -214,6 +215,8 @@ class CallDriver:
         self._planning = False  # the next plan is not ready yet (see ``plans``)
         #: Seconds until the request of the last :meth:`complete` is sent again, if it will be.
         self.retry_in: float | None = None
+        #: What the last :meth:`complete` leaves to tell a blocking budget (``Completion``).
+        self.budget_note: Callable[[], None] | None = None
         #: Whether to collect cache writes (the plans carry cache keys).
         self.keep_cache_pairs = keep_cache_pairs
         self._cache_pairs: list[tuple[str, bytes]] = []
@@ -255,7 +258,18 @@ class CallDriver:
         seg = self.segments.get(self.next_out)
         if seg is not None and seg.remaining == 0:
             return Step((), now)  # a segment of known texts is ready: hand it out first
-        step = self.engine.step(now, busy_elsewhere, poll)
+        return self._shaped(self.engine.step(now, busy_elsewhere, poll), now)
+
+    def answer(self, now: float, wait: float, busy_elsewhere: int, poll: float) -> Step:
+        """Take the budget's answer to the last step's :attr:`~empirio._core.engine.Step.ask`
+        (see :meth:`Engine.answer`) and go on: the step to take now."""
+        if self._closed:
+            return Step((), None)
+        return self._shaped(self.engine.answer(now, wait, busy_elsewhere, poll), now)
+
+    def _shaped(self, step: Step, now: float) -> Step:
+        if step.ask is not None:
+            return step
         if self._planning:  # a segment is being planned: look again soon
             soon = now + PLAN_POLL_S
             return Step(step.sends, soon if step.wake_at is None else min(step.wake_at, soon))
@@ -268,6 +282,7 @@ class CallDriver:
         (for progress; a text cut into windows counts when its last window arrives)."""
         done = self.engine.complete(attempt, outcome, now)
         self.retry_in = done.delay if done.retried else None
+        self.budget_note = done.budget_note
         request = attempt.request
         finished = 0
         if done.decoded is not None:

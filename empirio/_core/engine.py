@@ -14,7 +14,10 @@ clock. What it decides:
 * Limits: at most ``Concurrency.allowed`` requests in flight, counting those other calls of
   the same client have on the wire (the shell says how many: a count derived afresh each time,
   so a call that dies cannot strand slots), and the account's budget
-  (:mod:`empirio._io.budget`, rules in :mod:`empirio._core.pace`).
+  (:mod:`empirio._io.budget`, rules in :mod:`empirio._core.pace`). A budget kept in memory is
+  asked at once; one kept in a file or on a server (``Budget.blocking``) is asked by the caller,
+  outside its locks and off any event loop: :attr:`Step.ask`, :meth:`Engine.answer`,
+  :attr:`Completion.budget_note`.
 * Outcomes: a success is returned for storing and is never sent again. A 400 naming a smaller
   batch limit splits the request and lowers the limit for the client's life; a 413 halves it.
   408/409/429/5xx and lost connections are retried with backoff (429 also pauses every send and
@@ -26,10 +29,11 @@ clock. What it decides:
 
 from __future__ import annotations
 
+import functools
 import heapq
 import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .decode import Decoded, batch_limit_from
@@ -75,10 +79,17 @@ class Attempt:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """What to do now: send these, then call again at ``wake_at`` unless a send finishes first."""
+    """What to do now: send these, then call again at ``wake_at`` unless a send finishes first.
+
+    With a blocking budget (a file, a server: ``Budget.blocking``) the engine does not ask it
+    itself: ``ask`` is then the tokens of the next request, which goes once the budget admits
+    it. The caller asks ``budget.acquire(limits, now, ask)`` outside its locks and hands the
+    answer to :meth:`Engine.answer`, which goes on from there.
+    """
 
     sends: tuple[Attempt, ...]
     wake_at: float | None
+    ask: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +101,15 @@ class Completion:
         retried: the request will be sent again (after a retryable failure).
         throttled: the answer was a 429.
         delay: seconds until it is sent again (when retried).
+        budget_note: with a blocking budget, what to tell it (a success, a 429), for the caller
+            to call outside its locks; with a budget in memory it is told at once.
     """
 
     decoded: Decoded | None = None
     retried: bool = False
     throttled: bool = False
     delay: float = 0.0
+    budget_note: Callable[[], None] | None = None
 
 
 class Engine:
@@ -124,6 +138,11 @@ class Engine:
         self._fresh: deque[tuple[PlannedRequest, int, float | None]] = deque()
         self._due: list[tuple[float, int, PlannedRequest, int, float | None]] = []  # heap
         self._in_flight: dict[int, Attempt] = {}
+        # The request whose admission a blocking budget is being asked for, and until when
+        # its last answer holds this call's requests back (asking it sooner would only cost a
+        # transaction: a budget in memory is asked at every step instead).
+        self._asking: tuple[PlannedRequest, int, float | None] | None = None
+        self._held_until = -float("inf")
         self._seq = 0
         self._next_id = 1 << 40  # ids for split parts, apart from the planner's
 
@@ -174,31 +193,60 @@ class Engine:
             poll: seconds until a call with nothing of its own in flight, waiting for a slot
                 other calls hold, looks again.
         """
-        if self.failed is not None:
+        return self._step(now, busy_elsewhere, poll, [])
+
+    def answer(
+        self, now: float, wait: float, busy_elsewhere: int = 0, poll: float = SLOT_POLL_S
+    ) -> Step:
+        """Take a blocking budget's answer to :attr:`Step.ask` (``wait``: 0 if the request was
+        admitted at ``now``, else the seconds to wait), then go on as :meth:`step` does."""
+        item, self._asking = self._asking, None
+        if item is None:  # abandoned while the budget was asked: nothing was sent
             return Step((), None)
         sends: list[Attempt] = []
+        if wait > 0:
+            self._fresh.appendleft(item)
+            self._held_until = now + wait
+        else:
+            sends.append(self._send(item, now))
+        return self._step(now, busy_elsewhere, poll, sends)
+
+    def _send(self, item: tuple[PlannedRequest, int, float | None], now: float) -> Attempt:
+        request, retries, first = item
+        self._seq += 1
+        attempt = Attempt(self._seq, request, retries, now, now if first is None else first)
+        self._in_flight[attempt.seq] = attempt
+        return attempt
+
+    def _step(self, now: float, busy_elsewhere: int, poll: float, sends: list[Attempt]) -> Step:
+        if self.failed is not None:
+            return Step(tuple(sends), None)
         wake: float | None = None
         # In flight follows latency, and a slow answer is a latency too: the oldest attempt
         # out (the first in the dict, which keeps the order they were sent in) says how slow.
         oldest = next(iter(self._in_flight.values()), None)
         self.concurrency.waiting(0.0 if oldest is None else now - oldest.sent_at)
         while len(self._in_flight) + busy_elsewhere < self.concurrency.allowed:
+            if now < self._held_until:  # a blocking budget said so: ask it again then
+                if self._fresh or self._due:
+                    wake = self._held_until
+                break
             item = self._take(now)
             if item is None:
                 break
-            request, retries, first = item
+            request, _, _ = item
             if len(request) > self.batch_limit.size:
-                self._split(request, self.batch_limit.size, retries)
+                self._split(request, self.batch_limit.size, item[1])
                 continue
+            if self.budget.blocking:
+                self._asking = item
+                return Step(tuple(sends), None, ask=request.tokens)
             wait = self.budget.acquire(self.limits, now, request.tokens)
             if wait > 0:
                 self._fresh.appendleft(item)
                 wake = now + wait
                 break
-            self._seq += 1
-            attempt = Attempt(self._seq, request, retries, now, now if first is None else first)
-            self._in_flight[attempt.seq] = attempt
-            sends.append(attempt)
+            sends.append(self._send(item, now))
         # A retry that is not yet due needs a wake-up; one that is due but blocked by the
         # concurrency limit will be taken when a request in flight completes.
         if self._due and self._due[0][0] > now and (wake is None or self._due[0][0] < wake):
@@ -216,8 +264,7 @@ class Engine:
         if isinstance(outcome, Decoded):
             self.concurrency.observe(now - attempt.sent_at, attempt.request.tokens)
             self.concurrency.on_success()
-            self.budget.succeeded()
-            return Completion(decoded=outcome)
+            return Completion(decoded=outcome, budget_note=self._note(self.budget.succeeded))
         request = attempt.request
         if isinstance(outcome, APIStatusError):
             limit = batch_limit_from(outcome)
@@ -236,15 +283,20 @@ class Engine:
         ):
             retry_after = outcome.retry_after if isinstance(outcome, APIStatusError) else None
             delay = self.policy.delay(attempt.retries, retry_after, self.rng.random())
+            note = None
             if throttled:
                 self.concurrency.on_throttle(attempt.sent_at, now)
-                self.budget.throttled(self.limits, now, attempt.sent_at, delay)
+                note = self._note(
+                    functools.partial(
+                        self.budget.throttled, self.limits, now, attempt.sent_at, delay
+                    )
+                )
             self._seq += 1
             heapq.heappush(
                 self._due,
                 (now + delay, self._seq, request, attempt.retries + 1, attempt.first_sent_at),
             )
-            return Completion(retried=True, throttled=throttled, delay=delay)
+            return Completion(retried=True, throttled=throttled, delay=delay, budget_note=note)
         outcome.inputs = request.inputs
         if self.failed is None:
             self.failed = outcome
@@ -252,11 +304,19 @@ class Engine:
         self._due.clear()
         return Completion(throttled=throttled)
 
+    def _note(self, tell: Callable[[], None]) -> Callable[[], None] | None:
+        """Tell a budget in memory now; leave a blocking one's to the caller."""
+        if self.budget.blocking:
+            return tell
+        tell()
+        return None
+
     def abandon(self) -> tuple[Attempt, ...]:
         """Give up everything (the caller stopped early, was cancelled or interrupted); return
         the attempts that were in flight: the service may have billed them."""
-        gone = tuple(self._in_flight.values())
+        gone = tuple(self._in_flight.values())  # not the request being asked for: unsent
         self._in_flight.clear()
+        self._asking = None
         self._fresh.clear()
         self._due.clear()
         return gone

@@ -59,6 +59,7 @@ __all__ = [
     "LimitsInEffect",
     "admit",
     "sent",
+    "sent_late",
     "succeed",
     "throttle",
 ]
@@ -271,6 +272,13 @@ def sent(limits: Limits, state: BudgetState, admitted_at: float, now: float) -> 
     return state if nxt <= state.next_request else replace(state, next_request=nxt)
 
 
+def sent_late(limits: Limits, admitted_at: float, now: float) -> bool:
+    """Whether a send that left at ``now`` may be late enough for :func:`sent` to change the
+    schedule (the smallest margin is :data:`JITTER_S`); most leave on time, and a budget then
+    spares its store the transaction."""
+    return limits.rpm is not None and now - admitted_at > JITTER_S / 2
+
+
 def throttle(
     limits: Limits, state: BudgetState, now: float, sent_at: float, delay: float
 ) -> BudgetState:
@@ -417,7 +425,17 @@ class Concurrency:
 class Budget(Protocol):
     """The pacing state of one account, wherever it is kept (memory, a SQLite file, Redis:
     :mod:`empirio._io.budget`), through which the rules above are applied. Times are monotonic
-    seconds of the caller's clock."""
+    seconds of the caller's clock.
+
+    Attributes:
+        blocking: whether its transactions wait on a file or a server. The engine then asks it
+            nothing itself (:attr:`~empirio._core.engine.Step.ask`,
+            :attr:`~empirio._core.engine.Completion.budget_note`): the session asks it outside
+            its lock, and the async shell off the event loop, where a file locked for seconds or
+            a slow Redis would stall every other task.
+    """
+
+    blocking: bool
 
     def acquire(self, limits: Limits, now: float, tokens: int) -> float:
         """Record a send of ``tokens`` at ``now`` and return 0, or return the seconds to wait."""

@@ -14,10 +14,10 @@ import concurrent.futures
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from .._core.decode import Decoded
-from .._core.driver import Call, CallDriver
+from .._core.driver import Call
 from .._core.engine import Attempt
 from .._core.errors import EmpirioError
 from .._core.flow import CallOptions, Drive, Driven, Fetch, Flow, PlanAll, Step, embed_flow
@@ -26,10 +26,11 @@ from .._core.result import EmbeddingResult
 from .http import Transport
 from .planning import Planner, background_pool
 from .progress import Progress
-from .session import Session
+from .session import Session, Stored, StoreJob, store_pool
 
 __all__ = ["AsyncShell"]
 
+_T = TypeVar("_T")
 #: Calls of more texts than this are planned (tokenised) off the event loop.
 _PLAN_IN_THREAD = 200
 #: A request in flight as a task, and a part's conversion to lists on a worker.
@@ -117,7 +118,7 @@ class AsyncShell:
             while True:
                 for result in driver.ready():
                     yield result
-                step = session.step(driver, blocked, progress)
+                step = await self._stored(session.step(driver, blocked, progress))
                 if step is None:
                     return
                 sends, timeout = step
@@ -125,13 +126,11 @@ class AsyncShell:
                     pending[self._send(attempt, call)] = attempt
                 for handle in await self._wait(pending, timeout):
                     outcome = handle.result()
-                    session.complete(driver, pending.pop(handle), outcome, progress, self._save)
+                    done = session.complete(driver, pending.pop(handle), outcome, progress)
+                    await self._stored(done)
         finally:
             session.end(driver)
             await self._cancel(pending)
-
-    def _save(self, driver: CallDriver) -> None:
-        self.planner.save(driver)
 
     # ------------------------------------------------------------------ this shell's own I/O
 
@@ -141,6 +140,25 @@ class AsyncShell:
         quiet = functools.partial(self.planner.plan_quietly, step.texts, step.call, 0, 0, 0)
         plan = await asyncio.get_running_loop().run_in_executor(None, quiet)
         return self.planner.warn_truncated(plan)
+
+    async def _stored(self, work: Stored[_T]) -> _T:
+        """Drive ``work``, a session step that asks for store I/O (budget transactions, cache
+        writes) to be done outside the session's lock."""
+        answer: Any = None
+        while True:
+            try:
+                job = work.send(answer)
+            except StopIteration as stop:
+                return cast(_T, stop.value)
+            answer = await self._store(job)
+
+    async def _store(self, job: StoreJob) -> Any:
+        """On the store threads, never on the loop: a budget file another process holds for
+        seconds, or a slow Redis, would stall every task on it. A job handed to a thread runs
+        to its end even if the call is cancelled meanwhile: vectors paid for reach the cache."""
+        running = asyncio.get_running_loop().run_in_executor(store_pool(), job)
+        running.add_done_callback(_retrieve)  # read even if nobody awaits it any more
+        return await asyncio.shield(running)
 
     def _convert(self, pool: concurrent.futures.Executor, part: EmbeddingResult) -> _Rows:
         return asyncio.get_running_loop().run_in_executor(pool, part.dense_rows)
@@ -173,3 +191,10 @@ class AsyncShell:
         with contextlib.suppress(RuntimeError):  # no running loop any more, or it is closing
             if not asyncio.get_running_loop().is_closed():
                 await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a store job's outcome as read: a call cancelled while it ran no longer wants it,
+    and asyncio would otherwise log its exception as never retrieved."""
+    if not future.cancelled():
+        future.exception()

@@ -45,7 +45,6 @@ from .._core.config import (
     resolve_share_budget,
 )
 from .._core.pace import (
-    JITTER_S,
     MAX_JITTER_S,
     MINUTE_S,
     Budget,
@@ -53,6 +52,7 @@ from .._core.pace import (
     Limits,
     admit,
     sent,
+    sent_late,
     succeed,
     throttle,
 )
@@ -90,6 +90,9 @@ class _Kept:
     durations cross between the two.
     """
 
+    #: Its transactions wait on a file or a server (see :class:`~empirio._core.pace.Budget`).
+    blocking = True
+
     #: No request may go before this (caller's clock): a lower bound of the shared schedule
     #: (which only moves forward), so that many calls waiting for one slot ask the store once.
     _floor = -math.inf
@@ -116,8 +119,7 @@ class _Kept:
         return self._apply(now, lambda s, at: admit(limits, s, at, tokens))
 
     def sent(self, limits: Limits, admitted_at: float, now: float) -> None:
-        # Most sends leave on time, and sent() changes nothing for those: spare the store.
-        if limits.rpm is None or now - admitted_at <= JITTER_S / 2:
+        if not sent_late(limits, admitted_at, now):
             return
         late = now - admitted_at
         self._apply(now, lambda s, at: (None, sent(limits, s, at - late, at)))
@@ -132,6 +134,8 @@ class _Kept:
 
 class LocalBudget(_Kept):
     """A budget kept in memory, guarded by a lock."""
+
+    blocking = False
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -8,7 +8,6 @@ import asyncio
 import functools
 import importlib
 import socket
-import time
 from collections.abc import AsyncGenerator, Iterator, Mapping
 
 import httpx
@@ -21,7 +20,7 @@ from .._core.errors import APIResponseValidationError, EmpirioError
 from .._core.retry import TransportFailure, transport_error
 from .._core.settings import ClientConfig
 from .._core.wire import request_body, response_cap
-from .session import Session
+from .session import Session, note_sent
 
 __all__ = ["Transport"]
 
@@ -129,7 +128,7 @@ class Transport:
             instruction_mode=cfg.instruction_mode,
             query_instruction=cfg.query_instruction,
         )
-        session.budget.sent(session.limits, attempt.sent_at, time.monotonic())
+        note_sent(session, attempt)
         cap = response_cap(len(texts), cfg.dimensions, call.sparse)
         try:
             if sync and self.user_http is not None:

@@ -8,7 +8,6 @@ import concurrent.futures
 import contextlib
 import itertools
 import os
-import sys
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,8 +24,8 @@ from .._core.cache_keys import (
     endpoint_identity,
 )
 from .._core.config import is_loopback_url
-from .._core.driver import Call, CallDriver
-from .._core.errors import CacheError, CacheWarning, TruncationWarning, truncation_message
+from .._core.driver import Call
+from .._core.errors import CacheError, TruncationWarning, truncation_message
 from .._core.plan import (
     NFC_BYTES_PER_CHAR,
     Known,
@@ -40,20 +39,15 @@ from .._core.plan import (
 )
 from .._core.settings import ClientConfig
 from .._core.tokens import SAFE_INPUT_TOKENS, QwenTokenizer, get_tokenizer
+from .callers import caller_level
 from .session import Session
 
-__all__ = ["Planner", "background_pool", "caller_level"]
+__all__ = ["Planner", "background_pool"]
 
 #: The first segment of a pipelined call, small so that sending starts at once; then segments
 #: of this many texts, planned one ahead of the sends.
 _FIRST_SEGMENT = 100
 _SEGMENT = 1000
-#: Folders of our packages: a warning is reported at the first frame outside them.
-_OUR_DIRS = tuple(
-    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), n)
-    + os.sep
-    for n in ("empirio", "langchain_empirio", "llamaindex_empirio", "llama_index")
-)
 
 
 class Planner:
@@ -188,22 +182,6 @@ class Planner:
             self._identity = endpoint_identity(base_url, declared)
             return self._identity
 
-    def save(self, driver: CallDriver) -> None:
-        """Write the vectors of the texts ``driver`` finished to the cache. A failure to write
-        warns and the call goes on: its vectors are still returned."""
-        pairs = driver.take_cache_pairs()
-        cache = self.session.cache
-        if not pairs or cache is None:
-            return
-        try:
-            cache.store.mset(pairs)
-        except Exception as exc:  # any store's failure; the vectors themselves are safe
-            warnings.warn(
-                f"{len(pairs)} vectors could not be written to the embedding cache: {exc}",
-                CacheWarning,
-                stacklevel=2,
-            )
-
     def warn_truncated(
         self, plan: SegmentPlan, positions: Sequence[int] | None = None
     ) -> SegmentPlan:
@@ -266,19 +244,6 @@ class Planner:
             offset += len(chunk)
             first_id += len(plan.requests)
             yield plan
-
-
-def caller_level() -> int:
-    """``stacklevel`` for a warning raised by the function calling this, pointing at the
-    user's code however deep the call (``iter_embed`` plans inside generators and drivers)."""
-    frame = sys._getframe(1)
-    level = 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_OUR_DIRS):
-        if frame.f_back is None:
-            break
-        frame = frame.f_back
-        level += 1
-    return level
 
 
 def background_pool(name: str) -> concurrent.futures.ThreadPoolExecutor:

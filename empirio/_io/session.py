@@ -10,11 +10,15 @@ shells read the clock and do the I/O outside it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, cast
+import warnings
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 import httpx
 
@@ -23,23 +27,27 @@ from .._core.driver import Call, CallDriver
 from .._core.engine import SLOT_POLL_S, Attempt, BatchLimit, Engine
 from .._core.errors import (
     APIStatusError,
+    CacheWarning,
     EmpirioError,
     InvalidInputError,
     UnsupportedFeatureError,
 )
 from .._core.flow import PIPELINE_MIN, CallOptions
-from .._core.pace import AUTO_CEILING, Concurrency, Limits, LimitsInEffect
+from .._core.pace import AUTO_CEILING, Budget, Concurrency, Limits, LimitsInEffect, sent_late
 from .._core.plan import SegmentPlan
 from .._core.result import EmbeddingResult, UsageMeter
 from .._core.retry import RetryPolicy
 from .._core.settings import ClientConfig, check_choice
 from .._core.types import KINDS, OUTPUTS, Kind, Output
 from .._core.views import ViewCache
-from .budget import Budget, LocalBudget, budget_for
+from .budget import LocalBudget, budget_for
 from .cache import EmbeddingCache
+from .callers import caller_level
 from .progress import Progress
 
-__all__ = ["Session"]
+__all__ = ["Session", "StoreJob", "Stored", "note_sent", "store_pool"]
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger("empirio")
 
@@ -217,9 +225,13 @@ class Session:
 
     def step(
         self, driver: CallDriver, blocked: asyncio.AbstractEventLoop | None, progress: Progress
-    ) -> tuple[tuple[Attempt, ...], float | None] | None:
+    ) -> Stored[tuple[tuple[Attempt, ...], float | None] | None]:
         """The driver's next step: what to send now, and how long to wait for a completion
-        before asking again (``None``: until one completes). ``None`` when the call is over."""
+        before asking again (``None``: until one completes). ``None`` when the call is over.
+
+        A generator of :data:`StoreJob`: a blocking budget is asked through the shell, outside
+        the lock (the shells' ``_store``: in the caller's thread, or off the event loop).
+        """
         with self.lock:
             # Calls waiting for a slot look again every SLOT_POLL_S, less often when many wait.
             poll = SLOT_POLL_S * max(1.0, len(self.calls) / self.concurrency.maximum)
@@ -229,8 +241,16 @@ class Session:
         progress.update(known)
         if step is None:
             return None
+        sends = list(step.sends)
+        while step.ask is not None:
+            ask = functools.partial(_acquire, self.budget, driver.engine.limits, step.ask)
+            wait, at = yield ask
+            with self.lock:
+                step = driver.answer(at, wait, self._busy_elsewhere(driver, blocked), poll)
+                self._note_wire(driver)
+            sends.extend(step.sends)
         timeout = None if step.wake_at is None else max(0.0, step.wake_at - time.monotonic())
-        return step.sends, timeout
+        return tuple(sends), timeout
 
     def complete(
         self,
@@ -238,13 +258,22 @@ class Session:
         attempt: Attempt,
         outcome: Decoded | EmpirioError,
         progress: Progress,
-        save: Callable[[CallDriver], None],
-    ) -> None:
+    ) -> Stored[None]:
+        """Take how ``attempt`` ended. A generator of :data:`StoreJob`: the cache write and what a
+        blocking budget is told run through the shell, outside the lock."""
         with self.lock:
             finished = driver.complete(attempt, outcome, time.monotonic())
-            retry_in = driver.retry_in
+            retry_in, note = driver.retry_in, driver.budget_note
+            pairs = driver.take_cache_pairs()
             self._note_wire(driver)
-        save(driver)
+        if note is not None or pairs:
+            failure = yield functools.partial(_store, self.cache, pairs, note)
+            if failure is not None:  # the vectors themselves are safe: the call goes on
+                warnings.warn(
+                    f"{len(pairs)} vectors could not be written to the embedding cache: {failure}",
+                    CacheWarning,
+                    stacklevel=caller_level(),
+                )
         if finished:
             progress.update(finished)
         elif not isinstance(outcome, Decoded):
@@ -326,6 +355,68 @@ class Session:
         logger.info(
             "pacing to the limits the server advertises: rpm=%s, tpm=%s", after.rpm, after.tpm
         )
+
+
+def note_sent(session: Session, attempt: Attempt) -> None:
+    """Tell the budget when ``attempt`` really left, if that is late enough to matter (rarely):
+    a blocking budget on a store thread, so that the loop sending it is not held up."""
+    limits, now = session.limits, time.monotonic()
+    if not sent_late(limits, attempt.sent_at, now):
+        return
+    if session.budget.blocking:
+        store_pool().submit(session.budget.sent, limits, attempt.sent_at, now)
+    else:
+        session.budget.sent(limits, attempt.sent_at, now)
+
+
+def _acquire(budget: Budget, limits: Limits, tokens: int) -> tuple[float, float]:
+    """Ask ``budget`` for a send of ``tokens`` now: ``(seconds to wait or 0, now)``."""
+    now = time.monotonic()
+    return budget.acquire(limits, now, tokens), now
+
+
+def _store(
+    cache: EmbeddingCache | None, pairs: list[tuple[str, bytes]], note: Callable[[], None] | None
+) -> Exception | None:
+    """Write finished vectors to the cache, then tell the budget; a cache failure is returned
+    (the caller warns), anything else raises."""
+    failure: Exception | None = None
+    if pairs and cache is not None:
+        try:
+            cache.store.mset(pairs)
+        except Exception as exc:  # any store's failure; the vectors themselves are safe
+            failure = exc
+    if note is not None:
+        note()
+    return failure
+
+
+#: One piece of store I/O (a budget transaction, a cache write), for a shell to run: in the
+#: caller's thread (sync), on :func:`store_pool` (async).
+StoreJob = Callable[[], Any]
+#: A session method that yields store jobs, receives their answers and returns a ``_T``.
+Stored = Generator[StoreJob, Any, _T]
+
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def store_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The process's threads for store I/O off event loops (a few: each transaction is short,
+    and one account's are serialised by its budget anyway)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="empirio-store")
+        return _pool
+
+
+def _forget_pool_in_child() -> None:
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()  # the parent's threads are not the child's
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 def _describe(outcome: object) -> str:

@@ -19,10 +19,10 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator, Coroutine, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .._core.decode import Decoded
-from .._core.driver import Call, CallDriver
+from .._core.driver import Call
 from .._core.engine import Attempt
 from .._core.errors import EmpirioError
 from .._core.flow import CallOptions, Drive, Driven, Fetch, Flow, PlanAll, Step, embed_flow
@@ -31,7 +31,7 @@ from .._core.result import EmbeddingResult
 from .http import Transport
 from .planning import Planner, background_pool
 from .progress import Progress
-from .session import Session
+from .session import Session, Stored, StoreJob
 
 __all__ = ["SyncShell"]
 
@@ -126,7 +126,7 @@ class SyncShell:
             while True:
                 for result in driver.ready():  # noqa: UP028 (a mirror)
                     yield result
-                step = session.step(driver, blocked, progress)
+                step = self._stored(session.step(driver, blocked, progress))
                 if step is None:
                     return
                 sends, timeout = step
@@ -134,18 +134,31 @@ class SyncShell:
                     pending[self._send(attempt, call)] = attempt
                 for handle in self._wait(pending, timeout):
                     outcome = handle.result()
-                    session.complete(driver, pending.pop(handle), outcome, progress, self._save)
+                    done = session.complete(driver, pending.pop(handle), outcome, progress)
+                    self._stored(done)
         finally:
             session.end(driver)
             self._cancel(pending)
-
-    def _save(self, driver: CallDriver) -> None:
-        self.planner.save(driver)
 
     # ------------------------------------------------------------------ this shell's own I/O
 
     def _plan(self, step: PlanAll) -> SegmentPlan:
         return self.planner.plan(step.texts, step.call)
+
+    def _stored(self, work: Stored[_T]) -> _T:
+        """Drive ``work``, a session step that asks for store I/O (budget transactions, cache
+        writes) to be done outside the session's lock."""
+        answer: Any = None
+        while True:
+            try:
+                job = work.send(answer)
+            except StopIteration as stop:
+                return cast(_T, stop.value)
+            answer = self._store(job)
+
+    def _store(self, job: StoreJob) -> Any:
+        """Here, in the caller's thread."""
+        return job()
 
     def _convert(self, pool: concurrent.futures.Executor, part: EmbeddingResult) -> _Rows:
         return pool.submit(part.dense_rows)

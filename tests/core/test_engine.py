@@ -265,3 +265,75 @@ def test_a_call_blocked_by_other_calls_polls_for_a_slot() -> None:
     assert step.sends == ()
     assert step.wake_at == pytest.approx(SLOT_POLL_S)  # not None: nothing of its own to wait on
     assert [a.request.id for a in e.step(0.01, busy_elsewhere=1).sends] == [2]
+
+
+class StoreBudget(LocalBudget):
+    """A budget whose transactions would wait on a store: the engine must not ask it itself."""
+
+    blocking = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[float] = []
+        self.successes = 0
+
+    def acquire(self, limits: Limits, now: float, tokens: int) -> float:
+        self.asked.append(now)
+        return super().acquire(limits, now, tokens)
+
+    def succeeded(self) -> None:
+        self.successes += 1
+
+
+def store_engine(rpm: float | None = 600) -> tuple[Engine, StoreBudget]:
+    budget = StoreBudget()
+    e = Engine(
+        budget=budget,
+        limits=Limits(rpm, None),
+        concurrency=Concurrency(4),
+        policy=RetryPolicy(max_retries=3),
+        batch_limit=BatchLimit(10),
+        rng=random.Random(0),
+    )
+    return e, budget
+
+
+def test_a_blocking_budget_is_asked_by_the_caller_one_request_at_a_time() -> None:
+    e, budget = store_engine()
+    e.add([req(0), req(1), req(2)])
+    step = e.step(0.0)
+    assert (step.sends, step.ask) == ((), 50)  # the tokens of the head request
+    assert budget.asked == []  # the engine did not ask it
+    step = e.answer(0.0, budget.acquire(e.limits, 0.0, 50))
+    assert [a.request.id for a in step.sends] == [0]  # admitted: sent
+    assert step.ask == 50  # and the next one is asked about at once
+    wait = budget.acquire(e.limits, 0.0, 50)
+    assert wait > 0  # 600 RPM: one every ~0.1 s
+    step = e.answer(0.0, wait)
+    assert (step.sends, step.ask, step.wake_at) == ((), None, pytest.approx(wait))
+    # Until then the budget's answer holds: no transaction for nothing.
+    assert e.step(wait / 2).ask is None
+    step = e.step(wait)
+    assert step.ask == 50
+    assert [a.request.id for a in e.answer(wait, 0.0).sends] == [1]
+
+
+def test_a_blocking_budget_is_told_of_outcomes_by_the_caller() -> None:
+    e, budget = store_engine()
+    e.add([req(0)])
+    e.step(0.0)
+    (a,) = e.answer(0.0, 0.0).sends
+    done = e.complete(a, ok(a), 0.1)
+    assert budget.successes == 0
+    assert done.budget_note is not None
+    done.budget_note()
+    assert budget.successes == 1
+
+
+def test_a_request_asked_about_when_the_call_ends_is_not_abandoned() -> None:
+    e, _ = store_engine()
+    e.add([req(0), req(1)])
+    e.step(0.0)
+    (a,) = e.answer(0.0, 0.0).sends
+    assert e.abandon() == (a,)  # the one sent, not the one being asked about
+    assert e.answer(0.1, 0.0).sends == ()  # the budget's late answer sends nothing
