@@ -36,11 +36,18 @@ HOLDER = """
 """
 
 
-def client(url: str, budget_dir: Path, monkeypatch: pytest.MonkeyPatch) -> EmbeddingClient:
-    monkeypatch.setenv("EMPIRIOLABS_BUDGET_DIR", str(budget_dir))
-    return EmbeddingClient(
+@pytest.fixture
+def served(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, EmbeddingClient]:
+    """An emulator, and a client whose machine budget file (in ``tmp_path``) exists."""
+    url = make_emulator()
+    monkeypatch.setenv("EMPIRIOLABS_BUDGET_DIR", str(tmp_path))
+    c = EmbeddingClient(
         api_key=KEY, base_url=url, rpm=600, tpm=10_000_000, dimensions=64, share_budget="machine"
     )
+    c.embed(["the budget file is made"])
+    return url, c
 
 
 def hold(budget_dir: Path, seconds: float) -> subprocess.Popen[str]:
@@ -66,11 +73,9 @@ async def heartbeat(gaps: list[float], stop: asyncio.Event) -> None:
 
 
 def test_a_held_budget_file_does_not_stall_the_event_loop(
-    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    served: tuple[str, EmbeddingClient], tmp_path: Path
 ) -> None:
-    url = make_emulator()
-    c = client(url, tmp_path, monkeypatch)
-    c.embed(["the budget file is made"])
+    _, c = served
     holder = hold(tmp_path, HOLD_S)
 
     async def main() -> tuple[Any, list[float], float]:
@@ -94,11 +99,9 @@ def test_a_held_budget_file_does_not_stall_the_event_loop(
 
 
 def test_a_call_cancelled_while_the_budget_is_asked_abandons_nothing(
-    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    served: tuple[str, EmbeddingClient], tmp_path: Path
 ) -> None:
-    url = make_emulator()
-    c = client(url, tmp_path, monkeypatch)
-    c.embed(["the budget file is made"])
+    url, c = served
     before = stats(url)["requests"]
     holder = hold(tmp_path, 2.0)
 
