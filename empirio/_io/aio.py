@@ -124,10 +124,8 @@ class AsyncShell:
                 sends, timeout = step
                 for attempt in sends:
                     pending[self._send(attempt, call)] = attempt
-                for handle in await self._wait(pending, timeout):
-                    outcome = handle.result()
-                    done = session.complete(driver, pending.pop(handle), outcome, progress)
-                    await self._stored(done)
+                ended = [(pending.pop(h), h.result()) for h in await self._wait(pending, timeout)]
+                await self._stored(session.complete(driver, ended, progress))
         finally:
             session.end(driver)
             await self._cancel(pending)

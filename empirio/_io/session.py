@@ -255,40 +255,54 @@ class Session:
     def complete(
         self,
         driver: CallDriver,
-        attempt: Attempt,
-        outcome: Decoded | EmpirioError,
+        ended: list[tuple[Attempt, Decoded | EmpirioError]],
         progress: Progress,
     ) -> Stored[None]:
-        """Take how ``attempt`` ended. A generator of :data:`StoreJob`: the cache write and what a
-        blocking budget is told run through the shell, outside the lock."""
+        """Take how the attempts of ``ended`` ended (all that finished together). A generator
+        of :data:`StoreJob`: one job writes their vectors to the cache and tells a blocking
+        budget, through the shell and outside the lock; once handed over it runs to its end,
+        so a call cancelled meanwhile still caches every vector it paid for."""
+        taken: list[tuple[Attempt, Decoded | EmpirioError, int, float | None]] = []
+        notes: list[Callable[[], None]] = []
         with self.lock:
-            finished = driver.complete(attempt, outcome, time.monotonic())
-            retry_in, note = driver.retry_in, driver.budget_note
+            for attempt, outcome in ended:
+                finished = driver.complete(attempt, outcome, time.monotonic())
+                taken.append((attempt, outcome, finished, driver.retry_in))
+                if driver.budget_note is not None:
+                    notes.append(driver.budget_note)
             pairs = driver.take_cache_pairs()
             self._note_wire(driver)
-        if note is not None or pairs:
-            failure = yield functools.partial(_store, self.cache, pairs, note)
+        if notes or pairs:
+            failure = yield functools.partial(_store, self.cache, pairs, notes)
             if failure is not None:  # the vectors themselves are safe: the call goes on
                 warnings.warn(
                     f"{len(pairs)} vectors could not be written to the embedding cache: {failure}",
                     CacheWarning,
                     stacklevel=caller_level(),
                 )
-        if finished:
-            progress.update(finished)
-        elif not isinstance(outcome, Decoded):
-            why = _describe(outcome)
-            if retry_in is None:
-                logger.info("request of %d inputs failed (%s)", len(attempt.request), why)
-            else:  # one line per wait, and the bar says what it waits for
-                logger.info(
-                    "request of %d inputs failed (%s); retrying in %.1f s (attempt %d)",
-                    len(attempt.request),
-                    why,
-                    retry_in,
-                    attempt.retries + 2,
-                )
-                progress.waiting(f"retrying in {retry_in:.0f} s: {why}")
+        for attempt, outcome, finished, retry_in in taken:
+            if finished:
+                progress.update(finished)
+            elif not isinstance(outcome, Decoded):
+                self._report(attempt, outcome, retry_in, progress)
+
+    @staticmethod
+    def _report(
+        attempt: Attempt, outcome: EmpirioError, retry_in: float | None, progress: Progress
+    ) -> None:
+        """One INFO line for a failed attempt; the bar says what a retry waits for."""
+        why = _describe(outcome)
+        if retry_in is None:
+            logger.info("request of %d inputs failed (%s)", len(attempt.request), why)
+            return
+        logger.info(
+            "request of %d inputs failed (%s); retrying in %.1f s (attempt %d)",
+            len(attempt.request),
+            why,
+            retry_in,
+            attempt.retries + 2,
+        )
+        progress.waiting(f"retrying in {retry_in:.0f} s: {why}")
 
     def _note_wire(self, driver: CallDriver) -> None:
         """Keep :attr:`wired`, the calls with requests out. Must hold :attr:`lock`."""
@@ -376,7 +390,9 @@ def _acquire(budget: Budget, limits: Limits, tokens: int) -> tuple[float, float]
 
 
 def _store(
-    cache: EmbeddingCache | None, pairs: list[tuple[str, bytes]], note: Callable[[], None] | None
+    cache: EmbeddingCache | None,
+    pairs: list[tuple[str, bytes]],
+    notes: list[Callable[[], None]],
 ) -> Exception | None:
     """Write finished vectors to the cache, then tell the budget; a cache failure is returned
     (the caller warns), anything else raises."""
@@ -386,7 +402,7 @@ def _store(
             cache.store.mset(pairs)
         except Exception as exc:  # any store's failure; the vectors themselves are safe
             failure = exc
-    if note is not None:
+    for note in notes:
         note()
     return failure
 

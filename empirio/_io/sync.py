@@ -132,10 +132,8 @@ class SyncShell:
                 sends, timeout = step
                 for attempt in sends:
                     pending[self._send(attempt, call)] = attempt
-                for handle in self._wait(pending, timeout):
-                    outcome = handle.result()
-                    done = session.complete(driver, pending.pop(handle), outcome, progress)
-                    self._stored(done)
+                ended = [(pending.pop(h), h.result()) for h in self._wait(pending, timeout)]
+                self._stored(session.complete(driver, ended, progress))
         finally:
             session.end(driver)
             self._cancel(pending)
