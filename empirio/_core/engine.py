@@ -234,9 +234,9 @@ class Engine:
             item = self._take(now)
             if item is None:
                 break
-            request, _, _ = item
+            request, retries, _ = item
             if len(request) > self.batch_limit.size:
-                self._split(request, self.batch_limit.size, item[1])
+                self._split(request, self.batch_limit.size, retries)
                 continue
             if self.budget.blocking:
                 self._asking = item

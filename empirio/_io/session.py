@@ -262,6 +262,8 @@ class Session:
         of :data:`StoreJob`: one job writes their vectors to the cache and tells a blocking
         budget, through the shell and outside the lock; once handed over it runs to its end,
         so a call cancelled meanwhile still caches every vector it paid for."""
+        if not ended:  # a wake-up with nothing finished (pacing, polling): nothing to take
+            return
         taken: list[tuple[Attempt, Decoded | EmpirioError, int, float | None]] = []
         notes: list[Callable[[], None]] = []
         with self.lock:
