@@ -5,7 +5,7 @@ loop over a :class:`CallDriver`::
 
     for result in driver.ready(): ...          # finished segments, in input order
     step = driver.step(now, busy_elsewhere)    # None when the call is over
-    while step.ask: step = driver.answer(now, budget.acquire(...), busy_elsewhere)
+    while step.ask and not step.sends: step = driver.answer(now, budget.reserve(...), ...)
     ... send step.sends, wait for one to end or until step.wake_at ...
     driver.complete(attempt, outcome, now)
     ...
@@ -29,6 +29,7 @@ from .cache_keys import encode_dense, encode_sparse
 from .decode import Decoded
 from .engine import Attempt, Engine, Step
 from .errors import EmpirioError
+from .pace import Grant
 from .plan import Kind, Output, PlannedRequest, SegmentPlan, combine_windows
 from .result import EmbeddingResult, Usage, UsageMeter
 from .types import wants_dense, wants_sparse
@@ -260,12 +261,12 @@ class CallDriver:
             return Step((), now)  # a segment of known texts is ready: hand it out first
         return self._shaped(self.engine.step(now, busy_elsewhere, poll), now)
 
-    def answer(self, now: float, wait: float, busy_elsewhere: int, poll: float) -> Step:
+    def answer(self, now: float, grant: Grant, busy_elsewhere: int, poll: float) -> Step:
         """Take the budget's answer to the last step's :attr:`~empirio._core.engine.Step.ask`
         (see :meth:`Engine.answer`) and go on: the step to take now."""
         if self._closed:
             return Step((), None)
-        return self._shaped(self.engine.answer(now, wait, busy_elsewhere, poll), now)
+        return self._shaped(self.engine.answer(now, grant, busy_elsewhere, poll), now)
 
     def _shaped(self, step: Step, now: float) -> Step:
         if step.ask is not None:

@@ -11,13 +11,16 @@ clock. What it decides:
 
 * Order: retries that are due go first (they hold up the oldest results), then fresh requests in
   plan order.
-* Limits: at most ``Concurrency.allowed`` requests in flight, counting those other calls of
-  the same client have on the wire (the shell says how many: a count derived afresh each time,
-  so a call that dies cannot strand slots), and the account's budget
+* Limits: at most ``Concurrency.allowed`` requests in flight or booked, counting those other
+  calls of the same client have on the wire (the shell says how many: a count derived afresh
+  each time, so a call that dies cannot strand slots), and the account's budget
   (:mod:`empirio._io.budget`, rules in :mod:`empirio._core.pace`). A budget kept in memory is
   asked at once; one kept in a file or on a server (``Budget.blocking``) is asked by the caller,
   outside its locks and off any event loop: :attr:`Step.ask`, :meth:`Engine.answer`,
-  :attr:`Completion.budget_note`.
+  :attr:`Completion.budget_note`. Its answer is a :class:`~empirio._core.pace.Grant`: a slot
+  booked now or a little ahead; the attempt is handed to the shell at once, with its
+  :attr:`Attempt.slot`, and the shell sends it at that time, whatever later transactions take
+  (sends are handed over before the budget is asked again).
 * Outcomes: a success is returned for storing and is never sent again. A 400 naming a smaller
   batch limit splits the request and lowers the limit for the client's life; a 413 halves it.
   408/409/429/5xx and lost connections are retried with backoff (429 also pauses every send and
@@ -41,7 +44,7 @@ from .errors import (
     APIStatusError,
     EmpirioError,
 )
-from .pace import Budget, Concurrency, Limits
+from .pace import Budget, Concurrency, Grant, Limits
 from .plan import PlannedRequest
 from .retry import RetryPolicy, is_retryable
 
@@ -68,6 +71,8 @@ class Attempt:
         retries: retries of this request before this attempt.
         sent_at: when it was sent (engine clock, seconds).
         first_sent_at: when the request was first sent (``sent_at`` of its first attempt).
+        slot: the time its budget slot was granted for: the shell holds the request until then
+            (a slot booked ahead), and how late it really leaves is measured against it.
     """
 
     seq: int
@@ -75,6 +80,7 @@ class Attempt:
     retries: int
     sent_at: float
     first_sent_at: float
+    slot: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +88,10 @@ class Step:
     """What to do now: send these, then call again at ``wake_at`` unless a send finishes first.
 
     With a blocking budget (a file, a server: ``Budget.blocking``) the engine does not ask it
-    itself: ``ask`` is then the tokens of the next request, which goes once the budget admits
-    it. The caller asks ``budget.acquire(limits, now, ask)`` outside its locks and hands the
-    answer to :meth:`Engine.answer`, which goes on from there.
+    itself: ``ask`` is then the tokens of the next request, which goes once the budget books
+    it. The caller sends ``sends`` first, asks ``budget.reserve(limits, ask)`` outside its
+    locks and hands the :class:`~empirio._core.pace.Grant` to :meth:`Engine.answer`, which goes
+    on from there.
     """
 
     sends: tuple[Attempt, ...]
@@ -154,8 +161,8 @@ class Engine:
 
     @property
     def idle(self) -> bool:
-        """Nothing queued, due or in flight."""
-        return not (self._fresh or self._due or self._in_flight)
+        """Nothing queued, due, asked for or in flight."""
+        return not (self._fresh or self._due or self._in_flight or self._asking)
 
     @property
     def has_in_flight(self) -> bool:
@@ -196,25 +203,29 @@ class Engine:
         return self._step(now, busy_elsewhere, poll, [])
 
     def answer(
-        self, now: float, wait: float, busy_elsewhere: int = 0, poll: float = SLOT_POLL_S
+        self, now: float, grant: Grant, busy_elsewhere: int = 0, poll: float = SLOT_POLL_S
     ) -> Step:
-        """Take a blocking budget's answer to :attr:`Step.ask` (``wait``: 0 if the request was
-        admitted at ``now``, else the seconds to wait), then go on as :meth:`step` does."""
+        """Take a blocking budget's answer to :attr:`Step.ask` (a slot booked for
+        ``grant.send_at``, or none before ``grant.retry_at``), then go on as :meth:`step` does
+        at ``now``."""
         item, self._asking = self._asking, None
         if item is None:  # abandoned while the budget was asked: nothing was sent
             return Step((), None)
         sends: list[Attempt] = []
-        if wait > 0:
+        if grant.send_at is None:
             self._fresh.appendleft(item)
-            self._held_until = now + wait
-        else:
-            sends.append(self._send(item, now))
+            self._held_until = grant.retry_at
+        else:  # handed over now; the shell holds it until its slot
+            sends.append(self._send(item, now, grant.send_at))
         return self._step(now, busy_elsewhere, poll, sends)
 
-    def _send(self, item: tuple[PlannedRequest, int, float | None], now: float) -> Attempt:
+    def _send(
+        self, item: tuple[PlannedRequest, int, float | None], now: float, slot: float | None = None
+    ) -> Attempt:
         request, retries, first = item
         self._seq += 1
-        attempt = Attempt(self._seq, request, retries, now, now if first is None else first)
+        at = now if slot is None else max(now, slot)
+        attempt = Attempt(self._seq, request, retries, at, at if first is None else first, at)
         self._in_flight[attempt.seq] = attempt
         return attempt
 
@@ -222,6 +233,8 @@ class Engine:
         if self.failed is not None:
             return Step(tuple(sends), None)
         wake: float | None = None
+        if self._asking is not None:  # sends went first; now the budget is asked again
+            return Step(tuple(sends), None, ask=self._asking[0].tokens)
         # In flight follows latency, and a slow answer is a latency too: the oldest attempt
         # out (the first in the dict, which keeps the order they were sent in) says how slow.
         oldest = next(iter(self._in_flight.values()), None)
@@ -229,7 +242,7 @@ class Engine:
         while len(self._in_flight) + busy_elsewhere < self.concurrency.allowed:
             if now < self._held_until:  # a blocking budget said so: ask it again then
                 if self._fresh or self._due:
-                    wake = self._held_until
+                    wake = _earliest(wake, self._held_until)
                 break
             item = self._take(now)
             if item is None:
@@ -240,17 +253,17 @@ class Engine:
                 continue
             if self.budget.blocking:
                 self._asking = item
-                return Step(tuple(sends), None, ask=request.tokens)
+                return Step(tuple(sends), wake, ask=request.tokens)
             wait = self.budget.acquire(self.limits, now, request.tokens)
             if wait > 0:
                 self._fresh.appendleft(item)
-                wake = now + wait
+                wake = _earliest(wake, now + wait)
                 break
             sends.append(self._send(item, now))
         # A retry that is not yet due needs a wake-up; one that is due but blocked by the
         # concurrency limit will be taken when a request in flight completes.
-        if self._due and self._due[0][0] > now and (wake is None or self._due[0][0] < wake):
-            wake = self._due[0][0]
+        if self._due and self._due[0][0] > now:
+            wake = _earliest(wake, self._due[0][0])
         # Work waiting while every slot is held by *other* calls sharing the limit: nothing of
         # ours will complete to wake us, so look again shortly.
         if wake is None and not sends and not self._in_flight and not self.idle:
@@ -320,3 +333,7 @@ class Engine:
         self._fresh.clear()
         self._due.clear()
         return gone
+
+
+def _earliest(a: float | None, b: float) -> float:
+    return b if a is None else min(a, b)

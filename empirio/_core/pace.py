@@ -18,13 +18,31 @@ here hold the service's windows at *our* clock widened by ``J``:
 
 A sender that was idle longer than a keep-alive (:data:`IDLE_S`) opens new connections, whose
 set-up (TCP, TLS) delays the first requests by more than later ones: for :data:`COLD_S` after
-such a start, :data:`COLD_JITTER_S` more is tolerated. Otherwise ``J`` starts at
-:data:`JITTER_S` and adapts: a 429 doubles it (the service saw two requests
-closer than we sent them), successes walk it back. A first 429 holds every sender for one
-interval only, so one late packet does not stall the account for the second its Retry-After
-names; a second 429 in a row means real overload (another machine on the account, or lower
-limits than we were told), and every sender then waits as long as the server asked or the
-backoff says.
+such a start, :data:`COLD_JITTER_S` more is tolerated.
+
+**The margin follows what is measured** (``J`` and ``B`` above are not constants):
+
+* ``B``, how late a send may leave and keep its slot, is the 95th percentile of this process's
+  own measured lateness (when a send left, against the time it was granted) over the last
+  :data:`LATENESS_WINDOW` sends of the last :data:`LATENESS_AGE_S` seconds, between
+  :data:`LATE_S` and :data:`MAX_LATE_S` (:class:`Lateness`). A busy CPU makes sends late, and
+  the late ones arrive closer to the next: the schedule leaves room for exactly that, and gives
+  it back when the sends are on time again (old samples leave the window).
+* ``J``, the network's share, starts at :data:`JITTER_S`; a 429 widens it (to twice what it
+  was, at least 20 ms more, at most :data:`MAX_JITTER_S`: the service saw two requests closer
+  than we sent them) and the widening halves every :data:`HALF_LIFE_S` seconds with no further
+  429, so a run with a few early 429s is back at full speed within seconds.
+
+A first 429 holds every sender for one interval only, so one late packet does not stall the
+account for the second its Retry-After names; a second 429 in a row means real overload
+(another machine on the account, or lower limits than we were told), and every sender then
+waits as long as the server asked or the backoff says.
+
+**Reserve ahead, send on schedule.** A budget kept on a server (Redis a few ms away) answers
+later than the slot it grants. :func:`reserve` therefore books a request's slot up to
+``ahead`` seconds in the future (:func:`ahead_for`: twice the store's measured round trip), and
+the shell sends it at that time, whatever later transactions take: the store's round trip
+delays the first request only, and never bunches sends together.
 
 :class:`BudgetState` is everything the senders of one account share; :func:`admit`,
 :func:`throttle` and :func:`succeed` are the only ways it changes. Where it is kept (one
@@ -43,21 +61,34 @@ from typing import Protocol
 from .types import LimitSource
 
 __all__ = [
+    "ADOPT_AFTER",
     "AUTO_CEILING",
     "COLD_JITTER_S",
     "COLD_S",
+    "HALF_LIFE_S",
     "IDLE_S",
     "JITTER_S",
+    "LATENESS_AGE_S",
+    "LATENESS_WINDOW",
     "LATE_S",
+    "MAX_AHEAD_S",
     "MAX_JITTER_S",
+    "MAX_LATE_S",
     "MINUTE_S",
+    "RPM_CEILING",
+    "TPM_CEILING",
     "Budget",
     "BudgetState",
     "Concurrency",
+    "Grant",
+    "Lateness",
     "LimitSource",
     "Limits",
     "LimitsInEffect",
     "admit",
+    "ahead_for",
+    "checked_state",
+    "reserve",
     "sent",
     "sent_late",
     "succeed",
@@ -66,8 +97,25 @@ __all__ = [
 
 #: Arrival jitter tolerated from the start, in seconds (with ``LATE_S``: 2.4 % of throughput).
 JITTER_S = 0.02
-#: How late a send may be and keep its place in the schedule, in seconds.
+#: How late a send may be and keep its place in the schedule, at least, in seconds (more when
+#: this process's sends are measured later: :class:`Lateness`).
 LATE_S = 0.005
+#: The most lateness the schedule makes room for, in seconds: later than this is a stall (a
+#: pause of the whole process), which :func:`sent` answers instead.
+MAX_LATE_S = 0.25
+#: Sends whose lateness is kept, and the longest a sample counts, in seconds.
+LATENESS_WINDOW = 64
+LATENESS_AGE_S = 10.0
+#: The widening a 429 adds to the margin halves every this many seconds, in seconds.
+HALF_LIFE_S = 2.0
+#: The furthest ahead a slot is reserved, in seconds (see :func:`ahead_for`).
+MAX_AHEAD_S = 1.0
+#: A looser limit advertised by a server is adopted once this many answers in a row say so.
+ADOPT_AFTER = 3
+#: The most an advertised limit is believed, per minute: requests, tokens (a number above is
+#: taken as this; "unlimited" needs :data:`ADOPT_AFTER` answers in a row).
+RPM_CEILING = 60_000.0
+TPM_CEILING = 1e10
 #: Extra jitter tolerated while connections are being opened, in seconds.
 COLD_JITTER_S = 0.1
 #: How long a start counts as cold, in seconds.
@@ -94,19 +142,36 @@ class LimitsInEffect:
     tpm: float | None
     rpm_source: LimitSource
     tpm_source: LimitSource
+    #: Answers in a row that advertised a looser limit than the one in effect, and the tightest
+    #: of them (``math.inf``: unlimited), per limit.
+    rpm_looser: tuple[int, float] = (0, math.inf)
+    tpm_looser: tuple[int, float] = (0, math.inf)
+
+    @property
+    def listening(self) -> bool:
+        """Whether a server's advertised limits may still change these (a limit set as an
+        argument or in the environment never does)."""
+        return self.rpm_source != "set" or self.tpm_source != "set"
 
     def adopt(self, advertised: Mapping[str, float | None]) -> LimitsInEffect:
-        """These limits once a server has advertised ``advertised`` (``rpm``/``tpm`` per minute,
-        ``None`` for unlimited; see :func:`~empirio._core.decode.advertised_limits`): a limit
-        nobody set (``"default"``) takes the server's and says so; a limit given as an argument
-        or in the environment never changes, and what is not advertised stays as it is."""
-        rpm, rpm_source = self.rpm, self.rpm_source
-        tpm, tpm_source = self.tpm, self.tpm_source
-        if rpm_source == "default" and "rpm" in advertised:
-            rpm, rpm_source = advertised["rpm"], "server"
-        if tpm_source == "default" and "tpm" in advertised:
-            tpm, tpm_source = advertised["tpm"], "server"
-        return LimitsInEffect(rpm, tpm, rpm_source, tpm_source)
+        """These limits once a server has advertised ``advertised`` in one answer (``rpm``/``tpm``
+        per minute, ``None`` for unlimited; see :func:`~empirio._core.decode.advertised_limits`).
+
+        A limit given as an argument or in the environment (``"set"``) never changes. One nobody
+        set follows the server, read on every answer, but is not taken at its word: a
+        **tighter** limit is adopted at once (pacing below the account costs time, overrunning
+        it costs 429s); a **looser** one only once :data:`ADOPT_AFTER` answers in a row say so
+        (the tightest of them), never above :data:`RPM_CEILING`/:data:`TPM_CEILING`, and
+        "unlimited" likewise only after :data:`ADOPT_AFTER` answers in a row. What is not
+        advertised stays as it is.
+        """
+        rpm, rpm_source, rpm_looser = _revise(
+            self.rpm, self.rpm_source, self.rpm_looser, advertised, "rpm", RPM_CEILING
+        )
+        tpm, tpm_source, tpm_looser = _revise(
+            self.tpm, self.tpm_source, self.tpm_looser, advertised, "tpm", TPM_CEILING
+        )
+        return LimitsInEffect(rpm, tpm, rpm_source, tpm_source, rpm_looser, tpm_looser)
 
     def __str__(self) -> str:
         def rate(value: float | None, unit: str) -> str:
@@ -126,6 +191,31 @@ class LimitsInEffect:
             f"{rate(self.rpm, 'request')} and {rate(self.tpm, 'token')} a minute "
             f"({why[next(iter(sources))] if len(sources) == 1 else said})"
         )
+
+
+def _revise(
+    value: float | None,
+    source: LimitSource,
+    looser: tuple[int, float],
+    advertised: Mapping[str, float | None],
+    name: str,
+    ceiling: float,
+) -> tuple[float | None, LimitSource, tuple[int, float]]:
+    """One limit of :meth:`LimitsInEffect.adopt`: ``(value, source, looser streak)``."""
+    if source == "set" or name not in advertised:
+        return value, source, looser
+    said = advertised[name]
+    said_f = math.inf if said is None else min(float(said), ceiling)
+    now_f = math.inf if value is None else value
+    if not (said_f > 0):  # nothing sensible (a 0, a NaN): ignored
+        return value, source, looser
+    if said_f <= now_f:  # tighter (or the same): at once
+        return (None if said_f == math.inf else said_f), "server", (0, math.inf)
+    count, least = looser
+    count, least = count + 1, min(least, said_f)
+    if count < ADOPT_AFTER:
+        return value, source, (count, least)
+    return (None if least == math.inf else least), "server", (0, math.inf)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,11 +246,12 @@ class Limits:
         """Requests the service admits in any one second: ``floor(rpm / 60)``, at least 1."""
         return max(1, int(self.rpm // 60)) if self.rpm is not None else 0
 
-    def interval(self, jitter: float) -> float:
-        """Seconds between two requests, tolerating ``jitter`` seconds of arrival jitter."""
+    def interval(self, jitter: float, late: float = LATE_S) -> float:
+        """Seconds between two requests, tolerating ``jitter`` seconds of arrival jitter and
+        sends up to ``late`` seconds late."""
         if self.rpm is None:
             return 0.0
-        slack = jitter + LATE_S
+        slack = jitter + late
         return max((60.0 + slack) / self.rpm, (1.0 + slack) / self.per_second_requests) + _EPS
 
 
@@ -171,7 +262,9 @@ class BudgetState:
     Attributes:
         next_request: the earliest time of the next request.
         paused_until: no request before this (after a 429).
-        jitter: the arrival jitter now tolerated, in seconds.
+        jitter: the arrival jitter tolerated right after the last 429 (:data:`JITTER_S` before
+            any), in seconds; what it adds to :data:`JITTER_S` halves every
+            :data:`HALF_LIFE_S` seconds from ``last_cut`` (see :meth:`margin`).
         strikes: 429s since the last success.
         last_cut: when the last 429 was taken into account; 429s for requests sent before it
             answer the same overload.
@@ -189,15 +282,25 @@ class BudgetState:
     cold_until: float = -math.inf
 
     def margin(self, now: float) -> float:
-        """The arrival jitter tolerated at ``now``, in seconds."""
-        return self.jitter + (COLD_JITTER_S if now < self.cold_until else 0.0)
+        """The arrival jitter tolerated at ``now``, in seconds: :data:`JITTER_S`, plus the
+        widening of the last 429 halved for every :data:`HALF_LIFE_S` since, plus
+        :data:`COLD_JITTER_S` during a cold start."""
+        return self.widened(now) + (COLD_JITTER_S if now < self.cold_until else 0.0)
+
+    def widened(self, now: float) -> float:
+        """The network's share of the margin at ``now`` (no cold start), in seconds."""
+        extra = self.jitter - JITTER_S
+        if extra <= 0:
+            return JITTER_S
+        age = max(0.0, now - self.last_cut)
+        return JITTER_S + extra * math.exp2(-age / HALF_LIFE_S)
 
     def settled(self, now: float) -> BudgetState:
         """This state with sends older than the minute window dropped, and any time further in
         the future than pacing can explain (a clock from before a reboot) forgotten."""
         horizon = now + 2 * MINUTE_S + 120.0
-        if self.next_request > horizon or self.paused_until > horizon:
-            return BudgetState(jitter=self.jitter)
+        if self.next_request > horizon or self.paused_until > horizon or self.last_cut > horizon:
+            return BudgetState()
         cut = now - MINUTE_S - MAX_JITTER_S - COLD_JITTER_S
         sends = self.sends
         if sends and (sends[0][0] <= cut or sends[-1][0] > horizon):
@@ -233,50 +336,81 @@ def _token_wait(limits: Limits, state: BudgetState, now: float, tokens: int) -> 
     return t
 
 
-def admit(limits: Limits, state: BudgetState, now: float, tokens: int) -> tuple[float, BudgetState]:
-    """Whether a request of ``tokens`` may go at ``now``.
+def reserve(
+    limits: Limits,
+    state: BudgetState,
+    now: float,
+    tokens: int,
+    *,
+    ahead: float = 0.0,
+    late: float = LATE_S,
+) -> tuple[float, bool, BudgetState]:
+    """Book a request of ``tokens``: at the earliest time ``t >= now`` that every rule allows,
+    if ``t`` is no more than ``ahead`` seconds away.
+
+    Args:
+        ahead: how far ahead a slot may be booked, in seconds (0: only now).
+        late: how late this process's sends are measured to leave (:meth:`Lateness.late`),
+            in seconds: a send that late keeps its slot, and the interval leaves room for it.
 
     Returns:
-        ``(0.0, state with the send recorded)`` if it may go, else ``(seconds to wait, state)``.
+        ``(t - now, True, state with the send recorded at t)`` when booked, else
+        ``(seconds until a slot could be booked, False, state)``.
     """
     if not limits.paced:
         wait = state.paused_until - now
-        return (wait, state) if wait > 0 else (0.0, state)
+        return (wait, False, state) if wait > 0 else (0.0, True, state)
     state = state.settled(now)
     if now - state.next_request > IDLE_S:
         state = replace(state, cold_until=now + COLD_S)
     t = max(now, state.paused_until, state.next_request)
-    if limits.tpm is not None and t <= now:
-        t = _token_wait(limits, state, now, tokens)
-    if t > now:
-        return t - now, state
-    sends = (*state.sends, (now, tokens)) if limits.tpm is not None else ()
-    nxt = max(state.next_request, now - LATE_S) + limits.interval(state.margin(now))
-    return 0.0, replace(state, next_request=nxt, sends=sends)
+    if limits.tpm is not None:
+        t = _token_wait(limits, state, t, tokens)
+    if t > now + ahead + _EPS:
+        return t - now - ahead, False, state
+    sends = (*state.sends, (t, tokens)) if limits.tpm is not None else ()
+    nxt = max(state.next_request, t - late) + limits.interval(state.margin(t), late)
+    return t - now, True, replace(state, next_request=nxt, sends=sends)
 
 
-def sent(limits: Limits, state: BudgetState, admitted_at: float, now: float) -> BudgetState:
+def admit(
+    limits: Limits, state: BudgetState, now: float, tokens: int, late: float = LATE_S
+) -> tuple[float, BudgetState]:
+    """Whether a request of ``tokens`` may go at ``now`` (:func:`reserve` with nothing ahead).
+
+    Returns:
+        ``(0.0, state with the send recorded)`` if it may go, else ``(seconds to wait, state)``.
+    """
+    wait, booked, new = reserve(limits, state, now, tokens, late=late)
+    return (0.0, new) if booked else (wait, new)
+
+
+def sent(
+    limits: Limits, state: BudgetState, admitted_at: float, now: float, late: float = LATE_S
+) -> BudgetState:
     """Take the moment a request actually left into account.
 
     A send held up between its slot and the wire (a garbage-collection pause, a busy I/O
-    thread) by more than half the jitter margin would arrive closer to the next request than it
-    was paced: the next then goes no sooner than one interval after this one really left.
+    thread) by more than the lateness the schedule already leaves room for would arrive closer
+    to the next request than it was paced: the next then goes no sooner than one interval
+    after this one really left.
 
     Args:
-        admitted_at: when :func:`admit` let the request go.
+        admitted_at: the time its slot was granted for.
         now: when it left.
+        late: the lateness the schedule leaves room for (see :func:`reserve`), in seconds.
     """
-    if limits.rpm is None or now - admitted_at <= state.margin(now) / 2:
+    if limits.rpm is None or now - admitted_at <= max(late, state.margin(now) / 2):
         return state
-    nxt = now + limits.interval(state.margin(now))
+    nxt = now + limits.interval(state.margin(now), late)
     return state if nxt <= state.next_request else replace(state, next_request=nxt)
 
 
-def sent_late(limits: Limits, admitted_at: float, now: float) -> bool:
+def sent_late(limits: Limits, admitted_at: float, now: float, late: float = LATE_S) -> bool:
     """Whether a send that left at ``now`` may be late enough for :func:`sent` to change the
     schedule (the smallest margin is :data:`JITTER_S`); most leave on time, and a budget then
     spares its store the transaction."""
-    return limits.rpm is not None and now - admitted_at > JITTER_S / 2
+    return limits.rpm is not None and now - admitted_at > max(late, JITTER_S / 2)
 
 
 def throttle(
@@ -292,7 +426,8 @@ def throttle(
     if sent_at < state.last_cut:
         return state
     strikes = state.strikes + 1
-    jitter = min(MAX_JITTER_S, max(2 * state.jitter, state.jitter + 0.02))
+    was = state.widened(now)
+    jitter = min(MAX_JITTER_S, max(2 * was, was + 0.02))
     # A first refusal is most likely one late packet: skip one interval. Another means overload.
     pause = min(delay, limits.interval(jitter)) if strikes == 1 and limits.paced else delay
     return replace(
@@ -305,12 +440,89 @@ def throttle(
 
 
 def succeed(state: BudgetState) -> BudgetState:
-    """Take a success into account: the strikes end, and the jitter margin walks back towards
-    :data:`JITTER_S` by 1 % of the distance per success."""
-    if state.strikes == 0 and state.jitter <= JITTER_S:
-        return state
-    jitter = max(JITTER_S, state.jitter - 0.01 * (state.jitter - JITTER_S) - 1e-5)
-    return replace(state, strikes=0, jitter=jitter)
+    """Take a success into account: the strikes end (the margin comes back down with time,
+    see :meth:`BudgetState.margin`)."""
+    return state if state.strikes == 0 else replace(state, strikes=0)
+
+
+def checked_state(state: BudgetState) -> BudgetState:
+    """``state`` if every value in it is one the rules could have written, else ValueError.
+
+    A budget read from a file or a server is not trusted: a NaN would turn pacing off (every
+    comparison with it is false), a huge margin would hold the account for hours, and sends out
+    of order would break the token windows.
+    """
+    times = (state.next_request, state.paused_until, state.last_cut, state.cold_until)
+    if any(math.isnan(t) or t == math.inf for t in times):
+        raise ValueError("a time that is not a number")
+    if not (math.isfinite(state.jitter) and JITTER_S <= state.jitter <= MAX_JITTER_S + _EPS):
+        raise ValueError(f"a jitter margin out of range: {state.jitter!r}")
+    if not 0 <= state.strikes <= 1_000_000:
+        raise ValueError(f"a strike count out of range: {state.strikes!r}")
+    previous = -math.inf
+    for t, n in state.sends:
+        if not math.isfinite(t) or t < previous or not 0 <= n <= 1 << 40:
+            raise ValueError("sends that are not finite times in order with token counts")
+        previous = t
+    return state
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A budget's answer to a blocking ask (:meth:`Budget.reserve`), in the caller's clock.
+
+    Attributes:
+        at: when the decision was made (monotonic seconds).
+        send_at: when the request is to be sent (booked), or ``None`` (not booked).
+        retry_at: when not booked, when to ask again.
+    """
+
+    at: float
+    send_at: float | None
+    retry_at: float = 0.0
+
+
+def ahead_for(round_trip: float) -> float:
+    """How far ahead to reserve slots with a budget store whose transactions take
+    ``round_trip`` seconds (a high percentile): twice that, so that the next slot is booked
+    before the one in hand is due, capped at :data:`MAX_AHEAD_S`; 0 for a store in memory."""
+    return 0.0 if round_trip <= 0 else min(MAX_AHEAD_S, 2.0 * round_trip + 0.002)
+
+
+@dataclass(slots=True)
+class Lateness:
+    """How late this process's sends leave, measured: the shells note each send's lateness
+    (the time it left less the time its slot was granted for) and the budget asks
+    :meth:`late` (see the module docstring). Not thread-safe: its owner guards it."""
+
+    _samples: list[tuple[float, float]] = field(default_factory=list)  # (when, lateness)
+    _high: float = LATE_S
+
+    def observe(self, now: float, lateness: float) -> None:
+        """Note a send that left ``lateness`` seconds after its slot, at ``now``."""
+        self._samples.append((now, max(0.0, lateness)))
+        if len(self._samples) > LATENESS_WINDOW:
+            del self._samples[0]
+        self._update(now)
+
+    def late(self, now: float) -> float:
+        """The lateness the schedule leaves room for at ``now``, in seconds: the 95th
+        percentile of the samples of the last :data:`LATENESS_AGE_S` seconds, between
+        :data:`LATE_S` and :data:`MAX_LATE_S`."""
+        if self._samples and self._samples[0][0] < now - LATENESS_AGE_S:
+            self._update(now)
+        return self._high
+
+    def _update(self, now: float) -> None:
+        cut = now - LATENESS_AGE_S
+        while self._samples and self._samples[0][0] < cut:
+            del self._samples[0]
+        if not self._samples:
+            self._high = LATE_S
+            return
+        ordered = sorted(x for _, x in self._samples)
+        p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+        self._high = min(MAX_LATE_S, max(LATE_S, p95))
 
 
 #: Requests in flight at most where no limit is known (an unpaced endpoint) and the user set
@@ -438,7 +650,16 @@ class Budget(Protocol):
     blocking: bool
 
     def acquire(self, limits: Limits, now: float, tokens: int) -> float:
-        """Record a send of ``tokens`` at ``now`` and return 0, or return the seconds to wait."""
+        """Record a send of ``tokens`` at ``now`` and return 0, or return the seconds to wait
+        (a budget in memory, asked by the engine itself)."""
+
+    def reserve(self, limits: Limits, tokens: int) -> Grant:
+        """Book a slot for a send of ``tokens``, now or a little ahead (a blocking budget,
+        asked outside every lock; it reads the clock itself, in the store's transaction)."""
+
+    def note_sent(self, limits: Limits, admitted_at: float, now: float) -> bool:
+        """Measure a send that left at ``now`` for a slot at ``admitted_at`` (in memory, at
+        once) and say whether it was late enough that :meth:`sent` should be told."""
 
     def sent(self, limits: Limits, admitted_at: float, now: float) -> None:
         """Note that a request admitted at ``admitted_at`` actually left at ``now``."""

@@ -32,6 +32,7 @@ import threading
 import time
 import weakref
 from array import array
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -49,8 +50,13 @@ from .._core.pace import (
     MINUTE_S,
     Budget,
     BudgetState,
+    Grant,
+    Lateness,
     Limits,
     admit,
+    ahead_for,
+    checked_state,
+    reserve,
     sent,
     sent_late,
     succeed,
@@ -88,6 +94,10 @@ class _Kept:
     (one clock for every process of a machine), the store's for a shared server (hosts'
     monotonic clocks are not comparable). Callers speak their own monotonic clock; only
     durations cross between the two.
+
+    It also measures, in memory, what the rules need to know of this process: how late its
+    sends leave (:class:`~empirio._core.pace.Lateness`) and how long a transaction takes
+    (which says how far ahead :meth:`reserve` books).
     """
 
     #: Its transactions wait on a file or a server (see :class:`~empirio._core.pace.Budget`).
@@ -97,39 +107,116 @@ class _Kept:
     #: (which only moves forward), so that many calls waiting for one slot ask the store once.
     _floor = -math.inf
 
+    def __init__(self) -> None:
+        self._measure_lock = threading.Lock()
+        self._lateness = Lateness()
+        self._round_trips: deque[float] = deque(maxlen=32)
+        self._ahead = 0.0
+        self._warned_invalid = False
+        self._struck = False  # this process noted a 429 since its last success
+
     def _transact(
-        self, now: float, fn: Callable[[BudgetState, float], tuple[_T, BudgetState]]
-    ) -> _T:
+        self, now: float | None, fn: Callable[[BudgetState, float], tuple[_T, BudgetState]]
+    ) -> tuple[_T, float]:
         """Apply ``fn(state, at)`` to the stored state and store the result; ``at`` is the
-        store's clock reading that corresponds to the caller's ``now``."""
+        store's clock reading that corresponds to the caller's ``now`` (``None``: the clock
+        is read during the transaction). Returns ``fn``'s answer and the caller's time of
+        ``at``."""
         raise NotImplementedError
 
-    def _apply(self, now: float, fn: Callable[[BudgetState, float], tuple[_T, BudgetState]]) -> _T:
+    def _apply(
+        self, now: float | None, fn: Callable[[BudgetState, float], tuple[_T, BudgetState]]
+    ) -> tuple[_T, float]:
         def step(state: BudgetState, at: float) -> tuple[_T, BudgetState]:
             out, new = fn(state, at)
-            floor = max(new.next_request, new.paused_until)
-            self._floor = now + min(floor - at, MINUTE_S + MAX_JITTER_S)
+            floors.append((max(new.next_request, new.paused_until), at))
             return out, new
 
-        return self._transact(now, step)
+        floors: list[tuple[float, float]] = []
+        out, local = self._transact(now, step)
+        if floors:  # the last try's view of the schedule, in the caller's clock
+            floor, at = floors[-1]
+            self._floor = local + min(floor - at, MINUTE_S + MAX_JITTER_S)
+        return out, local
+
+    def _checked(self, read: Callable[[], BudgetState], where: str) -> BudgetState:
+        """The stored state, checked (:func:`~empirio._core.pace.checked_state`): an
+        unreadable or impossible one is replaced by a fresh state, with one warning."""
+        try:
+            return checked_state(read())
+        except (ValueError, struct.error, TypeError, OverflowError) as exc:
+            if not self._warned_invalid:
+                self._warned_invalid = True
+                logger.warning(
+                    "the rate-limit budget state in %s is not valid (%s); replaced by a fresh "
+                    "state (written by another version, or tampered with)",
+                    where,
+                    exc,
+                )
+            return BudgetState()
+
+    def late(self, now: float) -> float:
+        """How late this process's sends are measured to leave (see ``Lateness``), in s."""
+        with self._measure_lock:
+            return self._lateness.late(now)
+
+    def note_sent(self, limits: Limits, admitted_at: float, now: float) -> bool:
+        with self._measure_lock:
+            self._lateness.observe(now, now - admitted_at)
+            late = self._lateness.late(now)
+        return sent_late(limits, admitted_at, now, late)
 
     def acquire(self, limits: Limits, now: float, tokens: int) -> float:
         if now < self._floor:
             return self._floor - now
-        return self._apply(now, lambda s, at: admit(limits, s, at, tokens))
+        late = self.late(now)
+        return self._apply(now, lambda s, at: admit(limits, s, at, tokens, late))[0]
+
+    def reserve(self, limits: Limits, tokens: int) -> Grant:
+        start = time.monotonic()
+        ahead = self._ahead
+        if start + ahead < self._floor:
+            return Grant(start, None, self._floor - ahead)
+        late = self.late(start)
+
+        def book(state: BudgetState, at: float) -> tuple[tuple[float, bool], BudgetState]:
+            wait, booked, new = reserve(limits, state, at, tokens, ahead=ahead, late=late)
+            return (wait, booked), new
+
+        (wait, booked), local = self._apply(None, book)
+        self._measured(time.monotonic() - start)
+        return Grant(local, local + wait) if booked else Grant(local, None, local + wait)
+
+    def _measured(self, round_trip: float) -> None:
+        """Note a transaction's duration; book as far ahead as their 90th percentile needs."""
+        with self._measure_lock:
+            self._round_trips.append(round_trip)
+            ordered = sorted(self._round_trips)
+            self._ahead = ahead_for(ordered[int(0.9 * (len(ordered) - 1))])
 
     def sent(self, limits: Limits, admitted_at: float, now: float) -> None:
-        if not sent_late(limits, admitted_at, now):
+        late = self.late(now)
+        if not sent_late(limits, admitted_at, now, late):
             return
-        late = now - admitted_at
-        self._apply(now, lambda s, at: (None, sent(limits, s, at - late, at)))
+        lag = now - admitted_at
+        self._apply(now, lambda s, at: (None, sent(limits, s, at - lag, at, late)))
 
     def throttled(self, limits: Limits, now: float, sent_at: float, delay: float) -> None:
         age = now - sent_at
+        self._struck = True
         self._apply(now, lambda s, at: (None, throttle(limits, s, at, at - age, delay)))
 
     def succeeded(self) -> None:
-        self._transact(math.nan, lambda s, at: (None, succeed(s)))
+        # Only a success after this process's own 429 can end strikes worth a transaction: one
+        # per success would double the store's round trips (another process's strikes end with
+        # its own next success).
+        if self._struck:
+            self._struck = False
+            self._transact(math.nan, lambda s, at: (None, succeed(s)))
+
+    def _after_fork_measures(self) -> None:
+        self._measure_lock = threading.Lock()
+        self._floor = -math.inf
 
 
 class LocalBudget(_Kept):
@@ -138,21 +225,23 @@ class LocalBudget(_Kept):
     blocking = False
 
     def __init__(self) -> None:
+        super().__init__()
         self._lock = threading.Lock()
         self._state = BudgetState()
         _LIVE.add(self)
 
     def _transact(
-        self, now: float, fn: Callable[[BudgetState, float], tuple[_T, BudgetState]]
-    ) -> _T:
+        self, now: float | None, fn: Callable[[BudgetState, float], tuple[_T, BudgetState]]
+    ) -> tuple[_T, float]:
         with self._lock:
-            out, self._state = fn(self._state, now)
-            return out
+            at = time.monotonic() if now is None else now
+            out, self._state = fn(self._state, at)
+            return out, at
 
     def _after_fork(self) -> None:
+        self._after_fork_measures()
         self._lock = threading.Lock()
         self._state = BudgetState()  # a child's budget starts afresh (see scope="process")
-        self._floor = -math.inf
 
 
 _HEADER = struct.Struct("<dddqdd")
@@ -173,14 +262,16 @@ def _pack(state: BudgetState) -> bytes:
 
 
 def _unpack(blob: bytes) -> BudgetState:
+    """The state ``blob`` holds; ``ValueError`` (or ``struct.error``) for one of another
+    shape. Its values are checked by the caller (``checked_state``)."""
     next_request, paused_until, jitter, strikes, last_cut, cold_until = _HEADER.unpack_from(blob)
     rest = blob[_HEADER.size :]
+    if len(rest) % 16:
+        raise ValueError(f"a state of {len(blob)} bytes, which no version writes")
     n = len(rest) // 16
     times, tokens = array("d"), array("q")
     times.frombytes(rest[: 8 * n])
     tokens.frombytes(rest[8 * n : 16 * n])
-    if not (math.isfinite(jitter) and jitter > 0):
-        raise ValueError("bad jitter")
     return BudgetState(
         next_request,
         paused_until,
@@ -202,6 +293,7 @@ class SqliteBudget(_Kept):
     """
 
     def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
+        super().__init__()
         self.path = path
         self.busy_timeout = busy_timeout
         self._lock = threading.Lock()
@@ -225,8 +317,8 @@ class SqliteBudget(_Kept):
         return conn
 
     def _transact(
-        self, now: float, fn: Callable[[BudgetState, float], tuple[_T, BudgetState]]
-    ) -> _T:
+        self, now: float | None, fn: Callable[[BudgetState, float], tuple[_T, BudgetState]]
+    ) -> tuple[_T, float]:
         with self._lock:
             if self._fallback is None or time.monotonic() >= self._retry_at:
                 try:
@@ -251,19 +343,21 @@ class SqliteBudget(_Kept):
         return fallback._transact(now, fn)
 
     def _transact_file(
-        self, now: float, fn: Callable[[BudgetState, float], tuple[_T, BudgetState]]
-    ) -> _T:
+        self, now: float | None, fn: Callable[[BudgetState, float], tuple[_T, BudgetState]]
+    ) -> tuple[_T, float]:
         if self._conn is None:
             self._conn = self._connect()
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             row = conn.execute("SELECT state FROM budget WHERE id = 0").fetchone()
-            try:
-                state = _unpack(row[0]) if row is not None else BudgetState()
-            except (ValueError, struct.error, TypeError):
-                state = BudgetState()  # an unreadable state is an empty one
-            out, new = fn(state, now)
+            state = (
+                self._checked(lambda: _unpack(row[0]), str(self.path))
+                if row is not None
+                else BudgetState()
+            )
+            at = time.monotonic() if now is None else now  # with the file held: our turn
+            out, new = fn(state, at)
             if new is not state:
                 conn.execute(
                     "INSERT OR REPLACE INTO budget (id, state) VALUES (0, ?)", (_pack(new),)
@@ -272,7 +366,7 @@ class SqliteBudget(_Kept):
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return out
+        return out, at
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -281,6 +375,7 @@ class SqliteBudget(_Kept):
 
     def _after_fork(self) -> None:
         # The parent's connection (and any transaction it had open) is not ours to touch.
+        self._after_fork_measures()
         self._lock = threading.Lock()
         self._conn = None
         if self._fallback is not None:
@@ -307,8 +402,16 @@ def _same_server(base_url: str) -> str:
     return f"{parts.scheme}://{host}:{port}{parts.path}"
 
 
-def account_id(base_url: str, api_key: str) -> str:
-    """A name for the account behind (endpoint, key) that reveals neither."""
+def account_id(base_url: str, api_key: str, account: str | None = None) -> str:
+    """A name for the account behind (endpoint, key) that reveals neither: by default each key
+    is its own account; with ``account`` (the ``account=`` setting) every key that names the
+    same account at the endpoint shares one budget."""
+    if account is not None:
+        h = hashlib.blake2b(digest_size=16, person=b"empirio-account")
+        h.update(_same_server(base_url).encode())
+        h.update(b"\0")
+        h.update(account.encode("utf-8", "surrogatepass"))
+        return h.hexdigest()
     h = hashlib.blake2b(digest_size=16, person=b"empirio-budget")
     h.update(_same_server(base_url).encode())
     h.update(b"\0")
@@ -324,12 +427,15 @@ _REGISTRY_LOCK = threading.Lock()
 _LIVE: weakref.WeakSet[LocalBudget | SqliteBudget] = weakref.WeakSet()
 
 
-def budget_for(scope: ShareBudget, base_url: str, api_key: str) -> Budget:
-    """The budget that clients of ``api_key`` at ``base_url`` share, in ``scope`` (or in the
-    Redis that a ``redis://`` URL names: every process of every host)."""
+def budget_for(
+    scope: ShareBudget, base_url: str, api_key: str, account: str | None = None
+) -> Budget:
+    """The budget that clients of ``api_key`` (or of any key naming ``account``) at
+    ``base_url`` share, in ``scope`` (or in the Redis that a ``redis://`` URL names: every
+    process of every host)."""
     if scope == "client":
         return LocalBudget()
-    account = account_id(base_url, api_key)
+    account = account_id(base_url, api_key, account)
     with _REGISTRY_LOCK:
         budget = _REGISTRY.get((scope, account))
         if budget is None:

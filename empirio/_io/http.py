@@ -8,6 +8,7 @@ import asyncio
 import functools
 import importlib
 import socket
+import time
 from collections.abc import AsyncGenerator, Iterator, Mapping
 
 import httpx
@@ -128,6 +129,9 @@ class Transport:
             instruction_mode=cfg.instruction_mode,
             query_instruction=cfg.query_instruction,
         )
+        hold = attempt.slot - time.monotonic()
+        if hold > 0:  # a slot booked ahead: leave at its time, whatever the caller does now
+            await asyncio.sleep(hold)
         note_sent(session, attempt)
         cap = response_cap(len(texts), cfg.dimensions, call.sparse)
         try:

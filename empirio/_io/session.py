@@ -33,7 +33,7 @@ from .._core.errors import (
     UnsupportedFeatureError,
 )
 from .._core.flow import PIPELINE_MIN, CallOptions
-from .._core.pace import AUTO_CEILING, Budget, Concurrency, Limits, LimitsInEffect, sent_late
+from .._core.pace import AUTO_CEILING, Budget, Concurrency, Limits, LimitsInEffect
 from .._core.plan import SegmentPlan
 from .._core.result import EmbeddingResult, UsageMeter
 from .._core.retry import RetryPolicy
@@ -242,13 +242,18 @@ class Session:
         if step is None:
             return None
         sends = list(step.sends)
-        while step.ask is not None:
-            ask = functools.partial(_acquire, self.budget, driver.engine.limits, step.ask)
-            wait, at = yield ask
+        # A send granted now leaves before the budget is asked again: one slow transaction
+        # must not hold the sends already granted, nor send them together afterwards.
+        while step.ask is not None and not sends:
+            ask = functools.partial(self.budget.reserve, driver.engine.limits, step.ask)
+            grant = yield ask
             with self.lock:
-                step = driver.answer(at, wait, self._busy_elsewhere(driver, blocked), poll)
+                busy = self._busy_elsewhere(driver, blocked)
+                step = driver.answer(time.monotonic(), grant, busy, poll)
                 self._note_wire(driver)
             sends.extend(step.sends)
+        if step.ask is not None:  # asked again as soon as these are sent
+            return tuple(sends), 0.0
         timeout = None if step.wake_at is None else max(0.0, step.wake_at - time.monotonic())
         return tuple(sends), timeout
 
@@ -332,7 +337,7 @@ class Session:
         self, status: int, content: bytes, headers: httpx.Headers, n: int, call: Call
     ) -> Decoded | EmpirioError:
         """A response, checked before it is trusted: the vectors, or the error it means."""
-        if "default" in (self.in_effect.rpm_source, self.in_effect.tpm_source):
+        if self.in_effect.listening:
             self._adopt_limits(headers)
         if 200 <= status < 300:
             try:
@@ -353,9 +358,10 @@ class Session:
         return decode_error(status, content, headers, time.time(), secret)
 
     def _adopt_limits(self, headers: httpx.Headers) -> None:
-        """Take the limits a server advertises in place of defaults nobody chose (the rule:
-        :meth:`~empirio._core.pace.LimitsInEffect.adopt`): a local emulator is then not paced
-        like the real account. Calls under way pace to the new limits at once."""
+        """Revise the limits nobody chose by what a server advertises in this answer (tighter
+        at once, looser only when repeated: ``LimitsInEffect.adopt``): a local emulator is then
+        not paced like the real account, and one odd answer does not unpace us for good.
+        Calls under way pace to new limits at once."""
         advertised = advertised_limits(headers)
         if not advertised:
             return
@@ -374,21 +380,17 @@ class Session:
 
 
 def note_sent(session: Session, attempt: Attempt) -> None:
-    """Tell the budget when ``attempt`` really left, if that is late enough to matter (rarely):
-    a blocking budget on a store thread, so that the loop sending it is not held up."""
-    limits, now = session.limits, time.monotonic()
-    if not sent_late(limits, attempt.sent_at, now):
+    """Measure how late ``attempt`` really left against its slot (the budget keeps this
+    process's lateness, in memory), and tell the budget if that is late enough to change the
+    schedule (rarely): a blocking budget on a store thread, so that the loop sending it is not
+    held up."""
+    limits, now, budget = session.limits, time.monotonic(), session.budget
+    if not budget.note_sent(limits, attempt.slot, now):
         return
-    if session.budget.blocking:
-        store_pool().submit(session.budget.sent, limits, attempt.sent_at, now)
+    if budget.blocking:
+        store_pool().submit(budget.sent, limits, attempt.slot, now)
     else:
-        session.budget.sent(limits, attempt.sent_at, now)
-
-
-def _acquire(budget: Budget, limits: Limits, tokens: int) -> tuple[float, float]:
-    """Ask ``budget`` for a send of ``tokens`` now: ``(seconds to wait or 0, now)``."""
-    now = time.monotonic()
-    return budget.acquire(limits, now, tokens), now
+        budget.sent(limits, attempt.slot, now)
 
 
 def _store(

@@ -21,7 +21,7 @@ from empirio import (
 from empirio._core.decode import Decoded
 from empirio._core.engine import SLOT_POLL_S, Attempt, BatchLimit, Engine
 from empirio._core.errors import EmpirioError
-from empirio._core.pace import Concurrency, Limits
+from empirio._core.pace import Concurrency, Grant, Limits
 from empirio._core.plan import PlannedRequest
 from empirio._core.retry import RetryPolicy
 from empirio._io.budget import LocalBudget
@@ -300,29 +300,46 @@ def store_engine(rpm: float | None = 600) -> tuple[Engine, StoreBudget]:
 
 def test_a_blocking_budget_is_asked_by_the_caller_one_request_at_a_time() -> None:
     e, budget = store_engine()
-    e.add([req(0), req(1), req(2)])
+    e.add([req(0), req(1), req(2), req(3)])
     step = e.step(0.0)
     assert (step.sends, step.ask) == ((), 50)  # the tokens of the head request
     assert budget.asked == []  # the engine did not ask it
-    step = e.answer(0.0, budget.acquire(e.limits, 0.0, 50))
-    assert [a.request.id for a in step.sends] == [0]  # admitted: sent
-    assert step.ask == 50  # and the next one is asked about at once
-    wait = budget.acquire(e.limits, 0.0, 50)
-    assert wait > 0  # 600 RPM: one every ~0.1 s
-    step = e.answer(0.0, wait)
-    assert (step.sends, step.ask, step.wake_at) == ((), None, pytest.approx(wait))
-    # Until then the budget's answer holds: no transaction for nothing.
-    assert e.step(wait / 2).ask is None
-    step = e.step(wait)
+    step = e.answer(0.0, Grant(0.0, 0.0))
+    assert [a.request.id for a in step.sends] == [0]  # granted now: handed over at once
+    assert step.ask == 50  # and the next one is asked about as soon as it is sent
+    step = e.answer(0.01, Grant(0.0, 0.08))  # booked ahead: handed over now, with its slot
+    ((booked,),) = [step.sends]
+    assert (booked.request.id, booked.slot, booked.sent_at) == (1, 0.08, 0.08)
     assert step.ask == 50
-    assert [a.request.id for a in e.answer(wait, 0.0).sends] == [1]
+    step = e.answer(0.02, Grant(0.02, None, 0.5))  # nothing bookable before 0.5
+    assert (step.sends, step.ask, step.wake_at) == ((), None, pytest.approx(0.5))
+    # Until then the budget's answer holds: no transaction for nothing.
+    assert e.step(0.25).ask is None
+    step = e.step(0.5)
+    assert step.ask == 50
+    assert [a.request.id for a in e.answer(0.5, Grant(0.5, 0.5)).sends] == [2]
+
+
+def test_a_send_granted_now_is_not_held_behind_the_next_transaction() -> None:
+    """The chain that burst through a Redis far away: each send is handed to the shell as soon
+    as its slot is granted, never collected until the budget says no."""
+    e, _ = store_engine(rpm=1200)
+    e.add([req(k) for k in range(4)])
+    step = e.step(0.0)
+    handed = []
+    t = 0.0
+    while step.ask is not None:
+        t += 0.08  # a transaction slower than the interval (50 ms)
+        step = e.answer(t, Grant(t, t))
+        handed.append(len(step.sends))
+    assert handed == [1, 1, 1, 1]
 
 
 def test_a_blocking_budget_is_told_of_outcomes_by_the_caller() -> None:
     e, budget = store_engine()
     e.add([req(0)])
     e.step(0.0)
-    (a,) = e.answer(0.0, 0.0).sends
+    (a,) = e.answer(0.0, Grant(0.0, 0.0)).sends
     done = e.complete(a, ok(a), 0.1)
     assert budget.successes == 0
     assert done.budget_note is not None
@@ -334,6 +351,6 @@ def test_a_request_asked_about_when_the_call_ends_is_not_abandoned() -> None:
     e, _ = store_engine()
     e.add([req(0), req(1)])
     e.step(0.0)
-    (a,) = e.answer(0.0, 0.0).sends
+    (a,) = e.answer(0.0, Grant(0.0, 0.0)).sends
     assert e.abandon() == (a,)  # the one sent, not the one being asked about
-    assert e.answer(0.1, 0.0).sends == ()  # the budget's late answer sends nothing
+    assert e.answer(0.1, Grant(0.1, 0.1)).sends == ()  # the budget's late answer sends nothing

@@ -3,6 +3,7 @@ budget stores that share the pacing state between clients and processes."""
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -12,15 +13,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from empirio._core.pace import (
+    ADOPT_AFTER,
     COLD_JITTER_S,
     COLD_S,
+    HALF_LIFE_S,
     IDLE_S,
     JITTER_S,
     LATE_S,
+    LATENESS_AGE_S,
+    MAX_LATE_S,
+    RPM_CEILING,
     BudgetState,
     Concurrency,
+    Lateness,
     Limits,
     admit,
+    checked_state,
+    reserve,
     succeed,
     throttle,
 )
@@ -146,10 +155,106 @@ def test_a_first_429_holds_for_one_interval_a_second_for_the_servers_time() -> N
     assert same is state
     state = throttle(limits, state, 10.5, sent_at=10.3, delay=4.0)
     assert state.paused_until == pytest.approx(14.5)
-    for _ in range(2000):
-        state = succeed(state)
+    state = succeed(state)
     assert state.strikes == 0
-    assert state.jitter == pytest.approx(JITTER_S)
+
+
+@pytest.mark.parametrize(
+    ("seconds_after", "margin"),
+    [
+        (0.0, 0.02 + 0.06),  # two 429s: 20 ms -> 40 ms -> 80 ms
+        (HALF_LIFE_S, 0.02 + 0.03),  # the widening halves every HALF_LIFE_S
+        (2 * HALF_LIFE_S, 0.02 + 0.015),
+        (10 * HALF_LIFE_S, 0.02),  # back within seconds, successes or not
+    ],
+)
+def test_a_429_widens_the_margin_for_seconds_not_for_the_run(
+    seconds_after: float, margin: float
+) -> None:
+    limits = Limits(1200, None)
+    state = throttle(limits, WARM, 10.0, sent_at=9.9, delay=1.0)
+    state = throttle(limits, state, 10.0, sent_at=10.0, delay=1.0)
+    assert state.margin(10.0 + seconds_after) == pytest.approx(margin, abs=1e-4)
+    # A later 429 doubles what is left of it, not what it once was.
+    later = throttle(limits, state, 10.0 + 10 * HALF_LIFE_S, sent_at=29.0, delay=1.0)
+    assert later.margin(10.0 + 10 * HALF_LIFE_S) == pytest.approx(0.04, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("samples", "late"),
+    [
+        ([], LATE_S),  # nothing measured: the floor
+        ([0.001] * 64, LATE_S),  # on time
+        ([0.001] * 60 + [0.04] * 4, 0.04),  # 1 in 16 late by 40 ms: the 95th percentile
+        ([0.001] * 62 + [0.04] * 2, LATE_S),  # 1 in 32: below it
+        ([0.03] * 64, 0.03),  # a busy CPU: every send 30 ms late
+        ([2.0] * 64, MAX_LATE_S),  # stalls are not a margin
+    ],
+)
+def test_lateness_is_the_95th_percentile_of_recent_sends(samples: list[float], late: float) -> None:
+    measured = Lateness()
+    for k, x in enumerate(samples):
+        measured.observe(k * 0.01, x)
+    assert measured.late(1.0) == pytest.approx(late)
+    # ... and old samples leave: on-time sends bring it back down within LATENESS_AGE_S.
+    assert measured.late(1.0 + LATENESS_AGE_S + 0.01) == LATE_S
+
+
+def test_a_measured_lateness_widens_the_interval_and_keeps_a_late_send_in_its_slot() -> None:
+    limits = Limits(1200, None)
+    assert limits.interval(JITTER_S, 0.03) == pytest.approx((1 + JITTER_S + 0.03) / 20, abs=1e-5)
+    _, state = admit(limits, WARM, 0.0, 1, late=0.03)
+    slot = state.next_request
+    wait, state = admit(limits, state, slot + 0.025, 1, late=0.03)  # 25 ms late: slot kept
+    assert wait == 0.0
+    assert state.next_request == pytest.approx(slot + limits.interval(JITTER_S, 0.03), abs=1e-6)
+
+
+def test_slots_are_booked_ahead_within_the_horizon() -> None:
+    limits = Limits(1200, None)
+    wait, booked, state = reserve(limits, WARM, 0.0, 1, ahead=0.1)
+    assert (wait, booked) == (0.0, True)
+    wait, booked, state = reserve(limits, state, 0.0, 1, ahead=0.1)  # the next slot, ~51 ms on
+    assert booked
+    assert wait == pytest.approx(limits.interval(JITTER_S), abs=1e-5)
+    wait, booked, state = reserve(limits, state, 0.0, 1, ahead=0.1)  # past the horizon
+    assert not booked
+    assert wait == pytest.approx(2 * limits.interval(JITTER_S) - 0.1, abs=1e-5)
+    # Booked sends count in the token windows at their own times.
+    tokens = Limits(None, 6000)  # 100 a second
+    _, _, t_state = reserve(tokens, WARM, 0.0, 80, ahead=0.5)
+    wait, booked, _ = reserve(tokens, t_state, 0.0, 80, ahead=0.5)
+    assert not booked
+    assert wait > 0.5
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        BudgetState(next_request=math.nan),
+        BudgetState(paused_until=math.inf),
+        BudgetState(jitter=100.0),
+        BudgetState(jitter=math.nan),
+        BudgetState(jitter=0.0),
+        BudgetState(strikes=-1),
+        BudgetState(sends=((2.0, 1), (1.0, 1))),
+        BudgetState(sends=((math.nan, 1),)),
+        BudgetState(sends=((1.0, -5),)),
+    ],
+)
+def test_a_state_the_rules_could_not_have_written_is_refused(state: BudgetState) -> None:
+    with pytest.raises(ValueError, match=r"\w"):
+        checked_state(state)
+
+
+def test_every_state_the_rules_write_is_accepted() -> None:
+    limits = Limits(1200, 400_000)
+    state = BudgetState()
+    for k in range(300):
+        _, state = admit(limits, state, k * 0.01, 100 + k)
+        if k % 50 == 7:
+            state = throttle(limits, state, k * 0.01, k * 0.01 - 0.1, 3.0)
+        assert checked_state(state) is state
 
 
 def test_a_state_from_before_a_reboot_is_forgotten() -> None:
@@ -278,12 +383,14 @@ def test_a_store_with_its_own_clock_decides_as_the_local_ledger() -> None:
 
     class OtherClock(_Kept):
         def __init__(self, offset: float) -> None:
+            super().__init__()
             self.offset = offset
             self.state = BudgetState()
 
-        def _transact(self, now: float, fn: Any) -> Any:
+        def _transact(self, now: float | None, fn: Any) -> Any:
+            assert now is not None
             out, self.state = fn(self.state, now + self.offset)
-            return out
+            return out, now
 
     def admitted_at(budget: Any) -> list[float]:
         now, times = 50.0, []
@@ -329,10 +436,35 @@ def test_limits_nobody_set_take_what_the_server_advertises_and_set_ones_never_do
     from empirio._core.pace import LimitsInEffect
 
     defaults = LimitsInEffect(50, 2_000_000, "default", "default")
-    assert defaults.adopt({"rpm": 1200}) == LimitsInEffect(1200, 2_000_000, "server", "default")
-    assert defaults.adopt({"rpm": 1200, "tpm": None}) == LimitsInEffect(
-        1200, None, "server", "server"
-    )
+    # Tighter: at once.
+    assert defaults.adopt({"rpm": 20}) == LimitsInEffect(20, 2_000_000, "server", "default")
+    # Looser: only after ADOPT_AFTER answers in a row, and the tightest of them.
+    limits = defaults
+    for said in (1200, 900, 1500):
+        assert (limits.rpm, limits.rpm_source) == (50, "default")
+        limits = limits.adopt({"rpm": said, "tpm": None})
+    assert (limits.rpm, limits.tpm) == (900, None)
+    assert (limits.rpm_source, limits.tpm_source) == ("server", "server")
     assert defaults.adopt({}) == defaults
     chosen = LimitsInEffect(60, None, "set", "set")
     assert chosen.adopt({"rpm": 1200, "tpm": 5_000_000}) == chosen
+    assert not chosen.listening
+
+
+def test_a_server_that_lies_once_is_not_believed_for_ever() -> None:
+    from empirio._core.pace import LimitsInEffect
+
+    limits = LimitsInEffect(50, 2_000_000, "default", "default")
+    once = limits.adopt({"rpm": None, "tpm": None})  # "unlimited" once: not believed
+    assert (once.rpm, once.tpm) == (50, 2_000_000)
+    # Believed after ADOPT_AFTER answers, a huge number is held to the ceiling...
+    for _ in range(ADOPT_AFTER):
+        limits = limits.adopt({"rpm": 1_000_000})
+    assert limits.rpm == RPM_CEILING
+    # ... and the next answer that says less is taken at once: read on every answer.
+    assert limits.adopt({"rpm": 120}).rpm == 120
+    # A looser word interrupted by a tighter one starts counting again.
+    l2 = LimitsInEffect(120, None, "server", "set")
+    l2 = l2.adopt({"rpm": 600}).adopt({"rpm": 600}).adopt({"rpm": 120}).adopt({"rpm": 600})
+    assert l2.rpm == 120
+    assert l2.adopt({"rpm": 0}).rpm == 120  # nonsense is ignored
