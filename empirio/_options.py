@@ -19,7 +19,7 @@ from ._core.config import (
     resolve_rate,
     validate_dimensions,
 )
-from ._core.pace import LimitsInEffect
+from ._core.limits import LimitsInEffect
 from ._core.secret import MASK, URL_OPTIONS, SealedKey, open_sealed, seal_urls
 from .client import EmbeddingClient
 

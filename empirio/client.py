@@ -18,11 +18,12 @@ import httpx
 from pydantic import SecretStr
 
 from ._core.cache_keys import EmbeddingStore
+from ._core.coalesce import joinable
 from ._core.config import FromEnv
 from ._core.driver import Call
 from ._core.errors import InvalidInputError
 from ._core.flow import CallOptions, embed_flow
-from ._core.pace import LimitsInEffect
+from ._core.limits import LimitsInEffect
 from ._core.plan import check_collection, check_texts
 from ._core.result import EmbeddingResult, Usage
 from ._core.secret import SealedKey, open_sealed, seal_urls
@@ -31,6 +32,7 @@ from ._core.tokens import QwenTokenizer
 from ._core.types import InstructionMode, Kind, Output, Overflow, ShareBudget
 from ._io.aio import AsyncShell
 from ._io.cache import EmbeddingCache, open_cache
+from ._io.coalesce import Coalescer
 from ._io.http import Transport
 from ._io.planning import Planner
 from ._io.session import Session
@@ -120,6 +122,17 @@ class EmbeddingClient:
             process), ``"client"`` (this client alone), or ``"redis://[:password@]host:port/db"``
             (every process on every host using that Redis; needs ``empirio[redis]``). Default:
             ``EMPIRIOLABS_SHARE_BUDGET``, else ``"machine"``.
+        coalesce: send small calls that arrive together (fewer texts than a request holds,
+            within a few milliseconds, or while the account's next slot is still ahead) as one
+            call, each caller getting its own rows and its own errors: 50 concurrent
+            ``aembed_query`` calls at 50 requests a minute take 5 requests, not 50. Queries and
+            documents never share a request. A merged call's ``usage`` is reported by the
+            first caller's result; ``client.usage`` counts everything.
+        account: a name for the account whose limits this key shares (the limits belong to
+            the account, not to a key): clients of every key that names the same account at
+            the same endpoint pace as one, in ``share_budget``'s scope. Default:
+            ``EMPIRIOLABS_ACCOUNT``, else each key is its own account. Only a hash of it is
+            kept in the budget's file or Redis key.
         cache: a persistent embedding cache: a file path (a SQLite file, made if missing, safe
             to share between threads, processes, both framework adapters and the CLI), a
             ``redis://[:password@]host:port/db`` URL (one cache for every host; needs
@@ -149,6 +162,8 @@ class EmbeddingClient:
     show_progress: _Fixed[bool] = _Fixed()
     allow_insecure: _Fixed[bool] = _Fixed()
     share_budget: _Fixed[ShareBudget] = _Fixed()
+    account: _Fixed[str | None] = _Fixed()
+    coalesce: _Fixed[bool] = _Fixed()
 
     def __init__(
         self,
@@ -174,6 +189,8 @@ class EmbeddingClient:
         async_http_client: httpx.AsyncClient | None = DEFAULTS["async_http_client"],
         share_views: bool = DEFAULTS["share_views"],
         share_budget: ShareBudget | None = DEFAULTS["share_budget"],
+        coalesce: bool = DEFAULTS["coalesce"],
+        account: str | None = DEFAULTS["account"],
         cache: str | os.PathLike[str] | EmbeddingStore | None = DEFAULTS["cache"],
     ) -> None:
         config = ClientConfig.build(
@@ -196,6 +213,8 @@ class EmbeddingClient:
             allow_insecure=allow_insecure,
             share_views=share_views,
             share_budget=share_budget,
+            account=account,
+            coalesce=coalesce,
         )
         self._cache_arg = cache  # what a copy opens again (a path, a URL or a store)
         self._cache, self._own_store = open_cache(cache)
@@ -204,6 +223,7 @@ class EmbeddingClient:
         self._planner = Planner(self._session, self._transport.headers)
         self._sync = SyncShell(self._session, self._planner, self._transport)
         self._async = AsyncShell(self._session, self._planner, self._transport)
+        self._coalescer = Coalescer(self._session.next_slot_in)
         _CLIENTS.add(self)
 
     # ------------------------------------------------------------------ copies
@@ -305,8 +325,31 @@ class EmbeddingClient:
             APIError: a request failed for good (its ``inputs`` name the texts concerned).
         """
         options = CallOptions(kind, output, show_progress, on_progress)
+        if self._joins(texts, options):
+            return self._coalescer.call(list(texts), options, self._embed_alone)
+        return self._embed_alone(texts, options)
+
+    def _embed_alone(self, texts: Sequence[str], options: CallOptions) -> EmbeddingResult:
         result: EmbeddingResult = self._sync.run(embed_flow(self._session, texts, options))
         return result
+
+    async def _aembed_alone(self, texts: Sequence[str], options: CallOptions) -> EmbeddingResult:
+        result: EmbeddingResult = await self._async.run(embed_flow(self._session, texts, options))
+        return result
+
+    def _joins(self, texts: Sequence[str], options: CallOptions) -> bool:
+        """Whether this call is merged with others arriving together (``coalesce``); its own
+        input is checked first, so that a bad text fails its caller alone."""
+        if not self._session.config.coalesce or not isinstance(texts, list | tuple):
+            return False
+        progress = bool(options.show_progress) or options.on_progress is not None
+        if not joinable(
+            len(texts), self._session.batch_limit.size, progress=progress, as_lists=False
+        ):
+            return False
+        check_texts(texts)
+        self._session.check_call(options.kind, options.output)
+        return True
 
     async def aembed(
         self,
@@ -319,8 +362,9 @@ class EmbeddingClient:
     ) -> EmbeddingResult:
         """:meth:`embed`, natively async: requests run as tasks on the running loop."""
         options = CallOptions(kind, output, show_progress, on_progress)
-        result: EmbeddingResult = await self._async.run(embed_flow(self._session, texts, options))
-        return result
+        if self._joins(texts, options):
+            return await self._coalescer.acall(list(texts), options, self._aembed_alone)
+        return await self._aembed_alone(texts, options)
 
     def embed_as_lists(
         self,
@@ -435,6 +479,7 @@ class EmbeddingClient:
         self._planner.after_fork()
         self._transport.after_fork()
         self._sync.after_fork()
+        self._coalescer = Coalescer(self._session.next_slot_in)  # the parent's calls are not ours
         if self._cache is not None:
             self._cache.after_fork()
 

@@ -116,6 +116,12 @@ class EmpirioSettings(ClientFields):
     or every host through ``"redis://[:password@]host:port/db"``; default
     ``EMPIRIOLABS_SHARE_BUDGET``, else the machine. A password in it is kept out of ``repr``,
     pickles and ``dumps`` (written as a reference to ``EMPIRIOLABS_SHARE_BUDGET``)."""
+    coalesce: bool = DEFAULTS["coalesce"]
+    """Send small calls that arrive together (concurrent ``embed_query``/``aembed_query``) in
+    shared requests of up to 10, each caller getting its own vector and errors."""
+    account: str | None = DEFAULTS["account"]
+    """A name for the account whose limits this key shares: keys naming one account pace as
+    one (default ``EMPIRIOLABS_ACCOUNT``, else each key is its own account)."""
     cache: Any = Field(default=None, exclude=True, repr=False)
     """A persistent embedding cache shared with the core and the CLI: a file path (SQLite), a
     ``"redis://[:password@]host:port/db"`` URL (one cache for every host), or any byte store

@@ -106,6 +106,10 @@ class EmpirioFields(ClientFields):
     share_budget: str | None = Field(
         exclude=True, default=DEFAULTS["share_budget"], repr=False, description=_doc("share_budget")
     )
+    coalesce: bool = Field(exclude=True, default=DEFAULTS["coalesce"], description=_doc("coalesce"))
+    account: str | None = Field(
+        exclude=True, default=DEFAULTS["account"], description=_doc("account")
+    )
     cache: Any = Field(
         default=None,
         exclude=True,

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from .types import BUDGET_SCOPES, ShareBudget
 
 __all__ = [
+    "ACCOUNT_ENV",
     "ALLOWED_DIMENSIONS",
     "API_BASE_ENV",
     "API_KEY_ENV",
@@ -35,6 +36,7 @@ __all__ = [
     "is_loopback_url",
     "is_redis_url",
     "package_version",
+    "resolve_account",
     "resolve_api_key",
     "resolve_base_url",
     "resolve_rate",
@@ -54,6 +56,9 @@ TPM_ENV = "EMPIRIOLABS_TPM"
 #: Sets ``share_budget`` for every client that is not given one (Ray actors, Spark executors
 #: and gunicorn workers inherit it).
 SHARE_BUDGET_ENV = "EMPIRIOLABS_SHARE_BUDGET"
+#: Names the account whose limits a key shares (``account=``): keys naming one account pace as
+#: one, on the machine and on Redis.
+ACCOUNT_ENV = "EMPIRIOLABS_ACCOUNT"
 
 ALLOWED_DIMENSIONS: tuple[int, ...] = (64, 128, 256, 512, 768, 1024, 1536, 2048)
 DEFAULT_DIMENSIONS = 1024
@@ -201,6 +206,20 @@ def resolve_rate(
 def is_redis_url(value: object) -> bool:
     """Whether ``value`` names a Redis budget (``redis://`` or ``rediss://``)."""
     return isinstance(value, str) and value.lower().startswith(("redis://", "rediss://"))
+
+
+def resolve_account(value: object, env: Mapping[str, str] | None = None) -> str | None:
+    """``account`` as given, or from ``EMPIRIOLABS_ACCOUNT``; ``None`` (each key its own
+    account) when neither says. ``ValueError`` for anything but a non-blank string."""
+    if value is None:
+        value = (os.environ if env is None else env).get(ACCOUNT_ENV, "").strip() or None
+        if value is None:
+            return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(
+            f"account must be a non-empty name shared by the keys of one account; got {value!r}"
+        )
+    return value.strip()
 
 
 def resolve_share_budget(value: object) -> ShareBudget:

@@ -25,7 +25,9 @@ clock. What it decides:
   batch limit splits the request and lowers the limit for the client's life; a 413 halves it.
   408/409/429/5xx and lost connections are retried with backoff (429 also pauses every send and
   holds the account's senders and halves concurrency); 429s are retried for at least
-  :data:`~empirio._core.retry.THROTTLE_WINDOW_S` however many retries that takes. Anything else is
+  :data:`~empirio._core.retry.THROTTLE_WINDOW_S` however many retries that takes, unless the
+  server asks for a wait longer than :data:`~empirio._core.retry.MAX_RETRY_AFTER`: then the
+  call fails at once. Anything else is
   fatal: :attr:`failed` is set, nothing more is sent, and the shell raises it once the requests
   already in flight have ended (their results are kept).
 """
@@ -46,7 +48,7 @@ from .errors import (
 )
 from .pace import Budget, Concurrency, Grant, Limits
 from .plan import PlannedRequest
-from .retry import RetryPolicy, is_retryable
+from .retry import MAX_RETRY_AFTER, RetryPolicy, is_retryable, waits_too_long
 
 __all__ = ["SLOT_POLL_S", "Attempt", "BatchLimit", "Completion", "Engine", "Step"]
 
@@ -290,6 +292,18 @@ class Engine:
                 return Completion()
         throttled = isinstance(outcome, APIStatusError) and outcome.status_code == 429
         retryable = is_retryable(outcome, attempt.retries)
+        if (
+            isinstance(outcome, APIStatusError)
+            and retryable
+            and waits_too_long(outcome.retry_after)
+        ):
+            # Hours of capped retries help nobody: fail now, saying what the server asked.
+            retryable = False
+            outcome.message = (
+                f"{outcome.message} (the service asks to wait {outcome.retry_after:,.0f} s before "
+                f"retrying, more than the {MAX_RETRY_AFTER:.0f} s a retry waits: not retried; "
+                "see retry_after)"
+            )
         elapsed = now - attempt.first_sent_at
         if retryable and not self.policy.gives_up(
             attempt.retries, throttled=throttled, elapsed=elapsed

@@ -54,14 +54,10 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from .types import LimitSource
-
 __all__ = [
-    "ADOPT_AFTER",
     "AUTO_CEILING",
     "COLD_JITTER_S",
     "COLD_S",
@@ -75,16 +71,12 @@ __all__ = [
     "MAX_JITTER_S",
     "MAX_LATE_S",
     "MINUTE_S",
-    "RPM_CEILING",
-    "TPM_CEILING",
     "Budget",
     "BudgetState",
     "Concurrency",
     "Grant",
     "Lateness",
-    "LimitSource",
     "Limits",
-    "LimitsInEffect",
     "admit",
     "ahead_for",
     "checked_state",
@@ -110,12 +102,6 @@ LATENESS_AGE_S = 10.0
 HALF_LIFE_S = 2.0
 #: The furthest ahead a slot is reserved, in seconds (see :func:`ahead_for`).
 MAX_AHEAD_S = 1.0
-#: A looser limit advertised by a server is adopted once this many answers in a row say so.
-ADOPT_AFTER = 3
-#: The most an advertised limit is believed, per minute: requests, tokens (a number above is
-#: taken as this; "unlimited" needs :data:`ADOPT_AFTER` answers in a row).
-RPM_CEILING = 60_000.0
-TPM_CEILING = 1e10
 #: Extra jitter tolerated while connections are being opened, in seconds.
 COLD_JITTER_S = 0.1
 #: How long a start counts as cold, in seconds.
@@ -128,94 +114,6 @@ MAX_JITTER_S = 0.5
 MINUTE_S = 61.0
 #: A little more than nothing, so that boundary cases fall on the safe side of a half-open window.
 _EPS = 1e-6
-
-
-@dataclass(frozen=True, slots=True)
-class LimitsInEffect:
-    """The limits a client paces to now, and where each came from (see :data:`LimitSource`).
-
-    ``str()`` says it in a sentence, e.g. ``50 requests and 2,000,000 tokens a minute (the
-    defaults, until the server advertises its own)``.
-    """
-
-    rpm: float | None
-    tpm: float | None
-    rpm_source: LimitSource
-    tpm_source: LimitSource
-    #: Answers in a row that advertised a looser limit than the one in effect, and the tightest
-    #: of them (``math.inf``: unlimited), per limit.
-    rpm_looser: tuple[int, float] = (0, math.inf)
-    tpm_looser: tuple[int, float] = (0, math.inf)
-
-    @property
-    def listening(self) -> bool:
-        """Whether a server's advertised limits may still change these (a limit set as an
-        argument or in the environment never does)."""
-        return self.rpm_source != "set" or self.tpm_source != "set"
-
-    def adopt(self, advertised: Mapping[str, float | None]) -> LimitsInEffect:
-        """These limits once a server has advertised ``advertised`` in one answer (``rpm``/``tpm``
-        per minute, ``None`` for unlimited; see :func:`~empirio._core.decode.advertised_limits`).
-
-        A limit given as an argument or in the environment (``"set"``) never changes. One nobody
-        set follows the server, read on every answer, but is not taken at its word: a
-        **tighter** limit is adopted at once (pacing below the account costs time, overrunning
-        it costs 429s); a **looser** one only once :data:`ADOPT_AFTER` answers in a row say so
-        (the tightest of them), never above :data:`RPM_CEILING`/:data:`TPM_CEILING`, and
-        "unlimited" likewise only after :data:`ADOPT_AFTER` answers in a row. What is not
-        advertised stays as it is.
-        """
-        rpm, rpm_source, rpm_looser = _revise(
-            self.rpm, self.rpm_source, self.rpm_looser, advertised, "rpm", RPM_CEILING
-        )
-        tpm, tpm_source, tpm_looser = _revise(
-            self.tpm, self.tpm_source, self.tpm_looser, advertised, "tpm", TPM_CEILING
-        )
-        return LimitsInEffect(rpm, tpm, rpm_source, tpm_source, rpm_looser, tpm_looser)
-
-    def __str__(self) -> str:
-        def rate(value: float | None, unit: str) -> str:
-            return f"no {unit} limit" if value is None else f"{value:,.0f} {unit}s"
-
-        sources = {self.rpm_source, self.tpm_source}
-        why = {
-            "set": "as set",
-            "default": "the defaults, until the server advertises its own",
-            "server": "as the server advertises",
-        }
-        said = "; ".join(
-            f"{name} {why[src]}"
-            for name, src in (("rpm", self.rpm_source), ("tpm", self.tpm_source))
-        )
-        return (
-            f"{rate(self.rpm, 'request')} and {rate(self.tpm, 'token')} a minute "
-            f"({why[next(iter(sources))] if len(sources) == 1 else said})"
-        )
-
-
-def _revise(
-    value: float | None,
-    source: LimitSource,
-    looser: tuple[int, float],
-    advertised: Mapping[str, float | None],
-    name: str,
-    ceiling: float,
-) -> tuple[float | None, LimitSource, tuple[int, float]]:
-    """One limit of :meth:`LimitsInEffect.adopt`: ``(value, source, looser streak)``."""
-    if source == "set" or name not in advertised:
-        return value, source, looser
-    said = advertised[name]
-    said_f = math.inf if said is None else min(float(said), ceiling)
-    now_f = math.inf if value is None else value
-    if not (said_f > 0):  # nothing sensible (a 0, a NaN): ignored
-        return value, source, looser
-    if said_f <= now_f:  # tighter (or the same): at once
-        return (None if said_f == math.inf else said_f), "server", (0, math.inf)
-    count, least = looser
-    count, least = count + 1, min(least, said_f)
-    if count < ADOPT_AFTER:
-        return value, source, (count, least)
-    return (None if least == math.inf else least), "server", (0, math.inf)
 
 
 @dataclass(frozen=True, slots=True)
@@ -656,6 +554,9 @@ class Budget(Protocol):
     def reserve(self, limits: Limits, tokens: int) -> Grant:
         """Book a slot for a send of ``tokens``, now or a little ahead (a blocking budget,
         asked outside every lock; it reads the clock itself, in the store's transaction)."""
+
+    def free_at(self) -> float:
+        """No request goes before this, as far as this process knows (monotonic seconds)."""
 
     def note_sent(self, limits: Limits, admitted_at: float, now: float) -> bool:
         """Measure a send that left at ``now`` for a slot at ``admitted_at`` (in memory, at

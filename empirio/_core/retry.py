@@ -6,6 +6,9 @@ spreads clients apart, and the 0.75 floor keeps the wait from collapsing to noth
 that says how long to wait (``retry-after-ms`` or ``Retry-After``, up to 120 s) is obeyed instead,
 but never below half the backoff, at most :data:`MAX_FLOOR_S` (a ``Retry-After: 0`` must not
 turn retries into a request loop: 33,242 requests in 75 s for one text, before this floor).
+A server that asks for more than :data:`MAX_RETRY_AFTER` is not waited for at all: the call
+fails at once (:func:`waits_too_long`) with the server's value in the error, instead of
+holding the caller for hours in capped retries.
 
 Retries are bounded by count and, for 429s, by time as well: the service counts its limits over
 a 60 s window, so a request refused for rate keeps being retried for at least
@@ -38,10 +41,11 @@ __all__ = [
     "is_retryable_status",
     "parse_retry_after",
     "transport_error",
+    "waits_too_long",
 ]
 
-#: The longest server-requested wait we honour, in seconds; longer requests are capped.
-MAX_RETRY_AFTER = 120.0
+#: The longest server-requested wait we honour, in seconds; a longer one fails the call at once.
+MAX_RETRY_AFTER = 60.0
 #: How long a request refused with 429 is retried at least, in seconds from its first attempt:
 #: the service's 60 s window, one second of slack, and one backoff step at the cap.
 THROTTLE_WINDOW_S = 75.0
@@ -62,7 +66,8 @@ def parse_retry_after(headers: Mapping[str, str], now_epoch: float) -> float | N
         now_epoch: the current Unix time in seconds, for HTTP-date values.
 
     Returns:
-        The wait in seconds, clamped to ``[0, 120]``, or ``None`` when absent or unreadable.
+        The wait in seconds (at least 0, as the server said it: see :func:`waits_too_long`),
+        or ``None`` when absent or unreadable.
     """
     value: float | None = None
     ms = headers.get("retry-after-ms")
@@ -83,7 +88,13 @@ def parse_retry_after(headers: Mapping[str, str], now_epoch: float) -> float | N
             value = when.timestamp() - now_epoch
     if value is None or value != value:  # NaN
         return None
-    return min(max(value, 0.0), MAX_RETRY_AFTER)
+    return max(value, 0.0)
+
+
+def waits_too_long(retry_after: float | None) -> bool:
+    """Whether a server asks for a longer wait than we give a retry (:data:`MAX_RETRY_AFTER`):
+    such a call fails at once, carrying the server's value."""
+    return retry_after is not None and retry_after > MAX_RETRY_AFTER
 
 
 @dataclass(frozen=True, slots=True)

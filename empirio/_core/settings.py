@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import SecretStr
 
 from .config import (
+    ACCOUNT_ENV,
     API_BASE_ENV,
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -35,6 +36,7 @@ from .config import (
     TPM_ENV,
     FromEnv,
     is_loopback_url,
+    resolve_account,
     resolve_api_key,
     resolve_base_url,
     resolve_rate,
@@ -188,6 +190,19 @@ SETTINGS: tuple[Setting, ...] = (
         '`"machine"`',
     ),
     Setting(
+        "coalesce",
+        True,
+        "small calls arriving together (concurrent `embed_query`s) share requests of up to 10",
+    ),
+    Setting(
+        "account",
+        None,
+        "a name for the account whose limits this key shares: keys naming one account pace "
+        "together (default: each key is its own account)",
+        (ACCOUNT_ENV,),
+        shown="the key",
+    ),
+    Setting(
         "cache",
         None,
         "a persistent cache: a path, a redis:// URL, or a store with mget/mset",
@@ -276,6 +291,8 @@ class ClientConfig:
     allow_insecure: bool
     share_views: bool
     share_budget: ShareBudget
+    account: str | None = None
+    coalesce: bool = True
 
     @classmethod
     def build(
@@ -300,6 +317,8 @@ class ClientConfig:
         allow_insecure: bool,
         share_views: bool,
         share_budget: ShareBudget | None,
+        account: str | None = None,
+        coalesce: bool = True,
         environ: Mapping[str, str] | None = None,
     ) -> ClientConfig:
         """Check every setting and resolve those the environment gives (``environ``, default
@@ -376,6 +395,7 @@ class ClientConfig:
             check_choice(name, value, error=ConfigurationError)
         try:
             share = resolve_share_budget(share_budget)
+            account = resolve_account(account, env)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
         return cls(
@@ -400,6 +420,8 @@ class ClientConfig:
             allow_insecure=allow_insecure,
             share_views=share_views,
             share_budget=share,
+            account=account,
+            coalesce=bool(coalesce),
         )
 
     def options(self) -> dict[str, Any]:

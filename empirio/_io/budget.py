@@ -155,6 +155,10 @@ class _Kept:
                 )
             return BudgetState()
 
+    def free_at(self) -> float:
+        """No request goes before this, as far as this process knows (monotonic seconds)."""
+        return self._floor
+
     def late(self, now: float) -> float:
         """How late this process's sends are measured to leave (see ``Lateness``), in s."""
         with self._measure_lock:

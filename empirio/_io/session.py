@@ -33,7 +33,8 @@ from .._core.errors import (
     UnsupportedFeatureError,
 )
 from .._core.flow import PIPELINE_MIN, CallOptions
-from .._core.pace import AUTO_CEILING, Budget, Concurrency, Limits, LimitsInEffect
+from .._core.limits import LimitsInEffect
+from .._core.pace import AUTO_CEILING, Budget, Concurrency, Limits
 from .._core.plan import SegmentPlan
 from .._core.result import EmbeddingResult, UsageMeter
 from .._core.retry import RetryPolicy
@@ -76,7 +77,7 @@ class Session:
         # An unpaced client needs no shared file: its budget only carries 429 pauses.
         key = config.api_key.get_secret_value()
         self.budget: Budget = (
-            budget_for(config.share_budget, config.base_url, key)
+            budget_for(config.share_budget, config.base_url, key, config.account)
             if self.limits.paced
             else LocalBudget()
         )
@@ -143,6 +144,11 @@ class Session:
         with self.lock:
             if self.views is None and not self.no_sparse:
                 self.views = ViewCache()
+
+    def next_slot_in(self) -> float:
+        """Seconds until the account's budget may next admit a request (0 if it may now), as
+        far as this process knows."""
+        return max(0.0, self.budget.free_at() - time.monotonic())
 
     def limits_in_effect(self) -> LimitsInEffect:
         return self.in_effect

@@ -15,7 +15,7 @@ import logging
 import random
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,6 +150,19 @@ class EmulatorStats:
     max_inputs_per_request: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    #: the most requests that arrived within any one second (refused ones too): what the
+    #: service's per-second rule sees of a client's pacing
+    max_per_second: int = 0
+    _recent: deque[float] = field(default_factory=deque)
+
+    def arrived(self, now: float) -> None:
+        """Count an arrival at ``now`` (monotonic seconds)."""
+        self.requests += 1
+        recent = self._recent
+        recent.append(now)
+        while recent[0] <= now - 1.0:
+            recent.popleft()
+        self.max_per_second = max(self.max_per_second, len(recent))
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -161,6 +174,7 @@ class EmulatorStats:
             "delivered": dict(self.delivered),
             "max_inputs_per_request": self.max_inputs_per_request,
             "max_in_flight": self.max_in_flight,
+            "max_per_second": self.max_per_second,
         }
 
 
@@ -277,7 +291,7 @@ class EmulatorApp:
         # The account's limits are counted where the service counts them: at its gateway, as
         # the request arrives, before the model's time (``latency_ms``) is spent on it.
         arrived = time.monotonic()
-        stats.requests += 1
+        stats.arrived(arrived)
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:

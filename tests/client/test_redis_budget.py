@@ -7,7 +7,9 @@ and per second. ``.ci/run`` installs Debian's redis-server when it is missing.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import math
 import os
 import pickle
 import shutil
@@ -23,8 +25,11 @@ from typing import Any
 import pytest
 
 from empirio import BudgetError, ConfigurationError, EmbeddingClient
+from empirio._core.pace import BudgetState, checked_state
+from empirio._io.budget import _pack, _unpack, account_id
 
 from ..conftest import FEW_429S, assert_few_429s, stats
+from ..netem import latency_proxy
 
 REDIS = shutil.which("redis-server")
 PASSWORD = "redis-pass-never-shown-0123456789"
@@ -237,6 +242,113 @@ def test_a_missing_extra_is_one_line(tmp_path: Path, emulator_url: str) -> None:
         [sys.executable, str(script), emulator_url], capture_output=True, text=True, timeout=60
     )
     assert "pip install 'empirio[redis]'" in out.stdout, out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------------- a Redis far away
+
+
+def test_a_redis_20_ms_away_paces_on_schedule_not_in_bursts(
+    emulator_process: Any, redis_server: Redis
+) -> None:
+    """A budget store slower than the pacing interval (two round trips of 20 ms against 50 ms
+    at 1,200 RPM): each request is booked ahead and leaves at its own slot. Before, the sends
+    granted during a chain of slow transactions left together: 40 within 20 ms, 192 429s."""
+    url = emulator_process("--rpm", "1200", "--tpm", "100000000", "--latency-ms", "300")
+    with latency_proxy(f"127.0.0.1:{redis_server.port}", 20) as far:
+        budget = f"redis://:{PASSWORD}@{far}/0"
+        c = EmbeddingClient(
+            api_key="far", base_url=url, rpm=1200, tpm=100_000_000, share_budget=budget
+        )
+        rows = c.embed([f"far away text {i}" for i in range(1200)])
+    assert len(rows) == 1200
+    s = stats(url)
+    assert s["max_per_second"] <= 20, s  # RPM / 60, counted where the service counts
+    assert_few_429s(s)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        _pack(BudgetState(next_request=math.nan)),  # pacing off for good, before
+        _pack(BudgetState(jitter=100.0)),  # one request a minute for hours, before
+        b"\xde\xad" * 32,  # 64 bytes of garbage
+    ],
+    ids=["nan", "huge-margin", "garbage"],
+)
+def test_a_bad_value_in_the_redis_budget_is_replaced_with_one_warning(
+    value: bytes,
+    emulator_process: Any,
+    redis_server: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import redis
+
+    url = emulator_process("--rpm", "600", "--tpm", "100000000")
+    key = f"empirio:budget:{account_id(url, 'tampered')}"
+    store = redis.Redis.from_url(redis_server.url)
+    store.set(key, value)
+    c = EmbeddingClient(
+        api_key="tampered", base_url=url, rpm=600, tpm=100_000_000, share_budget=redis_server.url
+    )
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="empirio"):
+        c.embed([f"tampered text {i}" for i in range(300)])
+    elapsed = time.monotonic() - start
+    warned = [r.getMessage() for r in caplog.records if "not valid" in r.getMessage()]
+    assert len(warned) == 1, caplog.text
+    assert key in warned[0]
+    assert PASSWORD not in caplog.text
+    assert_few_429s(stats(url))  # paced, not unpaced
+    assert elapsed < 30  # 30 requests at 10 a second: not held for minutes
+    state = _unpack(store.get(key))  # what is there now is a state the rules wrote
+    assert checked_state(state) == state
+
+
+# ---------------------------------------------------------------------- one account, many keys
+
+
+def test_two_keys_naming_one_account_pace_as_one(
+    emulator_process: Any, redis_server: Redis, tmp_path: Path
+) -> None:
+    """Limits belong to the account: keys that name it share one budget (in Redis here, on
+    the machine as well); keys that do not are each their own account (the control)."""
+
+    def run(url: str, account: str | None) -> None:
+        clients = [
+            EmbeddingClient(
+                api_key=f"key-{k}",
+                base_url=url,
+                rpm=600,
+                tpm=100_000_000,
+                share_budget=redis_server.url,
+                account=account,
+            )
+            for k in range(3)
+        ]
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            done = pool.map(
+                lambda c: len(c[1].embed([f"{c[0]} {i}" for i in range(300)])), enumerate(clients)
+            )
+            assert list(done) == [300, 300, 300]
+
+    shared = emulator_process("--rpm", "600", "--tpm", "100000000")
+    run(shared, "acme-prod")
+    assert_few_429s(stats(shared))
+    control = emulator_process("--rpm", "600", "--tpm", "100000000")
+    run(control, None)
+    assert stats(control)["by_status"].get("429", 0) > 2 * FEW_429S
+    assert account_id(shared, "key-0", "acme-prod") == account_id(shared, "key-1", "acme-prod")
+    assert "acme-prod" not in account_id(shared, "key-0", "acme-prod")
+
+
+def test_the_account_setting(monkeypatch: pytest.MonkeyPatch, emulator_url: str) -> None:
+    monkeypatch.setenv("EMPIRIOLABS_ACCOUNT", "team-a")
+    assert EmbeddingClient(api_key="k", base_url=emulator_url).account == "team-a"
+    assert EmbeddingClient(api_key="k", base_url=emulator_url, account="b").account == "b"
+    monkeypatch.delenv("EMPIRIOLABS_ACCOUNT")
+    assert EmbeddingClient(api_key="k", base_url=emulator_url).account is None
+    with pytest.raises(ConfigurationError, match="account must be"):
+        EmbeddingClient(api_key="k", base_url=emulator_url, account="  ")
 
 
 # ---------------------------------------------------------------------- the cache in Redis

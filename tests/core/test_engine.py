@@ -94,6 +94,27 @@ def test_retry_after_is_obeyed_and_429_pauses_everything_and_halves_concurrency(
     assert e.concurrency.allowed == 3
 
 
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_server_asking_for_hours_fails_the_call_at_once_with_its_value(status: int) -> None:
+    e = engine(concurrency=2)
+    e.add([req(0), req(1), req(2)])
+    first, second = e.step(0.0).sends
+    error_type = RateLimitError if status == 429 else InternalServerError
+    refused = error_type("slow down", status_code=status, retry_after=86_400.0)
+    done = e.complete(first, refused, 0.5)
+    assert not done.retried
+    assert e.failed is refused
+    assert refused.retry_after == 86_400.0
+    assert "86,400 s" in str(refused)
+    e.complete(second, ok(second), 0.6)  # what was in flight is still kept
+    assert e.idle  # nothing more is sent, nothing waits
+    # A wait we give (up to MAX_RETRY_AFTER) is still honoured.
+    e2 = engine()
+    e2.add([req(0)])
+    (a,) = e2.step(0.0).sends
+    assert e2.complete(a, error_type("x", status_code=status, retry_after=60.0), 0.1).retried
+
+
 def test_a_lone_429_of_a_paced_account_holds_senders_for_one_interval_only() -> None:
     e = engine(concurrency=4, rpm=600)  # 10 per second: an interval of about 0.1 s
     e.add([req(i) for i in range(4)])

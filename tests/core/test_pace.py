@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from empirio._core.pace import (
-    ADOPT_AFTER,
     COLD_JITTER_S,
     COLD_S,
     HALF_LIFE_S,
@@ -22,7 +21,6 @@ from empirio._core.pace import (
     LATE_S,
     LATENESS_AGE_S,
     MAX_LATE_S,
-    RPM_CEILING,
     BudgetState,
     Concurrency,
     Lateness,
@@ -430,41 +428,3 @@ def test_requests_in_flight_follow_rate_times_latency() -> None:
     )
     assert Concurrency(16, limits=Limits(1200, None)).allowed == 16  # a ceiling the user chose
     assert Concurrency(16).allowed == 16
-
-
-def test_limits_nobody_set_take_what_the_server_advertises_and_set_ones_never_do() -> None:
-    from empirio._core.pace import LimitsInEffect
-
-    defaults = LimitsInEffect(50, 2_000_000, "default", "default")
-    # Tighter: at once.
-    assert defaults.adopt({"rpm": 20}) == LimitsInEffect(20, 2_000_000, "server", "default")
-    # Looser: only after ADOPT_AFTER answers in a row, and the tightest of them.
-    limits = defaults
-    for said in (1200, 900, 1500):
-        assert (limits.rpm, limits.rpm_source) == (50, "default")
-        limits = limits.adopt({"rpm": said, "tpm": None})
-    assert (limits.rpm, limits.tpm) == (900, None)
-    assert (limits.rpm_source, limits.tpm_source) == ("server", "server")
-    assert defaults.adopt({}) == defaults
-    chosen = LimitsInEffect(60, None, "set", "set")
-    assert chosen.adopt({"rpm": 1200, "tpm": 5_000_000}) == chosen
-    assert not chosen.listening
-
-
-def test_a_server_that_lies_once_is_not_believed_for_ever() -> None:
-    from empirio._core.pace import LimitsInEffect
-
-    limits = LimitsInEffect(50, 2_000_000, "default", "default")
-    once = limits.adopt({"rpm": None, "tpm": None})  # "unlimited" once: not believed
-    assert (once.rpm, once.tpm) == (50, 2_000_000)
-    # Believed after ADOPT_AFTER answers, a huge number is held to the ceiling...
-    for _ in range(ADOPT_AFTER):
-        limits = limits.adopt({"rpm": 1_000_000})
-    assert limits.rpm == RPM_CEILING
-    # ... and the next answer that says less is taken at once: read on every answer.
-    assert limits.adopt({"rpm": 120}).rpm == 120
-    # A looser word interrupted by a tighter one starts counting again.
-    l2 = LimitsInEffect(120, None, "server", "set")
-    l2 = l2.adopt({"rpm": 600}).adopt({"rpm": 600}).adopt({"rpm": 120}).adopt({"rpm": 600})
-    assert l2.rpm == 120
-    assert l2.adopt({"rpm": 0}).rpm == 120  # nonsense is ignored
