@@ -99,6 +99,7 @@ class Step:
     sends: tuple[Attempt, ...]
     wake_at: float | None
     ask: int | None = None
+    pieces: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,8 +219,21 @@ class Engine:
             self._fresh.appendleft(item)
             self._held_until = grant.retry_at
         else:  # handed over now; the shell holds it until its slot
-            sends.append(self._send(item, now, grant.send_at))
+            sends.append(self._send(self._part(item, grant.part), now, grant.send_at))
         return self._step(now, busy_elsewhere, poll, sends)
+
+    def _part(
+        self, item: tuple[PlannedRequest, int, float | None], k: int
+    ) -> tuple[PlannedRequest, int, float | None]:
+        """``item``, or, when the budget had room for its first ``k`` inputs only (tokens
+        bind), those: the rest goes next."""
+        request, retries, first = item
+        if not 0 < k < len(request):
+            return item
+        head, rest = request.cut(k, self._next_id)
+        self._next_id += 2
+        self._fresh.appendleft((rest, retries, first))
+        return head, retries, first
 
     def _send(
         self, item: tuple[PlannedRequest, int, float | None], now: float, slot: float | None = None
@@ -236,7 +250,8 @@ class Engine:
             return Step(tuple(sends), None)
         wake: float | None = None
         if self._asking is not None:  # sends went first; now the budget is asked again
-            return Step(tuple(sends), None, ask=self._asking[0].tokens)
+            asked = self._asking[0]
+            return Step(tuple(sends), None, ask=asked.tokens, pieces=asked.piece_tokens)
         # In flight follows latency, and a slow answer is a latency too: the oldest attempt
         # out (the first in the dict, which keeps the order they were sent in) says how slow.
         oldest = next(iter(self._in_flight.values()), None)
@@ -255,8 +270,14 @@ class Engine:
                 continue
             if self.budget.blocking:
                 self._asking = item
-                return Step(tuple(sends), wake, ask=request.tokens)
+                return Step(tuple(sends), wake, ask=request.tokens, pieces=request.piece_tokens)
             wait = self.budget.acquire(self.limits, now, request.tokens)
+            if wait > 0 and self.limits.tpm is not None and len(request) > 1:
+                k, part_wait = self.budget.acquire_part(self.limits, now, request.piece_tokens)
+                if k:  # the second's remainder carries the first k now
+                    sends.append(self._send(self._part(item, k), now))
+                    continue
+                wait = min(wait, part_wait)
             if wait > 0:
                 self._fresh.appendleft(item)
                 wake = _earliest(wake, now + wait)

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -81,6 +82,7 @@ __all__ = [
     "ahead_for",
     "checked_state",
     "reserve",
+    "reserve_part",
     "sent",
     "sent_late",
     "succeed",
@@ -271,6 +273,45 @@ def reserve(
     return t - now, True, replace(state, next_request=nxt, sends=sends)
 
 
+def reserve_part(
+    limits: Limits,
+    state: BudgetState,
+    now: float,
+    pieces: Sequence[int],
+    *,
+    ahead: float = 0.0,
+    late: float = LATE_S,
+) -> tuple[float, int, BudgetState]:
+    """Book the leading pieces of a request that the token windows leave room for, when the
+    whole request must wait for tokens while a request could go (tokens bind): a second's
+    remainder carries the head of the next request instead of going unused.
+
+    Args:
+        pieces: the billed tokens of each input of the request, in order.
+
+    Returns:
+        ``(seconds until its slot, number of leading pieces booked, state)``; with 0 pieces
+        booked (the state unchanged), the seconds until a head could be booked (``inf``: the
+        request has a single input, or tokens are not paced).
+    """
+    if limits.tpm is None or len(pieces) < 2:
+        return math.inf, 0, state
+    state = state.settled(now)
+    t = max(now, state.paused_until, state.next_request)
+    t = _token_wait(limits, state, t, pieces[0])  # when the first fits, at a request's slot
+    if t > now + ahead + _EPS:
+        return t - now - ahead, 0, state
+    k, total = 0, 0
+    for n in pieces[:-1]:
+        if _token_wait(limits, state, t, total + n) > t:
+            break
+        k, total = k + 1, total + n
+    wait, booked, new = reserve(limits, state, t, total, late=late)
+    if not booked or k == 0:  # pragma: no cover - the windows were just checked at t
+        return math.inf, 0, state
+    return t - now + wait, k, new
+
+
 def admit(
     limits: Limits, state: BudgetState, now: float, tokens: int, late: float = LATE_S
 ) -> tuple[float, BudgetState]:
@@ -373,11 +414,14 @@ class Grant:
         at: when the decision was made (monotonic seconds).
         send_at: when the request is to be sent (booked), or ``None`` (not booked).
         retry_at: when not booked, when to ask again.
+        part: when only the leading inputs of the request were booked (the token windows had
+            room for them, not for all: :func:`reserve_part`), how many; 0 for all.
     """
 
     at: float
     send_at: float | None
     retry_at: float = 0.0
+    part: int = 0
 
 
 def ahead_for(round_trip: float) -> float:
@@ -551,9 +595,15 @@ class Budget(Protocol):
         """Record a send of ``tokens`` at ``now`` and return 0, or return the seconds to wait
         (a budget in memory, asked by the engine itself)."""
 
-    def reserve(self, limits: Limits, tokens: int) -> Grant:
-        """Book a slot for a send of ``tokens``, now or a little ahead (a blocking budget,
-        asked outside every lock; it reads the clock itself, in the store's transaction)."""
+    def acquire_part(self, limits: Limits, now: float, pieces: Sequence[int]) -> tuple[int, float]:
+        """When :meth:`acquire` said wait: record a send at ``now`` of the leading inputs
+        (``pieces``: their tokens) that fit the token windows now, and return how many, or
+        0 and the seconds until some could go (see :func:`reserve_part`)."""
+
+    def reserve(self, limits: Limits, tokens: int, pieces: Sequence[int] = ()) -> Grant:
+        """Book a slot for a send of ``tokens``, now or a little ahead, or for its leading
+        ``pieces`` if only they fit (a blocking budget, asked outside every lock; it reads the
+        clock itself, in the store's transaction)."""
 
     def free_at(self) -> float:
         """No request goes before this, as far as this process knows (monotonic seconds)."""

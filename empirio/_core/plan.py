@@ -82,6 +82,20 @@ class PlannedRequest:
         """Billed tokens of the whole request, by our count."""
         return sum(self.piece_tokens)
 
+    def cut(self, k: int, first_id: int) -> tuple[PlannedRequest, PlannedRequest]:
+        """The first ``k`` inputs and the rest, as two requests numbered from ``first_id``."""
+        return tuple(  # type: ignore[return-value]
+            PlannedRequest(
+                id=first_id + n,
+                segment=self.segment,
+                pieces=self.pieces[part],
+                texts=self.texts[part],
+                piece_tokens=self.piece_tokens[part],
+                inputs=self.inputs,
+            )
+            for n, part in enumerate((slice(0, k), slice(k, None)))
+        )
+
     def split(self, size: int, first_id: int) -> list[PlannedRequest]:
         """Consecutive parts of at most ``size`` inputs, numbered from ``first_id``."""
         return [

@@ -33,7 +33,7 @@ import time
 import weakref
 from array import array
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -57,6 +57,7 @@ from .._core.pace import (
     ahead_for,
     checked_state,
     reserve,
+    reserve_part,
     sent,
     sent_late,
     succeed,
@@ -176,20 +177,34 @@ class _Kept:
         late = self.late(now)
         return self._apply(now, lambda s, at: admit(limits, s, at, tokens, late))[0]
 
-    def reserve(self, limits: Limits, tokens: int) -> Grant:
+    def acquire_part(self, limits: Limits, now: float, pieces: Sequence[int]) -> tuple[int, float]:
+        late = self.late(now)
+
+        def part(state: BudgetState, at: float) -> tuple[tuple[int, float], BudgetState]:
+            wait, k, new = reserve_part(limits, state, at, pieces, late=late)
+            return ((k, 0.0), new) if k and wait <= 0 else ((0, wait), state)
+
+        return self._apply(now, part)[0]
+
+    def reserve(self, limits: Limits, tokens: int, pieces: Sequence[int] = ()) -> Grant:
         start = time.monotonic()
         ahead = self._ahead
         if start + ahead < self._floor:
             return Grant(start, None, self._floor - ahead)
         late = self.late(start)
 
-        def book(state: BudgetState, at: float) -> tuple[tuple[float, bool], BudgetState]:
+        def book(state: BudgetState, at: float) -> tuple[tuple[float, int], BudgetState]:
             wait, booked, new = reserve(limits, state, at, tokens, ahead=ahead, late=late)
-            return (wait, booked), new
+            if booked:
+                return (wait, -1), new
+            head, k, part = reserve_part(limits, state, at, pieces, ahead=ahead, late=late)
+            return ((head, k), part) if k else ((min(wait, head), 0), new)
 
-        (wait, booked), local = self._apply(None, book)
+        (wait, k), local = self._apply(None, book)
         self._measured(time.monotonic() - start)
-        return Grant(local, local + wait) if booked else Grant(local, None, local + wait)
+        if k == 0:
+            return Grant(local, None, local + wait)
+        return Grant(local, local + wait, part=max(k, 0))
 
     def _measured(self, round_trip: float) -> None:
         """Note a transaction's duration; book as far ahead as their 90th percentile needs."""

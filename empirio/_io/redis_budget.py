@@ -39,7 +39,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -164,10 +164,10 @@ class RedisBudget(_Kept):
             lambda local: local.acquire(self._share(limits), now, tokens),
         )
 
-    def reserve(self, limits: Limits, tokens: int) -> Grant:
+    def reserve(self, limits: Limits, tokens: int, pieces: Sequence[int] = ()) -> Grant:
         return self._either(
-            lambda: super(RedisBudget, self).reserve(limits, tokens),
-            lambda local: local.reserve(self._share(limits), tokens),
+            lambda: super(RedisBudget, self).reserve(limits, tokens, pieces),
+            lambda local: local.reserve(self._share(limits), tokens, pieces),
         )
 
     def sent(self, limits: Limits, admitted_at: float, now: float) -> None:

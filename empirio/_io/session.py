@@ -251,7 +251,8 @@ class Session:
         # A send granted now leaves before the budget is asked again: one slow transaction
         # must not hold the sends already granted, nor send them together afterwards.
         while step.ask is not None and not sends:
-            ask = functools.partial(self.budget.reserve, driver.engine.limits, step.ask)
+            limits = driver.engine.limits
+            ask = functools.partial(self.budget.reserve, limits, step.ask, step.pieces)
             grant = yield ask
             with self.lock:
                 busy = self._busy_elsewhere(driver, blocked)

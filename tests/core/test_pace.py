@@ -28,6 +28,7 @@ from empirio._core.pace import (
     admit,
     checked_state,
     reserve,
+    reserve_part,
     succeed,
     throttle,
 )
@@ -428,3 +429,51 @@ def test_requests_in_flight_follow_rate_times_latency() -> None:
     )
     assert Concurrency(16, limits=Limits(1200, None)).allowed == 16  # a ceiling the user chose
     assert Concurrency(16).allowed == 16
+
+
+def test_a_seconds_remainder_carries_the_head_of_the_next_request() -> None:
+    limits = Limits(1200, 6000)  # 100 tokens a second
+    _, state = admit(limits, WARM, 0.0, 70)
+    _, booked, _ = reserve(limits, state, 0.1, 60)  # 70 + 60 > 100: the whole must wait
+    assert not booked
+    wait, k, new = reserve_part(limits, state, 0.1, (20, 10, 30))
+    assert (wait, k) == (0.0, 2)  # 20 + 10 fill the second's remaining 30
+    assert new.sends[-1] == (0.1, 30)
+    wait, k, _ = reserve_part(limits, state, 0.1, (40, 10))  # not even the first fits...
+    assert k == 0
+    assert wait == pytest.approx(1 + JITTER_S - 0.1, abs=1e-5)  # ... until the 70 have left
+    assert reserve_part(limits, state, 0.1, (20,))[:2] == (math.inf, 0)  # nothing to cut
+    assert reserve_part(Limits(1200, None), state, 0.1, (20, 10))[:2] == (math.inf, 0)
+
+
+@pytest.mark.parametrize("rpm", [300, 1200])
+def test_long_texts_use_each_seconds_token_budget(rpm: int) -> None:
+    """~3,000-token texts at 2M tokens a minute: requests of ten (30,000) leave a tenth of each
+    second unused; the remainder carries the head of the next request. Nothing is refused."""
+    limits = Limits(rpm, 2_000_000)
+    rng = random.Random(rpm)
+    queue = [[rng.randint(2_600, 3_200) for _ in range(10)] for _ in range(60)]
+    state, t, sent_at, sizes = WARM, 0.0, [], []
+    while queue:
+        pieces = queue.pop(0)
+        wait, booked, new = reserve(limits, state, t, sum(pieces))
+        k = 0
+        if not booked:
+            head, k, part = reserve_part(limits, state, t, pieces)
+            if k:
+                queue.insert(0, pieces[k:])
+                pieces, wait, new = pieces[:k], head, part
+            else:
+                wait = min(wait, head)
+        if not booked and not k:
+            queue.insert(0, pieces)
+            t += wait
+            state = new
+            continue
+        state = new
+        sent_at.append(t + wait)
+        sizes.append(sum(pieces))
+    total = sum(sizes)
+    assert refusals(limits, sizes, sent_at, jitter=JITTER_S * 0.99) == 0
+    bound = total / (2_000_000 / 60)
+    assert bound / sent_at[-1] >= 0.92  # requests of ten alone: 0.87
