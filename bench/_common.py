@@ -5,12 +5,21 @@ from __future__ import annotations
 import contextlib
 import platform
 import random
+import shutil
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 
-__all__ = ["emulator_process", "machine_line", "markdown_table", "synthetic_corpus"]
+__all__ = [
+    "emulator_process",
+    "machine_line",
+    "markdown_table",
+    "pinned",
+    "redis_server",
+    "synthetic_corpus",
+]
 
 _WORDS = (
     "embedding retrieval vector search model token batch index query document language "
@@ -21,10 +30,11 @@ _WORDS = (
 
 
 @contextlib.contextmanager
-def emulator_process(*flags: str) -> Iterator[str]:
-    """Run ``empirio serve`` in a separate process (its own GIL); yield its base URL."""
+def emulator_process(*flags: str, cpu: int | None = None) -> Iterator[str]:
+    """Run ``empirio serve`` in a separate process (its own GIL), pinned to ``cpu`` if given;
+    yield its base URL."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "empirio", "serve", "--port", "0", *flags],
+        pinned(cpu, [sys.executable, "-m", "empirio", "serve", "--port", "0", *flags]),
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -39,6 +49,38 @@ def emulator_process(*flags: str) -> Iterator[str]:
         proc.wait(timeout=15)
         if proc.stdout:
             proc.stdout.close()
+
+
+def pinned(cpu: int | None, argv: list[str]) -> list[str]:
+    """``argv`` run on ``cpu`` alone (``taskset``), where one is given and taskset exists."""
+    if cpu is None or shutil.which("taskset") is None:
+        return argv
+    return ["taskset", "-c", str(cpu), *argv]
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A ``redis-server`` on a free loopback port (Debian's package); yield its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("needs redis-server: apt-get install redis-server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def synthetic_corpus(

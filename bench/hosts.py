@@ -13,22 +13,18 @@ requests divided by the rate, plus one latency; 429s are counted by the emulator
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
-from _common import emulator_process, machine_line, markdown_table, synthetic_corpus
+from _common import emulator_process, machine_line, markdown_table, redis_server, synthetic_corpus
 
 HERE = Path(__file__).resolve().parent
 KEY = "bench-hosts-key"
@@ -46,30 +42,6 @@ def worker(url: str, budget: str, n: int, seed: int, rpm: int) -> None:
     start = time.perf_counter()
     rows = len(client.embed(texts))
     print(json.dumps({"seconds": time.perf_counter() - start, "rows": rows}), flush=True)
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("needs redis-server: apt-get install redis-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(200):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def run_row(name: str, budget: str, rpm: int, n: int) -> list[object]:

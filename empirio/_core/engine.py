@@ -11,9 +11,10 @@ clock. What it decides:
 
 * Order: retries that are due go first (they hold up the oldest results), then fresh requests in
   plan order.
-* Limits: at most ``Concurrency.allowed`` requests in flight or booked, counting those other
-  calls of the same client have on the wire (the shell says how many: a count derived afresh
-  each time, so a call that dies cannot strand slots), and the account's budget
+* Limits: at most ``Concurrency.allowed`` requests in flight (a request booked ahead is in
+  flight from the moment it is handed over), counting those other calls of the same client
+  have on the wire (the shell says how many: a count derived afresh each time, so a call that
+  dies cannot strand slots), and the account's budget
   (:mod:`empirio._io.budget`, rules in :mod:`empirio._core.pace`). A budget kept in memory is
   asked at once; one kept in a file or on a server (``Budget.blocking``) is asked by the caller,
   outside its locks and off any event loop: :attr:`Step.ask`, :meth:`Engine.answer`,
@@ -41,12 +42,13 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from .concurrency import Concurrency
 from .decode import Decoded, batch_limit_from
 from .errors import (
     APIStatusError,
     EmpirioError,
 )
-from .pace import Budget, Concurrency, Grant, Limits
+from .pace import Budget, Grant, Limits
 from .plan import PlannedRequest
 from .retry import MAX_RETRY_AFTER, RetryPolicy, is_retryable, waits_too_long
 
@@ -241,7 +243,8 @@ class Engine:
         request, retries, first = item
         self._seq += 1
         at = now if slot is None else max(now, slot)
-        attempt = Attempt(self._seq, request, retries, at, at if first is None else first, at)
+        granted = at if slot is None else slot  # a slot already past: its lateness counts
+        attempt = Attempt(self._seq, request, retries, at, at if first is None else first, granted)
         self._in_flight[attempt.seq] = attempt
         return attempt
 

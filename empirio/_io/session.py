@@ -22,6 +22,7 @@ from typing import Any, TypeVar, cast
 
 import httpx
 
+from .._core.concurrency import AUTO_CEILING, Concurrency
 from .._core.decode import Decoded, advertised_limits, decode_error, decode_success
 from .._core.driver import Call, CallDriver
 from .._core.engine import SLOT_POLL_S, Attempt, BatchLimit, Engine
@@ -34,7 +35,7 @@ from .._core.errors import (
 )
 from .._core.flow import PIPELINE_MIN, CallOptions
 from .._core.limits import LimitsInEffect
-from .._core.pace import AUTO_CEILING, Budget, Concurrency, Limits
+from .._core.pace import Budget, Limits
 from .._core.plan import SegmentPlan
 from .._core.result import EmbeddingResult, UsageMeter
 from .._core.retry import RetryPolicy

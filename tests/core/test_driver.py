@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from empirio import AuthenticationError, InvalidInputError
+from empirio._core.concurrency import Concurrency
 from empirio._core.decode import Decoded
 from empirio._core.driver import Call, CallDriver, known_result
 from empirio._core.engine import Attempt, BatchLimit, Engine
-from empirio._core.pace import Concurrency, Limits
+from empirio._core.pace import Limits
 from empirio._core.plan import Known, SegmentPlan, plan_segment, unique_texts
 from empirio._core.result import UsageMeter
 from empirio._core.retry import RetryPolicy

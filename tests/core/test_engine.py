@@ -18,10 +18,11 @@ from empirio import (
     RateLimitError,
     RequestTooLargeError,
 )
+from empirio._core.concurrency import Concurrency
 from empirio._core.decode import Decoded
 from empirio._core.engine import SLOT_POLL_S, Attempt, BatchLimit, Engine
 from empirio._core.errors import EmpirioError
-from empirio._core.pace import Concurrency, Grant, Limits
+from empirio._core.pace import Grant, Limits
 from empirio._core.plan import PlannedRequest
 from empirio._core.retry import RetryPolicy
 from empirio._io.budget import LocalBudget

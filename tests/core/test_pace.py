@@ -22,7 +22,6 @@ from empirio._core.pace import (
     LATENESS_AGE_S,
     MAX_LATE_S,
     BudgetState,
-    Concurrency,
     Lateness,
     Limits,
     admit,
@@ -349,32 +348,6 @@ def test_one_budget_per_account_and_scope(tmp_path: Path, monkeypatch: pytest.Mo
     assert isinstance(budget_for("process", url, "k1"), LocalBudget)
 
 
-def test_concurrency_halves_once_per_burst_and_grows_back() -> None:
-    c = Concurrency(16)
-    assert c.allowed == 16
-    c.on_throttle(sent_at=1.0, now=2.0)
-    assert c.allowed == 8
-    c.on_throttle(sent_at=1.5, now=2.1)  # sent before the cut: same overload
-    assert c.allowed == 8
-    c.on_throttle(sent_at=2.5, now=3.0)
-    assert c.allowed == 4
-    for _ in range(4 + 5 + 6 + 7):
-        c.on_success()
-    assert c.allowed >= 7
-    for _ in range(1000):
-        c.on_success()
-    assert c.allowed == 16
-
-
-def test_concurrency_never_below_one() -> None:
-    c = Concurrency(2)
-    for k in range(10):
-        c.on_throttle(sent_at=float(k), now=float(k))
-    assert c.allowed == 1
-    with pytest.raises(ValueError, match="max_concurrency"):
-        Concurrency(0)
-
-
 def test_a_store_with_its_own_clock_decides_as_the_local_ledger() -> None:
     """One home for the rules, several stores: a store whose clock is far from the caller's
     (Redis's TIME against a host's monotonic clock) makes the same decisions, in durations."""
@@ -406,29 +379,6 @@ def test_a_store_with_its_own_clock_decides_as_the_local_ledger() -> None:
     local = admitted_at(LocalBudget())
     assert admitted_at(OtherClock(1.7e9)) == pytest.approx(local, abs=1e-4)
     assert local[-1] - local[0] > 10  # paced: 300 requests at 20 a second, and a pause
-
-
-def test_requests_in_flight_follow_rate_times_latency() -> None:
-    from empirio._core.pace import AUTO_CEILING, UNPACED_CONCURRENCY
-
-    c = Concurrency(AUTO_CEILING, auto=True, limits=Limits(1200, None))
-    assert c.allowed == 31  # 20/s x 1 s (assumed before any answer) x 1.5 + 1
-    for _ in range(64):
-        c.observe(2.0, 500)
-    assert c.allowed == 61  # 2 s measured
-    c.waiting(4.0)  # the oldest request out is slower still
-    assert c.allowed == 121
-    c.waiting(0.0)
-    c.on_throttle(sent_at=1.0, now=2.0)
-    assert c.allowed == 30  # halved from what was allowed, not from the ceiling
-    tokens = Concurrency(AUTO_CEILING, auto=True, limits=Limits(None, 600_000))
-    tokens.observe(1.0, 1000)  # 10,000 tokens a second / 1,000 a request = 10 requests a second
-    assert tokens.allowed == 16
-    assert Concurrency(AUTO_CEILING, auto=True, limits=Limits(None, None)).allowed == (
-        UNPACED_CONCURRENCY
-    )
-    assert Concurrency(16, limits=Limits(1200, None)).allowed == 16  # a ceiling the user chose
-    assert Concurrency(16).allowed == 16
 
 
 def test_a_seconds_remainder_carries_the_head_of_the_next_request() -> None:
@@ -477,3 +427,45 @@ def test_long_texts_use_each_seconds_token_budget(rpm: int) -> None:
     assert refusals(limits, sizes, sent_at, jitter=JITTER_S * 0.99) == 0
     bound = total / (2_000_000 / 60)
     assert bound / sent_at[-1] >= 0.92  # requests of ten alone: 0.87
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [_pack(BudgetState(next_request=math.nan)), _pack(BudgetState(jitter=100.0)), b"\x07" * 61],
+    ids=["nan", "huge-margin", "garbage"],
+)
+def test_a_tampered_machine_ledger_is_replaced_with_one_warning(
+    tmp_path: Path, blob: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "b.sqlite3"
+    SqliteBudget(path).acquire(Limits(60, None), 0.0, 1)  # made by a first process
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE budget SET state = ? WHERE id = 0", (blob,))
+    budget, limits = SqliteBudget(path), Limits(60, None)
+    assert budget.acquire(limits, 100.0, 1) == 0.0
+    assert budget.acquire(limits, 100.0, 1) > 0.5  # paced again, not off for good
+    assert budget.acquire(limits, 100.0, 1) < 2.0  # nor held for hours
+    warned = [r for r in caplog.records if "not valid" in r.getMessage()]
+    assert len(warned) == 1
+    assert str(path) in warned[0].getMessage()
+
+
+@settings(max_examples=300, deadline=None)
+@given(blob=st.binary(min_size=48, max_size=112))
+def test_no_stored_value_stalls_or_unpaces_the_account(blob: bytes) -> None:
+    """Whatever a shared store holds, a decision is either the rules' own or a fresh start:
+    never a NaN that turns pacing off, never a wait of hours."""
+    import struct
+
+    try:
+        state = checked_state(_unpack(blob))
+    except (ValueError, struct.error):
+        state = BudgetState()
+    limits = Limits(600, 2_000_000)
+    wait, after = admit(limits, state, 1000.0, 100)
+    assert 0.0 <= wait <= 2 * 61 + 120  # at most what settled() still believes
+    if wait == 0.0:
+        wait, _ = admit(limits, after, 1000.0, 100)
+        assert wait > 0  # paced: the next request waits
