@@ -46,7 +46,7 @@ from _common import (
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after PYTHONPATH: a worker imports the empirio it was given
 from tests.netem import latency_proxy  # noqa: E402
 
 KEY = "bench-field-key"

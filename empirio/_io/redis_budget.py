@@ -35,6 +35,7 @@ import functools
 import logging
 import math
 import os
+import random
 import threading
 import time
 import uuid
@@ -64,14 +65,17 @@ _RETRY_S = 3.0
 _SOCKET_S = 2.0
 #: Optimistic tries of one decision before it is given up as contention (and this process
 #: paces alone at its share for a while, as when Redis is lost).
-_TRIES = 6
+_TRIES = 12
 #: Write the state only if it is still the one read (ARGV[1], empty for none), and beat this
-#: process's heartbeat into the members' set; returns {written, members or -1}. A generic
-#: compare-and-set: every rule stays in empirio._core.pace.
+#: process's heartbeat into the members' set. Returns {written, members or -1}, and when not
+#: written the state another process wrote meanwhile and Redis's clock, so that the decision
+#: is made again without another read. A generic compare-and-set: every rule stays in
+#: empirio._core.pace. (TIME comes last: no write may follow it in a script on Redis < 7.)
 _CAS = """
 local ok = 1
+local cur = false
 if ARGV[2] ~= '' then
-  local cur = redis.call('GET', KEYS[1])
+  cur = redis.call('GET', KEYS[1])
   if (cur or '') ~= ARGV[1] then
     ok = 0
   else
@@ -85,7 +89,11 @@ if ARGV[4] ~= '' then
   redis.call('EXPIRE', KEYS[2], ARGV[3])
   n = redis.call('ZCARD', KEYS[2])
 end
-return {ok, n}
+if ok == 1 then
+  return {1, n}
+end
+local t = redis.call('TIME')
+return {0, n, cur or '', t[1], t[2]}
 """
 
 
@@ -141,6 +149,8 @@ class RedisBudget(_Kept):
         self._lock = threading.Lock()
         self._client: Any = None
         self._cas: Any = None
+        #: decisions made again because another process wrote first (for benchmarks)
+        self.conflicts = 0
         self._reached = False
         self._fallback: LocalBudget | None = None  # while Redis is away
         self._retry_at = -math.inf
@@ -195,15 +205,15 @@ class RedisBudget(_Kept):
     ) -> tuple[_T, float]:
         client = self._connection()
         where = f"{self.display} (key {self._key})"
+        start = time.monotonic()
+        with client.pipeline(transaction=False) as pipe:
+            pipe.get(self._key)
+            pipe.time()
+            blob, (seconds, micros) = pipe.execute()
+        # Redis read its clock about halfway through the round trip.
+        local = (start + time.monotonic()) / 2 if now is None else now
+        at = seconds + micros / 1e6
         for _ in range(_TRIES):
-            start = time.monotonic()
-            with client.pipeline(transaction=False) as pipe:
-                pipe.get(self._key)
-                pipe.time()
-                blob, (seconds, micros) = pipe.execute()
-            # Redis read its clock about halfway through the round trip.
-            local = (start + time.monotonic()) / 2 if now is None else now
-            at = seconds + micros / 1e6
             state = (
                 self._checked(functools.partial(_unpack, blob), where) if blob else BudgetState()
             )
@@ -211,7 +221,8 @@ class RedisBudget(_Kept):
             beat = at - self._last_beat >= _BEAT_S
             if new is state and not beat:
                 return out, local
-            written, members = self._cas(
+            start = time.monotonic()
+            reply = self._cas(
                 keys=[self._key, self._members],
                 args=[
                     blob or b"",
@@ -222,11 +233,19 @@ class RedisBudget(_Kept):
                     repr(_MEMBER_S),
                 ],
             )
+            end = time.monotonic()
             if beat:
                 self._last_beat = at
-                self._participants = max(1, int(members))
-            if written:
+                self._participants = max(1, int(reply[1]))
+            if reply[0]:
                 return out, local
+            # Another process wrote first: decide again on what it wrote, at Redis's time now,
+            # after a pause of up to one round trip, so that processes woken together by one
+            # free slot do not collide again in step.
+            blob, at = reply[2] or None, int(reply[3]) + int(reply[4]) / 1e6
+            local = (start + end) / 2 if now is None else now + (end - start)
+            self.conflicts += 1
+            time.sleep(random.uniform(0.0, end - start))
         raise _Contended(f"the budget key was changed by other processes {_TRIES} times in a row")
 
     # ------------------------------------------------------------------ faults
