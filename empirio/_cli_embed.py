@@ -93,6 +93,12 @@ def add_embed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "else machine)",
     )
     p.add_argument(
+        "--account",
+        default=None,
+        help="a name for the account whose limits this key shares: keys naming one account "
+        "pace as one (default EMPIRIOLABS_ACCOUNT, else each key is its own account)",
+    )
+    p.add_argument(
         "--allow-insecure",
         action="store_true",
         help="allow sending the key over plain http:// to a host that is not this machine",
@@ -282,6 +288,7 @@ def _embed_checked(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 max_concurrency=args.max_concurrency,
                 share_budget=args.share_budget,
+                account=args.account,
                 allow_insecure=args.allow_insecure,
                 rpm=rpm,
                 tpm=tpm,
