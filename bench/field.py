@@ -151,16 +151,32 @@ def run_row(row: Row, code: Path, pin: bool) -> dict[str, Any]:
                     ],
                 ),
                 stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
                 env=env,
                 cwd=str(code),
             )
             for k in range(row.processes)
         ]
-        outs = [json.loads(p.communicate(timeout=1800)[0].strip().splitlines()[-1]) for p in procs]
+        outs, failures = [], []
+        for p in procs:
+            out, err = p.communicate(timeout=1800)
+            lines = out.strip().splitlines()
+            if p.returncode == 0 and lines:
+                outs.append(json.loads(lines[-1]))
+            else:  # a process that failed is a result too: say how
+                failures.append((err.strip().splitlines() or ["no output"])[-1][:120])
         wall = time.perf_counter() - start
         stats = httpx.get(url.removesuffix("/v1") + "/_emulator/stats", timeout=10).json()
     requests_needed = sum(-(-row.texts // 10) for _ in range(row.processes))
+    if failures:
+        return {
+            "failed": f"{len(failures)} of {row.processes} failed: {failures[0]}",
+            "429": stats["by_status"].get("429", 0),
+            "requests": stats["requests"],
+            "max_per_second": stats.get("max_per_second", "-"),
+            "wall": wall,
+        }
     tokens = sum(o["tokens"] for o in outs)
     # The first request goes at once: n requests need n - 1 intervals, then one latency.
     bound = max((requests_needed - 1) * 60 / row.rpm, tokens * 60 / row.tpm)
@@ -208,13 +224,14 @@ def main() -> None:
             for label, code in codes:
                 got = run_row(row, code, not args.no_pin)
                 print(row.name, label, got, flush=True)
+                failed = "failed" in got
                 table.append(
                     [
                         row.name,
                         label,
-                        f"{got['bound']:.1f}",
-                        f"{got['seconds']:.1f}",
-                        f"{got['ratio']:.3f}",
+                        "-" if failed else f"{got['bound']:.1f}",
+                        f"({got['wall']:.1f})" if failed else f"{got['seconds']:.1f}",
+                        got["failed"] if failed else f"{got['ratio']:.3f}",
                         got["429"],
                         got["requests"],
                         got["max_per_second"],

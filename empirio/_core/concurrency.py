@@ -41,8 +41,11 @@ class Concurrency:
     :data:`LATENCY_WINDOW` latencies (before any, :data:`INITIAL_LATENCY_S`), and ``r`` the
     pacer's rate (``rpm / 60``, or ``tpm / 60`` over the mean tokens of a request), capped by
     ``maximum``. With no limits there is no rate: the target is ``maximum`` as given, or
-    :data:`UNPACED_CONCURRENCY` for ``"auto"``. Over the target, additive-increase,
-    multiplicative-decrease: a 429 halves the limit once per burst, successes grow it back.
+    :data:`UNPACED_CONCURRENCY` for ``"auto"``. Where no rate is known, additive-increase,
+    multiplicative-decrease over the target: a 429 halves the limit once per burst, successes
+    grow it back. Where the pacer knows the account's rate, a 429 is the pacer's business (a
+    wider margin, a pause): halving what is in flight would only starve the rate for minutes
+    afterwards (one 429 at 1,200 RPM and 2 s latency cost 12 % of a run's speed).
 
     Attributes:
         maximum: the ceiling: ``max_concurrency``, or :data:`AUTO_CEILING` for ``"auto"``.
@@ -119,9 +122,9 @@ class Concurrency:
         self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
 
     def on_throttle(self, sent_at: float, now: float) -> None:
-        """Halve what is allowed, once per burst: 429s for requests sent before the last cut
-        are answers to the same overload and do not cut again."""
-        if sent_at < self._last_cut:
+        """Halve what is allowed, once per burst, where no rate is known: 429s for requests
+        sent before the last cut are answers to the same overload and do not cut again."""
+        if sent_at < self._last_cut or self.rate is not None:
             return
         self.limit = max(1.0, min(self.limit, float(self.target)) / 2.0)
         self._last_cut = now

@@ -212,7 +212,9 @@ class CallDriver:
         self._plans = plans
         self._exhausted = False
         self._closed = False
-        self._plan_error: EmpirioError | None = None
+        # Bad input in a later segment, or the caller's iterable failing while it was read:
+        # what was planned before it still goes and is handed out, then this is raised.
+        self._plan_error: Exception | None = None
         self._planning = False  # the next plan is not ready yet (see ``plans``)
         #: Seconds until the request of the last :meth:`complete` is sent again, if it will be.
         self.retry_in: float | None = None
@@ -250,6 +252,11 @@ class CallDriver:
         if failed is not None and self.engine.has_in_flight:
             return Step((), None)
         if failed is None and self._plan_error is not None and self.engine.idle:
+            if not isinstance(self._plan_error, EmpirioError):
+                ready = self.segments.get(self.next_out)
+                if ready is not None and ready.remaining == 0:
+                    return Step((), now)  # hand out every finished segment first
+                raise self._plan_error  # the caller's own error, as its iterable raised it
             failed = self._plan_error
         if failed is not None:
             failed.partial, failed.partial_indices = self._partial()
@@ -328,8 +335,8 @@ class CallDriver:
         while not self._exhausted and len(self.segments) < self.ahead:
             try:
                 plan = next(self._plans, _END)
-            except EmpirioError as exc:  # bad input in a later segment: nothing of it is sent,
-                self._plan_error = exc  # what was planned before it still goes
+            except Exception as exc:  # bad input in a later segment, or the source failed:
+                self._plan_error = exc  # nothing of it is sent; what was planned still goes
                 return
             if plan is _END:
                 self._exhausted = True

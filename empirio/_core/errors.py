@@ -30,7 +30,7 @@ paid for is lost.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from .result import EmbeddingResult
@@ -67,7 +67,10 @@ __all__ = [
 class EmpirioError(Exception):
     """Base of every error this library raises. Every one pickles and unpickles with its type,
     message and attributes (status, code, request id, inputs, partial results), so that it
-    crosses process pools (multiprocessing, LlamaIndex ``num_workers``, Ray, Spark) intact."""
+    crosses process pools (multiprocessing, LlamaIndex ``num_workers``, Ray, Spark) intact. And
+    every one rebuilds from its ``args`` alone, ``type(e)(*e.args)``, with its class and status
+    (what job systems such as Celery do with their JSON result serializer), its ``args`` being
+    plain JSON values."""
 
     def __reduce__(self) -> tuple[object, ...]:
         # Exception's own pickling calls cls(*args): subclasses with keyword-only arguments
@@ -90,10 +93,13 @@ class InvalidInputError(EmpirioError, ValueError):
         indices: positions of the offending texts in the caller's list.
     """
 
-    def __init__(self, message: str, indices: tuple[int, ...] = ()) -> None:
-        super().__init__(message)
-        self.indices = indices
-        self.inputs = indices
+    def __init__(self, message: str, indices: Sequence[int] = ()) -> None:
+        super().__init__(message, list(indices))
+        self.indices = tuple(indices)
+        self.inputs = self.indices
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class ConfigurationError(EmpirioError, ValueError):
@@ -144,6 +150,9 @@ class APIResponseValidationError(APIError):
 class APIStatusError(APIError):
     """The service answered with a non-2xx status.
 
+    ``status_code`` may be omitted for the subclasses of one status (``RateLimitError("...")``
+    is a 429); ``args`` are ``(message, status_code)``, so that ``type(e)(*e.args)`` keeps both.
+
     Attributes:
         status_code: the HTTP status.
         code: the error envelope's ``code`` (e.g. ``rate_limit_exceeded``), if any.
@@ -151,18 +160,25 @@ class APIStatusError(APIError):
         retry_after: seconds the service asked us to wait, if it said.
     """
 
+    #: The status a bare instance stands for (``None``: it must be given).
+    default_status: ClassVar[int | None] = None
+
     def __init__(
         self,
         message: str,
+        status_code: int | None = None,
         *,
-        status_code: int,
         code: str | None = None,
         request_id: str | None = None,
         retry_after: float | None = None,
         inputs: tuple[int, ...] = (),
     ) -> None:
         super().__init__(message, inputs=inputs)
-        self.status_code = status_code
+        status = self.default_status if status_code is None else status_code
+        if status is None:
+            raise TypeError(f"{type(self).__name__} needs a status_code")
+        self.args = (message, status)
+        self.status_code = status
         self.code = code
         self.request_id = request_id
         self.retry_after = retry_after
@@ -183,33 +199,49 @@ class APIStatusError(APIError):
 class BadRequestError(APIStatusError):
     """400: the service rejected the request's content."""
 
+    default_status = 400
+
 
 class AuthenticationError(APIStatusError):
     """401: the key is missing or wrong."""
+
+    default_status = 401
 
 
 class InsufficientCreditsError(APIStatusError):
     """402: the account has no credits left."""
 
+    default_status = 402
+
 
 class PermissionDeniedError(APIStatusError):
     """403: the key may not use this model or endpoint."""
+
+    default_status = 403
 
 
 class NotFoundError(APIStatusError):
     """404: unknown model or path."""
 
+    default_status = 404
+
 
 class RequestTooLargeError(APIStatusError):
     """413: the request body is too large."""
+
+    default_status = 413
 
 
 class RateLimitError(APIStatusError):
     """429: the account's request or token rate was exceeded (retried automatically)."""
 
+    default_status = 429
+
 
 class InternalServerError(APIStatusError):
     """5xx: trouble on the service's side (retried automatically)."""
+
+    default_status = 500
 
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {

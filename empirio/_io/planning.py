@@ -235,15 +235,23 @@ class Planner:
         it = iter(texts)
         offset = first_id = 0
         for index in itertools.count():
-            chunk = list(itertools.islice(it, segment_size))
-            if not chunk:
+            chunk: list[str] = []
+            failure: Exception | None = None
+            try:  # the texts read before the source fails are embedded and handed out first
+                chunk.extend(itertools.islice(it, segment_size))
+            except Exception as exc:
+                failure = exc
+            if chunk:
+                plan = self.warn_truncated(
+                    self.plan_quietly(check_texts(chunk, offset), call, index, offset, first_id)
+                )
+                offset += len(chunk)
+                first_id += len(plan.requests)
+                yield plan
+            if failure is not None:
+                raise failure
+            if len(chunk) < segment_size:
                 return
-            plan = self.warn_truncated(
-                self.plan_quietly(check_texts(chunk, offset), call, index, offset, first_id)
-            )
-            offset += len(chunk)
-            first_id += len(plan.requests)
-            yield plan
 
 
 def background_pool(name: str) -> concurrent.futures.ThreadPoolExecutor:

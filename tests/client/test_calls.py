@@ -203,6 +203,50 @@ def test_iter_embed_reports_a_bad_text_in_a_list_before_sending(make_emulator: A
     assert stats(url)["requests"] == 0
 
 
+class SourceBroke(Exception):
+    """The caller's own failure, raised by its iterable halfway."""
+
+
+def test_a_source_that_fails_halfway_keeps_every_row_read_before_it(
+    make_emulator: Any, reference: np.ndarray
+) -> None:
+    """Before: the segment in flight when the source failed was dropped (paid for, never
+    delivered), where a bad text at the same place delivered every row before it."""
+    url = make_emulator()
+
+    def gen() -> Iterator[str]:
+        yield from TEXTS[:115]
+        raise SourceBroke("the database cursor closed")
+
+    parts: list[Any] = []
+    with client(url) as c, pytest.raises(SourceBroke, match="cursor closed"):
+        parts.extend(c.iter_embed(gen(), segment_size=30))
+    assert sum(len(p) for p in parts) == 115  # 30, 30, 30 and the 25 read before it broke
+    np.testing.assert_array_equal(np.vstack([p.dense for p in parts]), reference[:115])
+    assert stats(url)["inputs_embedded"] == 115  # each paid for once, each delivered
+
+
+async def test_an_async_stream_whose_source_fails_keeps_every_row(
+    make_emulator: Any, reference: np.ndarray
+) -> None:
+    url = make_emulator()
+
+    def gen() -> Iterator[str]:
+        yield from TEXTS[:70]
+        raise SourceBroke("gone")
+
+    parts: list[Any] = []
+
+    async def take(c: Any) -> None:
+        async for part in c.aiter_embed(gen(), segment_size=50):
+            parts.append(part)
+
+    async with client(url) as c:
+        with pytest.raises(SourceBroke):
+            await take(c)
+    np.testing.assert_array_equal(np.vstack([p.dense for p in parts]), reference[:70])
+
+
 def test_stopping_early_leaves_the_client_usable(emulator_url: str) -> None:
     with client(emulator_url, max_concurrency=4) as c:
         for part in c.iter_embed(TEXTS, segment_size=20):

@@ -44,7 +44,10 @@ def test_requests_in_flight_follow_rate_times_latency() -> None:
     assert c.allowed == 121
     c.waiting(0.0)
     c.on_throttle(sent_at=1.0, now=2.0)
-    assert c.allowed == 30  # halved from what was allowed, not from the ceiling
+    assert c.allowed == 61  # paced: a 429 is the pacer's to answer, the rate still needs 61
+    unpaced = Concurrency(AUTO_CEILING, auto=True, limits=Limits(None, None))
+    unpaced.on_throttle(sent_at=1.0, now=2.0)
+    assert unpaced.allowed == UNPACED_CONCURRENCY // 2  # halved from what was allowed
     tokens = Concurrency(AUTO_CEILING, auto=True, limits=Limits(None, 600_000))
     tokens.observe(1.0, 1000)  # 10,000 tokens a second / 1,000 a request = 10 requests a second
     assert tokens.allowed == 16

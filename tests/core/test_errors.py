@@ -39,3 +39,42 @@ def test_errors_are_also_what_python_code_expects() -> None:
     assert isinstance(ConfigurationError("x"), ValueError)
     assert (agree(1, "is", "are"), agree(2, "is", "are")) == ("is", "are")
     assert (plural(1, "text"), plural(1_000, "text")) == ("1 text", "1,000 texts")
+
+
+def _every_error_class() -> list[type[EmpirioError]]:
+    import inspect
+
+    from empirio._core import errors
+
+    return [
+        cls
+        for cls in vars(errors).values()
+        if inspect.isclass(cls) and issubclass(cls, EmpirioError)
+    ]
+
+
+@pytest.mark.parametrize("cls", _every_error_class(), ids=lambda c: c.__name__)
+def test_every_error_rebuilds_from_its_args_as_job_systems_do(cls: type[EmpirioError]) -> None:
+    """Celery's JSON result serializer sends ``type(e).__name__``, its module and ``e.args``,
+    and the caller's side rebuilds ``cls(*args)``: the class and the status must survive, or
+    ``except empirio.AuthenticationError`` never matches there."""
+    import importlib
+    import json
+
+    from empirio._core.errors import APIStatusError
+
+    made = cls("the message", 418) if cls is APIStatusError else cls("the message")
+    sent = json.dumps(
+        {"exc_type": cls.__name__, "exc_module": cls.__module__, "exc_message": list(made.args)}
+    )
+    got = json.loads(sent)
+    rebuilt = getattr(importlib.import_module(got["exc_module"]), got["exc_type"])(
+        *got["exc_message"]
+    )
+    assert type(rebuilt) is cls
+    assert str(rebuilt) == str(made)
+    assert getattr(rebuilt, "status_code", None) == getattr(made, "status_code", None)
+    if isinstance(made, APIStatusError):
+        assert made.status_code in (418, type(made).default_status)
+    again = type(rebuilt)(*rebuilt.args)  # and plain Python's own way
+    assert type(again) is cls
