@@ -362,7 +362,9 @@ def throttle(
     """
     if sent_at < state.last_cut:
         return state
-    strikes = state.strikes + 1
+    # Strikes end with the success of the process that took them; one that never succeeded
+    # again (it ended) leaves them standing, so a minute without a 429 ends them as well.
+    strikes = (state.strikes if now - state.last_cut < MINUTE_S else 0) + 1
     was = state.widened(now)
     jitter = min(MAX_JITTER_S, max(2 * was, was + 0.02))
     # A first refusal is most likely one late packet: skip one interval. Another means overload.

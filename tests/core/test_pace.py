@@ -469,3 +469,11 @@ def test_no_stored_value_stalls_or_unpaces_the_account(blob: bytes) -> None:
     if wait == 0.0:
         wait, _ = admit(limits, after, 1000.0, 100)
         assert wait > 0  # paced: the next request waits
+
+
+def test_strikes_left_by_a_process_that_ended_lapse_after_a_minute() -> None:
+    limits = Limits(300, None)
+    state = throttle(limits, WARM, 10.0, sent_at=9.9, delay=30.0)  # its process then ended
+    later = throttle(limits, state, 10.0 + 61.0, sent_at=70.9, delay=30.0)
+    assert later.strikes == 1  # a first 429 again: one interval, not the server's 30 s
+    assert later.paused_until < 71.0 + 1.0
