@@ -1,4 +1,5 @@
-"""Pacing to the account's limits, and adaptive concurrency. Pure: time is passed in.
+"""Pacing to the account's limits. Pure: time is passed in. (Requests in flight:
+:mod:`empirio._core.concurrency`; the limits in effect: :mod:`empirio._core.limits`.)
 
 The service enforces its limits at its own clock, per minute and per second (RPS = RPM/60,
 TPS = TPM/60; a sliding window counts arrivals in ``(t - w, t]``). A request we send at ``s``
@@ -42,12 +43,15 @@ waits as long as the server asked or the backoff says.
 later than the slot it grants. :func:`reserve` therefore books a request's slot up to
 ``ahead`` seconds in the future (:func:`ahead_for`: twice the store's measured round trip), and
 the shell sends it at that time, whatever later transactions take: the store's round trip
-delays the first request only, and never bunches sends together.
+delays the first request only, and never bunches sends together. When tokens bind (long
+texts), :func:`reserve_part` books the head of a request that the second's remaining tokens
+have room for, rather than leave them unused.
 
-:class:`BudgetState` is everything the senders of one account share; :func:`admit`,
-:func:`throttle` and :func:`succeed` are the only ways it changes. Where it is kept (one
-process, or a file shared by every process of the machine) is the shell's business
-(:mod:`empirio._io.budget`).
+:class:`BudgetState` is everything the senders of one account share; :func:`reserve` (and
+:func:`admit`, :func:`reserve_part`), :func:`sent`, :func:`throttle` and :func:`succeed` are the
+only ways it changes, and :func:`checked_state` says whether a stored one could be theirs.
+Where it is kept (one process, a file shared by every process of the machine, Redis) is the
+shell's business (:mod:`empirio._io.budget`).
 """
 
 from __future__ import annotations
