@@ -7,6 +7,7 @@ one place so that each adapter stays field declarations and mapping only.
 
 from ._core.config import API_BASE_ENV, API_KEY_ENV, BASE_URL_ENV, SHARE_BUDGET_ENV, is_redis_url
 from ._core.plan import InstructionMode, Kind, Output, Overflow, as_text_list, check_texts
+from ._core.secret import masked_url
 from ._core.settings import DEFAULTS, SETTINGS, Setting, readme_table
 from ._io.progress import Progress, tqdm_class
 from ._job import abatch_job, batch_job, call_options, served, worth_prefetching
@@ -36,6 +37,7 @@ __all__ = [
     "default_rpm",
     "default_tpm",
     "is_redis_url",
+    "masked_url",
     "readme_table",
     "served",
     "tqdm_class",

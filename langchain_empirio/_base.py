@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 
 import httpx
 from langchain_core.utils import from_env, secret_from_env
-from pydantic import ConfigDict, Field, SecretStr
+from pydantic import ConfigDict, Field, SecretStr, field_serializer
 
 from empirio import EmbeddingClient
 from empirio.integration import (
@@ -21,6 +21,7 @@ from empirio.integration import (
     default_rpm,
     default_tpm,
     is_redis_url,
+    masked_url,
 )
 
 __all__ = ["EmpirioSettings"]
@@ -68,6 +69,12 @@ class EmpirioSettings(ClientFields):
         if is_redis_url(self.share_budget):
             secrets["share_budget"] = SHARE_BUDGET_ENV
         return secrets
+
+    @field_serializer("share_budget")
+    def _masked_share_budget(self, value: str | None) -> object:
+        """``model_dump``, ``model_dump_json`` and ``dict`` show a Redis URL without its
+        password (``dumps`` writes a reference to ``EMPIRIOLABS_SHARE_BUDGET`` instead)."""
+        return masked_url(value)
 
     @property
     def lc_attributes(self) -> dict[str, Any]:

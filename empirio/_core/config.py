@@ -6,8 +6,10 @@ import enum
 import ipaddress
 import math
 import os
+import re
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from dataclasses import dataclass, field
+from urllib.parse import quote, unquote, urlsplit
 
 from .types import BUDGET_SCOPES, ShareBudget
 
@@ -30,12 +32,14 @@ __all__ = [
     "SHARE_BUDGET_ENV",
     "TPM_ENV",
     "FromEnv",
+    "RedisURL",
     "check_rate",
     "format_query",
     "host_port",
     "is_loopback_url",
     "is_redis_url",
     "package_version",
+    "parse_redis_url",
     "resolve_account",
     "resolve_api_key",
     "resolve_base_url",
@@ -201,6 +205,68 @@ def resolve_rate(
     except ValueError:
         raise ValueError(f"{env_name}={raw!r} is not a number or 'none'") from None
     return check_rate(env_name, rate)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisURL:
+    """A ``redis://`` or ``rediss://`` URL, read so that its password is never shown, whether
+    it is percent-escaped or not (``/``, ``?``, ``#`` and ``@`` in it included).
+
+    The host part is what follows the last ``@``; the user part before it is
+    ``[user][:password]``, percent-escapes decoded (as redis-py decodes them).
+    """
+
+    scheme: str
+    username: str
+    password: str | None
+    password_as_given: str | None = field(repr=False)
+    host: str
+    port: int
+    rest: str  # "/db" and any "?query"
+
+    @property
+    def display(self) -> str:
+        """What may be shown: scheme, host, port and database, never a password."""
+        return f"{self.scheme}://{self.host}:{self.port}{self.rest.split('?', 1)[0] or '/0'}"
+
+    def connect_url(self) -> str:
+        """The URL for redis-py, the user part escaped so that it reads it back whole."""
+        user = quote(self.username, safe="")
+        if self.password is not None:
+            user += ":" + quote(self.password, safe="")
+        return f"{self.scheme}://{user + '@' if user else ''}{self.host}:{self.port}{self.rest}"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every form of the password to mask in text (decoded, as given)."""
+        return tuple(p for p in (self.password, self.password_as_given) if p)
+
+
+def parse_redis_url(url: str, option: str) -> RedisURL:
+    """``url`` read as a :class:`RedisURL`.
+
+    Raises:
+        ValueError: the URL cannot be read; the message names ``option`` and shows the URL
+            without anything before its last ``@``.
+    """
+    scheme, _, rest = url.partition("://")
+    at = rest.rfind("@")
+    user_part, host_part = (rest[:at], rest[at + 1 :]) if at >= 0 else ("", rest)
+    shown = f"{scheme}://{host_part}"
+    m = re.fullmatch(r"(\[[^\]]*\]|[^:/?#\[\]]*)(?::([^/?#]*))?([^#]*)(#.*)?", host_part)
+    if m is None or not m.group(1):
+        raise ValueError(f"{option} {shown!r} names no host")
+    host, port_text, tail = m.group(1), m.group(2), m.group(3)
+    if port_text and not port_text.isdigit():
+        raise ValueError(f"{option} {shown!r} has a port that is not a number")
+    port = int(port_text) if port_text else 6379
+    if not 0 < port < 65536:
+        raise ValueError(f"{option} {shown!r} has a port out of range")
+    name, sep, given = user_part.partition(":")
+    password = unquote(given) if sep else None
+    return RedisURL(
+        scheme.lower(), unquote(name), password, given if sep else None, host, port, tail
+    )
 
 
 def is_redis_url(value: object) -> bool:

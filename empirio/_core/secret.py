@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["MASK", "URL_OPTIONS", "SealedKey", "open_sealed", "redact", "seal_urls"]
+__all__ = [
+    "MASK",
+    "URL_OPTIONS",
+    "SealedKey",
+    "masked_url",
+    "open_sealed",
+    "redact",
+    "seal_urls",
+]
 
 #: Client options whose value may be a URL with a password in it: a Redis budget, a Redis cache.
 URL_OPTIONS = ("share_budget", "cache")
@@ -35,6 +43,22 @@ def redact(text: str, *secrets_: str | None) -> str:
         for form in {secret, quote(secret, safe="")}:
             text = text.replace(form, MASK)
     return text
+
+
+def masked_url(value: object) -> object:
+    """``value`` as a dump may show it: a ``redis://`` URL with its password masked (escaped or
+    not), anything else as it is."""
+    from .config import is_redis_url, parse_redis_url
+
+    if not is_redis_url(value):
+        return value
+    assert isinstance(value, str)
+    try:
+        read = parse_redis_url(value, "url")
+    except ValueError:
+        return f"{value.partition('://')[0]}://{MASK}"
+    user = read.username + (f":{MASK}" if read.password is not None else "")
+    return f"{read.scheme}://{user + '@' if user else ''}{read.host}:{read.port}{read.rest}"
 
 
 class SealedKey:

@@ -42,8 +42,8 @@ import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
+from .._core.config import RedisURL, parse_redis_url
 from .._core.errors import BudgetError, ConfigurationError
 from .._core.pace import BudgetState, Grant, Limits
 from .._core.secret import redact
@@ -102,15 +102,17 @@ class _Contended(Exception):
 
 
 def redis_display(url: str) -> str:
-    """``url`` as it may be shown: scheme, host, port and database, never a password."""
-    parts = urlsplit(url)
-    host = parts.hostname or "localhost"
-    port = parts.port or 6379
-    return f"{parts.scheme}://{host}:{port}{parts.path or '/0'}"
+    """``url`` as it may be shown: scheme, host, port and database, never a password (even an
+    unescaped one holding ``/``, ``?``, ``#`` or ``@``)."""
+    try:
+        return parse_redis_url(url, "url").display
+    except ValueError:
+        scheme = url.partition("://")[0]
+        return f"{scheme}://{url[url.rfind('@') + 1 :] if '@' in url else '...'}"
 
 
-def checked_redis_url(url: str, option: str) -> str | None:
-    """Check that redis-py is installed and ``url`` names a host; return its password.
+def checked_redis_url(url: str, option: str) -> RedisURL:
+    """Check that redis-py is installed and ``url`` can be read; return it, read.
 
     Raises:
         ConfigurationError: one line naming ``option`` and the extra (never the password).
@@ -121,10 +123,10 @@ def checked_redis_url(url: str, option: str) -> str | None:
         raise ConfigurationError(
             f"{option}=redis://... needs redis-py: pip install 'empirio[redis]'"
         ) from None
-    parts = urlsplit(url)
-    if parts.hostname is None:
-        raise ConfigurationError(f"{option} {redis_display(url)!r} names no host")
-    return parts.password
+    try:
+        return parse_redis_url(url, option)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 class RedisBudget(_Kept):
@@ -140,9 +142,10 @@ class RedisBudget(_Kept):
 
     def __init__(self, url: str, account: str) -> None:
         super().__init__()
-        self._password = checked_redis_url(url, "share_budget")
-        self._url = url
-        self.display = redis_display(url)
+        read = checked_redis_url(url, "share_budget")
+        self._password = read.secrets
+        self._url = read.connect_url()
+        self.display = read.display
         self._key = f"empirio:budget:{account}"
         self._members = f"empirio:members:{account}"
         self._me = uuid.uuid4().hex
@@ -267,7 +270,7 @@ class RedisBudget(_Kept):
                 try:
                     out = shared()
                 except (redis.RedisError, OSError, _Contended) as exc:
-                    reason = redact(str(exc), self._password)
+                    reason = redact(str(exc), *self._password)
                     contended = isinstance(exc, _Contended)
                     if not contended:
                         self._client = None

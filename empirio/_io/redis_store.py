@@ -21,7 +21,7 @@ from typing import Any
 
 from .._core.errors import CacheError
 from .._core.secret import SealedKey, redact
-from .redis_budget import checked_redis_url, redis_display
+from .redis_budget import checked_redis_url
 
 __all__ = ["RedisStore"]
 
@@ -42,9 +42,11 @@ class RedisStore:
     """
 
     def __init__(self, url: str) -> None:
-        self._password = checked_redis_url(url, "cache")
+        read = checked_redis_url(url, "cache")
+        self._password = read.secrets
         self._url = SealedKey(url)
-        self.display = redis_display(url)
+        self._connect = SealedKey(read.connect_url())
+        self.display = read.display
         self._client: Any = None
 
     def __repr__(self) -> str:
@@ -60,7 +62,7 @@ class RedisStore:
             import redis
 
             self._client = redis.Redis.from_url(
-                self._url.reveal(),
+                self._connect.reveal(),
                 socket_timeout=_SOCKET_S,
                 socket_connect_timeout=_SOCKET_S,
                 health_check_interval=30,
@@ -68,7 +70,7 @@ class RedisStore:
         return self._client
 
     def _error(self, exc: Exception, doing: str) -> CacheError:
-        why = redact(f"{type(exc).__name__}: {exc}", self._password)
+        why = redact(f"{type(exc).__name__}: {exc}", *self._password)
         return CacheError(f"the embedding cache in Redis at {self.display} failed {doing}: {why}")
 
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:

@@ -21,14 +21,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 import pytest
 
-from empirio import BudgetError, ConfigurationError, EmbeddingClient
+from empirio import BudgetError, ConfigurationError, EmbeddingClient, EmpirioError
 from empirio._core.pace import BudgetState, checked_state
 from empirio._io.budget import _pack, _unpack, account_id
 
-from ..conftest import FEW_429S, assert_few_429s, stats
+from ..conftest import FEW_429S, assert_few_429s, run_cli, stats
 from ..netem import latency_proxy
 
 REDIS = shutil.which("redis-server")
@@ -402,3 +403,60 @@ def test_a_redis_cache_that_is_away_is_a_cache_error_before_anything_is_sent(
         c.embed(["never sent"])
     assert PASSWORD not in str(info.value) + repr(info.value)
     assert stats(emulator_url)["requests"] == before
+
+
+# ---------------------------------------------------------------------- passwords of any shape
+
+ODD = "p/a?s#s@w:o%rd-never-shown"
+
+
+@pytest.mark.parametrize("option", ["share_budget", "cache"])
+def test_a_password_with_url_characters_works_and_never_shows(
+    option: str, emulator_url: str, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """An unescaped password holding ``/ ? # @ : %`` is read whole (it connects) and masked in
+    every message, dump and traceback; before, urlsplit cut it and a raw ValueError or a
+    mis-parsed host printed pieces of it."""
+    from langchain_core.load import dumps
+
+    from langchain_empirio import EmpirioEmbeddings
+    from llamaindex_empirio import EmpirioEmbedding
+
+    server = Redis(ODD)
+    server.start()
+    try:
+        url = f"redis://:{ODD}@127.0.0.1:{server.port}/0"
+        with caplog.at_level(logging.DEBUG):
+            c = EmbeddingClient(api_key="k", base_url=emulator_url, rpm=600, **{option: url})
+            assert c.embed(["a password of any shape"]).dense is not None  # it connected
+            lc = EmpirioEmbeddings(api_key="k", base_url=emulator_url, **{option: url})
+            li = EmpirioEmbedding(api_key="k", base_url=emulator_url, **{option: url})
+            shown = [repr(c), str(lc), repr(lc), lc.model_dump_json(), str(lc.model_dump())]
+            shown += [dumps(lc), repr(li), li.to_json(), str(li.model_dump())]
+            server.stop()  # now every failure message is about a URL with that password
+            with pytest.raises(EmpirioError) as info:
+                EmbeddingClient(
+                    api_key="k2", base_url=emulator_url, rpm=600, **{option: url}
+                ).embed(["after the server is gone"])
+            shown += [str(info.value), repr(info.value), caplog.text]
+        for piece in (ODD, "p/a?s", "s@w:o", quote_plus(ODD)):
+            assert not any(piece in text for text in shown), piece
+        flag = f"--{option.replace('_', '-')}"
+        cli = run_cli("embed", "--emulator", flag, url, stdin="text\n")
+        assert ODD not in cli.stdout + cli.stderr
+        assert "p/a?s" not in cli.stdout + cli.stderr
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [f"redis://:{ODD}@127.0.0.1:notaport/0", f"redis://:{ODD}@/0", f"rediss://:{ODD}@[::1/0"],
+)
+def test_an_unreadable_redis_url_is_a_one_line_error_without_the_password(
+    url: str, emulator_url: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        EmbeddingClient(api_key="k", base_url=emulator_url, share_budget=url)
+    assert "p/a?s" not in str(info.value)
+    assert ODD not in str(info.value)
