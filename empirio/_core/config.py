@@ -218,7 +218,7 @@ class RedisURL:
 
     scheme: str
     username: str
-    password: str | None
+    password: str | None = field(repr=False)
     password_as_given: str | None = field(repr=False)
     host: str
     port: int

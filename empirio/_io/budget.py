@@ -193,18 +193,18 @@ class _Kept:
             return Grant(start, None, self._floor - ahead)
         late = self.late(start)
 
-        def book(state: BudgetState, at: float) -> tuple[tuple[float, int], BudgetState]:
+        def book(state: BudgetState, at: float) -> tuple[tuple[float, bool, int], BudgetState]:
             wait, booked, new = reserve(limits, state, at, tokens, ahead=ahead, late=late)
             if booked:
-                return (wait, -1), new
+                return (wait, True, 0), new
             head, k, part = reserve_part(limits, state, at, pieces, ahead=ahead, late=late)
-            return ((head, k), part) if k else ((min(wait, head), 0), new)
+            return ((head, True, k), part) if k else ((min(wait, head), False, 0), new)
 
-        (wait, k), local = self._apply(None, book)
+        (wait, booked, k), local = self._apply(None, book)
         self._measured(time.monotonic() - start)
-        if k == 0:
+        if not booked:
             return Grant(local, None, local + wait)
-        return Grant(local, local + wait, part=max(k, 0))
+        return Grant(local, local + wait, part=k)
 
     def _measured(self, round_trip: float) -> None:
         """Note a transaction's duration; book as far ahead as their 90th percentile needs."""

@@ -49,7 +49,7 @@ from .._core.pace import BudgetState, Grant, Limits
 from .._core.secret import redact
 from .budget import LocalBudget, _Kept, _pack, _unpack
 
-__all__ = ["RedisBudget", "checked_redis_url", "redis_display"]
+__all__ = ["RedisBudget", "checked_redis_url"]
 
 logger = logging.getLogger("empirio")
 
@@ -101,16 +101,6 @@ class _Contended(Exception):
     """Other processes changed the budget key between every read and write of a decision."""
 
 
-def redis_display(url: str) -> str:
-    """``url`` as it may be shown: scheme, host, port and database, never a password (even an
-    unescaped one holding ``/``, ``?``, ``#`` or ``@``)."""
-    try:
-        return parse_redis_url(url, "url").display
-    except ValueError:
-        scheme = url.partition("://")[0]
-        return f"{scheme}://{url[url.rfind('@') + 1 :] if '@' in url else '...'}"
-
-
 def checked_redis_url(url: str, option: str) -> RedisURL:
     """Check that redis-py is installed and ``url`` can be read; return it, read.
 
@@ -152,8 +142,6 @@ class RedisBudget(_Kept):
         self._lock = threading.Lock()
         self._client: Any = None
         self._cas: Any = None
-        #: decisions made again because another process wrote first (for benchmarks)
-        self.conflicts = 0
         self._reached = False
         self._fallback: LocalBudget | None = None  # while Redis is away
         self._retry_at = -math.inf
@@ -247,7 +235,6 @@ class RedisBudget(_Kept):
             # free slot do not collide again in step.
             blob, at = reply[2] or None, int(reply[3]) + int(reply[4]) / 1e6
             local = (start + end) / 2 if now is None else now + (end - start)
-            self.conflicts += 1
             time.sleep(random.uniform(0.0, end - start))
         raise _Contended(f"the budget key was changed by other processes {_TRIES} times in a row")
 

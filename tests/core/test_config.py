@@ -53,6 +53,7 @@ def test_redis_urls_are_read_whole_and_shown_without_their_password(
         assert read.display == display
     if password:
         assert password not in read.display
+        assert password not in repr(read)
     # What redis-py is given, it reads back whole.
     assert parse_url(read.connect_url()).get("password") == password
 
