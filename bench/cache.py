@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from empirio import EmbeddingClient, SqliteStore
-from empirio._core.cache_keys import CacheScope, encode_dense, endpoint_identity
+from empirio._core.cache_keys import CacheScope, cache_secret, encode_dense, endpoint_identity, seal
 from empirio._core.config import DEFAULT_BASE_URL, DEFAULT_MODEL
 
 from _common import machine_line, markdown_table
@@ -51,13 +51,17 @@ def ours(texts: Sequence[str], vectors: np.ndarray, where: Path) -> tuple[float,
     dims = vectors.shape[1]
     path = where / "cache.sqlite3"
     store = SqliteStore(path)
-    scope = CacheScope(endpoint_identity(DEFAULT_BASE_URL), DEFAULT_MODEL, dims, "", "")
+    secret = cache_secret("bench")  # the client's key below: it finds what was written here
+    scope = CacheScope(endpoint_identity(DEFAULT_BASE_URL), DEFAULT_MODEL, dims, "", "", secret)
     t0 = time.perf_counter()
     for i in range(0, len(texts), REQUEST):  # what the client does as each request finishes
         part = texts[i : i + REQUEST]
         keys = scope.keys("dense", part, [""] * len(part))
         store.mset(
-            [(k, encode_dense(v)) for k, v in zip(keys, vectors[i : i + REQUEST], strict=True)]
+            seal(
+                secret,
+                [(k, encode_dense(v)) for k, v in zip(keys, vectors[i : i + REQUEST], strict=True)],
+            )
         )
     write = time.perf_counter() - t0
     store.close()

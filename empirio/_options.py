@@ -20,7 +20,7 @@ from ._core.config import (
     validate_dimensions,
 )
 from ._core.limits import LimitsInEffect
-from ._core.secret import MASK, URL_OPTIONS, SealedKey, open_sealed, seal_urls
+from ._core.secret import MASK, SECRET_OPTIONS, URL_OPTIONS, open_sealed, seal_secrets
 from .client import EmbeddingClient
 
 __all__ = ["CLIENT_OPTIONS", "ClientFields", "build_client", "default_rpm", "default_tpm"]
@@ -168,10 +168,7 @@ class ClientFields(BaseModel):
 
     def __getstate__(self) -> dict[Any, Any]:
         state = BaseModel.__getstate__(self)
-        fields = seal_urls(state["__dict__"])  # a Redis URL may hold a password
-        key = fields.get("api_key")
-        if isinstance(key, SecretStr):
-            fields["api_key"] = SealedKey(key.get_secret_value())
+        fields = seal_secrets(state["__dict__"])  # the key, a cache secret, Redis passwords
         for name in self._transport | {"client"}:
             if name in fields:
                 fields[name] = None
@@ -180,16 +177,12 @@ class ClientFields(BaseModel):
         return {**state, "__dict__": fields, "__pydantic_private__": private}
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
-        fields = dict(state["__dict__"])
-        key = fields.pop("api_key", None)
-        fields = open_sealed(fields)
-        if key is not None:
-            fields["api_key"] = SecretStr(key.reveal()) if isinstance(key, SealedKey) else key
+        fields = open_sealed(state["__dict__"])
         BaseModel.__setstate__(self, {**state, "__dict__": fields})
 
 
 #: Fields whose values never appear in a validation error.
-_SECRET_FIELDS = frozenset({"api_key", *URL_OPTIONS})
+_SECRET_FIELDS = frozenset({*SECRET_OPTIONS, *URL_OPTIONS})
 
 
 def _masked(value: Any) -> Any:

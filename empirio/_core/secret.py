@@ -15,12 +15,13 @@ from urllib.parse import quote
 
 __all__ = [
     "MASK",
+    "SECRET_OPTIONS",
     "URL_OPTIONS",
     "SealedKey",
     "masked_url",
     "open_sealed",
     "redact",
-    "seal_urls",
+    "seal_secrets",
 ]
 
 #: Client options whose value may be a URL with a password in it: a Redis budget, a Redis cache.
@@ -86,19 +87,42 @@ class SealedKey:
         return "SealedKey('**********')"
 
 
-def seal_urls(options: Mapping[str, Any]) -> dict[str, Any]:
-    """``options`` with every URL option (:data:`URL_OPTIONS`) sealed, for a pickle."""
-    return {
-        name: SealedKey(value)
-        if name in URL_OPTIONS and isinstance(value, str) and "://" in value
-        else value
-        for name, value in options.items()
-    }
+class _SealedSecretStr(SealedKey):
+    """A ``SecretStr`` sealed: opened as a ``SecretStr`` again."""
+
+    __slots__ = ()
+
+
+#: Client options that are secrets whatever their type (a string is sealed like a SecretStr).
+SECRET_OPTIONS = ("api_key", "cache_secret")
+
+
+def seal_secrets(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` for a pickle: every secret sealed (:data:`SECRET_OPTIONS`, any
+    ``SecretStr``, and each URL option (:data:`URL_OPTIONS`) holding a URL)."""
+    from pydantic import SecretStr
+
+    out: dict[str, Any] = {}
+    for name, value in options.items():
+        if isinstance(value, SecretStr):
+            value = _SealedSecretStr(value.get_secret_value())
+        elif isinstance(value, str) and (
+            name in SECRET_OPTIONS or (name in URL_OPTIONS and "://" in value)
+        ):
+            value = SealedKey(value)
+        out[name] = value
+    return out
 
 
 def open_sealed(options: Mapping[str, Any]) -> dict[str, Any]:
-    """``options`` with every sealed value revealed."""
+    """``options`` with every sealed value revealed (a sealed ``SecretStr`` as one)."""
+    from pydantic import SecretStr
+
     return {
-        name: value.reveal() if isinstance(value, SealedKey) else value
+        name: SecretStr(value.reveal())
+        if isinstance(value, _SealedSecretStr)
+        else value.reveal()
+        if isinstance(value, SealedKey)
+        else value
         for name, value in options.items()
     }

@@ -23,6 +23,7 @@ from .config import (
     API_BASE_ENV,
     API_KEY_ENV,
     BASE_URL_ENV,
+    CACHE_SECRET_ENV,
     DEFAULT_BASE_URL,
     DEFAULT_DIMENSIONS,
     DEFAULT_MAX_BATCH,
@@ -39,6 +40,7 @@ from .config import (
     resolve_account,
     resolve_api_key,
     resolve_base_url,
+    resolve_cache_secret,
     resolve_rate,
     resolve_share_budget,
     validate_dimensions,
@@ -208,6 +210,14 @@ SETTINGS: tuple[Setting, ...] = (
         "a persistent cache: a path, a redis:// URL, or a store with mget/mset",
         shown="none",
     ),
+    Setting(
+        "cache_secret",
+        None,
+        "what the cache's keys and entries are sealed with, for keys of one account sharing a "
+        "cache (16+ characters; never shown)",
+        (CACHE_SECRET_ENV,),
+        shown="the key",
+    ),
 )
 
 #: Each setting's default by name (``FROM_ENV`` where the environment decides).
@@ -293,6 +303,7 @@ class ClientConfig:
     share_budget: ShareBudget
     account: str | None = None
     coalesce: bool = True
+    cache_secret: SecretStr | None = field(default=None, repr=False)
 
     @classmethod
     def build(
@@ -319,6 +330,7 @@ class ClientConfig:
         share_budget: ShareBudget | None,
         account: str | None = None,
         coalesce: bool = True,
+        cache_secret: str | SecretStr | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> ClientConfig:
         """Check every setting and resolve those the environment gives (``environ``, default
@@ -396,6 +408,12 @@ class ClientConfig:
         try:
             share = resolve_share_budget(share_budget)
             account = resolve_account(account, env)
+            raw_secret = (
+                cache_secret.get_secret_value()
+                if isinstance(cache_secret, SecretStr)
+                else cache_secret
+            )
+            sealing = resolve_cache_secret(raw_secret, env)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
         return cls(
@@ -422,7 +440,12 @@ class ClientConfig:
             share_budget=share,
             account=account,
             coalesce=bool(coalesce),
+            cache_secret=None if sealing is None else SecretStr(sealing),
         )
+
+    def cache_material(self) -> SecretStr:
+        """What the cache's secret is derived from: ``cache_secret`` if set, else the key."""
+        return self.cache_secret or self.api_key
 
     def options(self) -> dict[str, Any]:
         """The arguments that make this configuration again (the key aside): what a copy or a

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 
 from .._core.cache_keys import CacheStats, EmbeddingStore
 from .._core.config import is_redis_url
-from .._core.errors import ConfigurationError
+from .._core.errors import CacheWarning, ConfigurationError
 from .redis_store import RedisStore
 from .sqlite_store import SqliteStore
 
@@ -28,11 +29,24 @@ class EmbeddingCache:
         self._lock = threading.Lock()
         self._hits = 0
         self._misses = 0
+        self._rejected = 0
 
-    def count(self, hits: int, misses: int) -> None:
+    def count(self, hits: int, misses: int, rejected: int = 0) -> None:
+        """Add a lookup's counts; the first entries refused are warned of, once per cache."""
         with self._lock:
             self._hits += hits
             self._misses += misses
+            first = rejected and not self._rejected
+            self._rejected += rejected
+        if first:
+            warnings.warn(
+                f"{rejected} entries of the embedding cache {self.store!r} failed their check "
+                "(written with another key or cache_secret, damaged, or tampered with): they "
+                "were not used, and their texts are embedded and written again. "
+                "cache.stats().rejected counts them; this is said once per cache",
+                CacheWarning,
+                stacklevel=2,
+            )
 
     def after_fork(self) -> None:
         """A forked child's counters: a new lock (the parent's may have been held)."""
@@ -45,7 +59,7 @@ class EmbeddingCache:
         if callable(measure):
             entries, size = measure()
         with self._lock:
-            return CacheStats(self._hits, self._misses, entries, size)
+            return CacheStats(self._hits, self._misses, entries, size, self._rejected)
 
     def __repr__(self) -> str:
         return f"EmbeddingCache(store={self.store!r})"

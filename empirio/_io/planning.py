@@ -11,7 +11,6 @@ import os
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from typing import cast
 
 import httpx
 
@@ -19,9 +18,8 @@ from .._core.cache_keys import (
     IDENTITY_HEADER,
     CacheScope,
     View,
-    decode_dense_rows,
-    decode_sparse,
     endpoint_identity,
+    open_found,
 )
 from .._core.config import is_loopback_url
 from .._core.driver import Call
@@ -117,6 +115,7 @@ class Planner:
             dimensions=cfg.dimensions,
             text_type="query" if api else "",
             instruct=cfg.query_instruction if api else "",
+            secret=self.session.cache_secret,
         )
         mode = cfg.instruction_mode if call.kind == "query" else "none"
         if any(len(t) > SAFE_INPUT_TOKENS // NFC_BYTES_PER_CHAR for t in uniq.texts):
@@ -132,34 +131,18 @@ class Planner:
         keys: dict[str, tuple[str, ...]] = {
             v: tuple(scope.keys(v, uniq.texts, tags)) for v in views
         }
-        width = 4 * cfg.dimensions
         raw: dict[str, list[bytes | None]] = {}
         for view in views:
             values = cache.store.mget(list(keys[view]))
             if len(values) != len(uniq.texts):
                 raise CacheError(f"the cache store {cache.store!r} answered the wrong count")
             raw[view] = values
-        sparse_found: list[dict[int, float] | None] = []
-        if call.sparse:
-            sparse_found = [None if v is None else decode_sparse(v) for v in raw["sparse"]]
-        # A value of the wrong size (a damaged entry) is a miss, and is written again.
-        hits = [
-            u
-            for u in range(len(uniq.texts))
-            if (not call.dense or len(raw["dense"][u] or b"") == width)
-            and (not call.sparse or sparse_found[u] is not None)
-        ]
-        cache.count(len(hits), len(uniq.texts) - len(hits))
-        if not hits:
+        # Every entry is checked (its MAC, its vector): one that fails is a miss, written again.
+        found = open_found(scope.secret, keys, raw, cfg.dimensions)
+        cache.count(len(found.hits), len(uniq.texts) - len(found.hits), found.rejected)
+        if not found.hits:
             return None, keys
-        dense = None
-        if call.dense:
-            rows = b"".join(cast(bytes, raw["dense"][u]) for u in hits)
-            dense = decode_dense_rows(rows, cfg.dimensions)
-        sparse = (
-            tuple(cast(dict[int, float], sparse_found[u]) for u in hits) if call.sparse else None
-        )
-        return Known(tuple(hits), dense, sparse), keys
+        return Known(found.hits, found.dense, found.sparse), keys
 
     def _endpoint_identity(self) -> str:
         """The endpoint's identity for cache keys (see

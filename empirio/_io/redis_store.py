@@ -2,11 +2,11 @@
 
 ``cache="redis://[:password@]host:port/db"`` (or ``rediss://``): the vectors a Ray actor, a
 Spark task, a web replica or a CI runner paid for are found by all the others, and a killed or
-retried job's rerun pays only for what was not finished. Keys are the cache's own (each names
-the endpoint, model, dimensions, options and a hash of the text; never the key), under
-``empirio:cache:``; values are the same bytes the SQLite cache keeps. Entries do not expire: a
-cache is kept on purpose. Bound Redis's memory with its own ``maxmemory`` and an ``allkeys-lru``
-policy (a dense vector of 1,024 dimensions takes about 4.2 KB).
+retried job's rerun pays only for what was not finished. Keys are the cache's own (keyed hashes
+of the endpoint, model, dimensions, options and text: see :mod:`empirio._core.cache_keys`),
+under ``empirio:cache:``; values are the same sealed bytes the SQLite cache keeps. Entries do
+not expire: a cache is kept on purpose. Bound Redis's memory with its own ``maxmemory`` and an
+``allkeys-lru`` policy (a dense vector of 1,024 dimensions takes about 4.2 KB).
 
 A Redis that cannot be reached is a :class:`~empirio.CacheError` naming host and port (never the
 password) when vectors are looked up; a failed write warns and the call goes on (its vectors are

@@ -22,6 +22,7 @@ from typing import Any, TypeVar, cast
 
 import httpx
 
+from .._core.cache_keys import cache_secret, seal
 from .._core.concurrency import AUTO_CEILING, Concurrency
 from .._core.decode import Decoded, advertised_limits, decode_error, decode_success
 from .._core.driver import Call, CallDriver
@@ -65,6 +66,8 @@ class Session:
     def __init__(self, config: ClientConfig, cache: EmbeddingCache | None) -> None:
         self.config = config
         self.cache = cache
+        #: What the cache's keys and MACs are made with (see :mod:`empirio._core.cache_keys`).
+        self.cache_secret = cache_secret(config.cache_material().get_secret_value())
         self.lock = threading.Lock()
         #: The limits pacing now and where each came from (they follow what a server
         #: advertises where nobody set them: see ``LimitsInEffect.adopt``).
@@ -288,7 +291,7 @@ class Session:
             pairs = driver.take_cache_pairs()
             self._note_wire(driver)
         if notes or pairs:
-            failure = yield functools.partial(_store, self.cache, pairs, notes)
+            failure = yield functools.partial(_store, self.cache, self.cache_secret, pairs, notes)
             if failure is not None:  # the vectors themselves are safe: the call goes on
                 warnings.warn(
                     f"{len(pairs)} vectors could not be written to the embedding cache: {failure}",
@@ -403,6 +406,7 @@ def note_sent(session: Session, attempt: Attempt) -> None:
 
 def _store(
     cache: EmbeddingCache | None,
+    secret: bytes,
     pairs: list[tuple[str, bytes]],
     notes: list[Callable[[], None]],
 ) -> Exception | None:
@@ -411,7 +415,7 @@ def _store(
     failure: Exception | None = None
     if pairs and cache is not None:
         try:
-            cache.store.mset(pairs)
+            cache.store.mset(seal(secret, pairs))
         except Exception as exc:  # any store's failure; the vectors themselves are safe
             failure = exc
     for note in notes:

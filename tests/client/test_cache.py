@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import pytest
 
 from empirio import (
     CacheError,
+    CacheWarning,
+    ConfigurationError,
     EmbeddingClient,
     EmbeddingStore,
     InsufficientCreditsError,
@@ -54,7 +57,7 @@ CHANGES: list[tuple[str, dict[str, Any], dict[str, Any], bool]] = [
     ("max_concurrency", {"max_concurrency": 2}, {}, True),
     ("batch_size", {"batch_size": 3}, {}, True),
     ("encoding_format", {"encoding_format": "float"}, {}, True),
-    ("another key", {"api_key": "sk-another-key-0123456789"}, {}, True),
+    ("another key", {"api_key": "sk-another-key-0123456789"}, {}, False),
     ("dimensions", {"dimensions": 512}, {}, False),
     ("kind", {}, {"kind": "query"}, False),
     ("output", {}, {"output": "sparse"}, False),
@@ -76,6 +79,76 @@ def test_what_is_part_of_the_key(
         np.testing.assert_array_equal(again.dense, first.dense)
     else:
         assert sent == 4, name  # 40 texts, 10 a request
+
+
+SHARED = "team-cache-secret-0123456789"
+
+
+def test_keys_sharing_a_cache_secret_share_entries_and_others_see_none(
+    url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "cache.sqlite3"
+    first = client(url, path, cache_secret=SHARED).embed(TEXTS)
+    before = requests(url)
+    other_key = client(url, path, api_key="sk-another-key-0123456789", cache_secret=SHARED)
+    np.testing.assert_array_equal(other_key.embed(TEXTS).dense, first.dense)
+    assert requests(url) == before
+    # Without the secret (the key alone, or another secret) nothing is found, and nothing is
+    # refused either: the keys themselves differ, so membership cannot be tested.
+    for outsider in (client(url, path), client(url, path, cache_secret="x" * 16)):
+        outsider.embed(TEXTS[:10])
+        assert outsider.cache is not None
+        assert (outsider.cache.stats().hits, outsider.cache.stats().rejected) == (0, 0)
+    with pytest.raises(
+        ConfigurationError, match=r"at least 16 characters.*got a str of 5 characters"
+    ):
+        client(url, path, cache_secret="short")
+
+
+def _entries(path: Path) -> list[tuple[int, bytes]]:
+    with sqlite3.connect(path) as db:
+        return list(db.execute("SELECT id, value FROM empirio_vectors ORDER BY id"))
+
+
+def _overwrite(path: Path, values: dict[int, bytes]) -> None:
+    with sqlite3.connect(path) as db:
+        db.executemany(
+            "UPDATE empirio_vectors SET value = ? WHERE id = ?", [(v, i) for i, v in values.items()]
+        )
+
+
+def test_a_poisoned_cache_is_never_served_and_heals(url: str, tmp_path: Path) -> None:
+    """Whoever can write the cache but lacks the secret: NaN, zero, huge and swapped vectors,
+    and entries in the old unsealed layout, are refused, warned of once and fetched again."""
+    path = tmp_path / "cache.sqlite3"
+    fresh = client(url, path).embed(TEXTS).dense
+    rows = _entries(path)
+    dims = 1024
+    bad = {
+        rows[0][0]: np.full(dims, np.nan, "<f4").tobytes(),
+        rows[1][0]: np.zeros(dims, "<f4").tobytes(),
+        rows[2][0]: np.full(dims, 1000.0, "<f4").tobytes(),  # norm 32,000
+        rows[3][0]: rows[4][1],  # a sealed entry moved under another key
+        rows[5][0]: rows[5][1][16:],  # the vector without its MAC (the layout before)
+        rows[6][0]: rows[6][1][:-1] + bytes([rows[6][1][-1] ^ 1]),  # one bit flipped
+    }
+    _overwrite(path, bad)
+    c = client(url, path)
+    before = requests(url)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = c.embed(TEXTS).dense
+        c.embed(TEXTS)  # said once
+    said = [str(w.message) for w in caught if issubclass(w.category, CacheWarning)]
+    assert len(said) == 1
+    assert said[0].startswith("6 entries of the embedding cache")
+    np.testing.assert_array_equal(got, fresh)
+    assert requests(url) - before >= 1
+    assert c.cache is not None
+    assert c.cache.stats().rejected == 6
+    before = requests(url)
+    np.testing.assert_array_equal(client(url, path).embed(TEXTS).dense, fresh)  # healed
+    assert requests(url) == before
 
 
 def test_a_changed_model_misses(url: str, tmp_path: Path) -> None:

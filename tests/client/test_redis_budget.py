@@ -391,6 +391,44 @@ def test_a_redis_cache_is_shared_by_hosts_and_keeps_its_password(
         assert PASSWORD.encode() not in pickle.dumps(obj)
 
 
+def test_a_poisoned_redis_cache_is_never_served(emulator_url: str, redis_server: Redis) -> None:
+    """Anyone who can write the Redis but lacks the secret: every vector overwritten with NaN,
+    zeros, norm 32,000 or another text's vector is refused, re-fetched and healed; another key
+    finds nothing to read and no key to test."""
+    import numpy as np
+    import redis
+
+    from empirio import CacheWarning
+
+    texts = [f"poisoned in redis {i}" for i in range(20)]
+    first = EmbeddingClient(api_key="k-owner", base_url=emulator_url, cache=redis_server.url)
+    expected = first.embed(texts).dense
+    raw = redis.Redis.from_url(redis_server.url)
+    keys = sorted(raw.keys("empirio:cache:*"))
+    assert len(keys) == 20
+    values = raw.mget(keys)
+    dims = expected.shape[1]
+    forged = [
+        np.full(dims, np.nan, "<f4").tobytes(),
+        np.zeros(dims, "<f4").tobytes(),
+        np.full(dims, 1000.0, "<f4").tobytes(),
+    ]
+    raw.mset({k: forged[i % 3] if i % 2 else values[(i + 1) % 20] for i, k in enumerate(keys)})
+    c = EmbeddingClient(api_key="k-owner", base_url=emulator_url, cache=redis_server.url)
+    with pytest.warns(CacheWarning, match="20 entries"):
+        got = c.embed(texts).dense
+    np.testing.assert_array_equal(got, expected)
+    assert c.cache is not None
+    assert (c.cache.stats().hits, c.cache.stats().rejected) == (0, 20)
+    healed = EmbeddingClient(api_key="k-owner", base_url=emulator_url, cache=redis_server.url)
+    np.testing.assert_array_equal(healed.embed(texts).dense, expected)
+    assert healed.usage.requests == 0
+    outsider = EmbeddingClient(api_key="k-other", base_url=emulator_url, cache=redis_server.url)
+    outsider.embed(texts[:3])
+    assert outsider.cache is not None
+    assert (outsider.cache.stats().hits, outsider.cache.stats().rejected) == (0, 0)
+
+
 def test_a_redis_cache_that_is_away_is_a_cache_error_before_anything_is_sent(
     emulator_url: str,
 ) -> None:

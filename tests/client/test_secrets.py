@@ -76,3 +76,48 @@ def test_pickles_and_deep_copies_are_working_clients_without_the_key_in_their_by
             assert other.usage.requests == 0  # a new client: its own usage and connections
             np.testing.assert_array_equal(other.embed(TEXTS[:5]).dense, expected)
             other.close()
+
+
+CACHE_SECRET = "cache-secret-of-the-team-0123456789"
+
+
+def test_the_cache_secret_never_shows_and_travels_sealed(emulator_url: str, tmp_path: Any) -> None:
+    """repr, str, dumps, pickles and validation errors of the client and both adapters hold no
+    cache secret; a pickled client or adapter still reads the cache it sealed."""
+    from langchain_core.load import dumps
+
+    from langchain_empirio import EmpirioEmbeddings
+    from llamaindex_empirio import EmpirioEmbedding
+
+    path = tmp_path / "c.sqlite3"
+    options: dict[str, Any] = {
+        "api_key": KEY,
+        "base_url": emulator_url,
+        "cache": str(path),
+        "cache_secret": CACHE_SECRET,
+        "rpm": None,
+        "tpm": None,
+    }
+    c = EmbeddingClient(**options)
+    expected = c.embed(TEXTS[:5]).dense
+    lc = EmpirioEmbeddings(**options)
+    li = EmpirioEmbedding(**options)
+    shown = [repr(c), str(c), repr(lc), str(lc), repr(li), str(li)]
+    shown += [lc.model_dump_json(), str(lc.model_dump()), dumps(lc), li.to_json()]
+    shown += [str(li.model_dump())]
+    for text in shown:
+        assert CACHE_SECRET not in text
+    for obj in (c, lc, li):
+        blob = pickle.dumps(obj)
+        assert CACHE_SECRET.encode() not in blob
+        assert KEY.encode() not in blob
+    again = pickle.loads(pickle.dumps(c))
+    np.testing.assert_array_equal(again.embed(TEXTS[:5]).dense, expected)
+    assert again.usage.requests == 0  # found: the copy has the secret
+    lc_again = pickle.loads(pickle.dumps(lc))
+    assert lc_again.embed_documents(TEXTS[:5])[0] == expected[0].tolist()
+    assert lc_again.empirio_client.usage.requests == 0
+    for bad in (EmpirioEmbeddings, EmpirioEmbedding):
+        with pytest.raises(Exception) as caught:  # noqa: PT011 - each framework its own type
+            bad(**{**options, "cache_secret": CACHE_SECRET[:8], "batch_size": 0})
+        assert CACHE_SECRET[:8] not in str(caught.value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 
-from empirio._core.secret import MASK, SealedKey, open_sealed, redact, seal_urls
+from empirio._core.secret import MASK, SealedKey, open_sealed, redact, seal_secrets
 
 KEY = "sk-test-0123456789abcdef"
 
@@ -15,7 +15,7 @@ def test_a_sealed_key_never_shows_and_survives_a_pickle() -> None:
     assert KEY.encode() not in data
     assert KEY not in repr(sealed)
     assert pickle.loads(data).reveal() == KEY
-    options = seal_urls({"cache": f"redis://:{KEY}@h:6379/0", "share_budget": "machine"})
+    options = seal_secrets({"cache": f"redis://:{KEY}@h:6379/0", "share_budget": "machine"})
     assert KEY.encode() not in pickle.dumps(options)
     assert open_sealed(pickle.loads(pickle.dumps(options)))["cache"].endswith("@h:6379/0")
 
