@@ -283,6 +283,13 @@ class EmbeddingClient:
         """Requests, tokens and estimated cost of everything this client has done."""
         return self._session.meter.usage
 
+    def on_usage(self, listener: Callable[[Usage], None]) -> Callable[[], None]:
+        """Call ``listener(delta)`` with what was spent each time requests finish (or are
+        abandoned in flight): in the thread that finished them, outside the client's locks;
+        keep it quick. For tallies that must count what was paid even if the process dies
+        after (the engines' ``Tally``), meters and tracing. Returns what stops it."""
+        return self._session.listen(listener)
+
     def enable_shared_views(self) -> None:
         """From now on, ``embed(output="dense")`` and ``embed(output="sparse")`` fetch both views
         in one request and keep the other until asked for (hybrid search bills once)."""

@@ -21,6 +21,10 @@ What the job did and spent, summed over every actor, is kept by a :class:`Tally`
     tally = Tally()
     embed_column(ds, "text", tally=tally).write_parquet("vectors/")
     print(tally.total())   # 3,000 rows (2 with a row error); 300 requests, 98,765 tokens, ...
+
+Rows count when an actor hands its batch on; payments count as each request finishes, so an
+actor that dies mid-batch has told what it paid (only requests in flight at the kill, which
+nobody saw answered, can be missing).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._core.config import SHARE_BUDGET_ENV, is_redis_url
 from ._core.plan import Kind, Output
+from ._core.result import Usage
 from ._rows import JobUsage, embed_batch, open_options, seal_options
 from .client import EmbeddingClient
 
@@ -57,10 +62,12 @@ class _Sum:
 class Tally:
     """What a job's actors did and spent, summed: rows, row errors, requests, tokens, cost.
 
-    A small Ray actor (no CPU reserved) that each :class:`Embedder` reports to after every
-    batch, before the batch is handed on; so once the dataset is written or taken,
-    :meth:`total` counts all of it. Pass it to :func:`embed_column` (or :class:`Embedder`) as
-    ``tally=``. Needs ``ray.init()`` (or Ray's automatic start) first.
+    A small Ray actor (no CPU reserved). Each :class:`Embedder` tells it every payment as the
+    request finishes (without waiting for the answer), and its rows after every batch, before
+    the batch is handed on (waiting: an actor's calls from one caller run in order, so the
+    payments before are in too). Once the dataset is written or taken, :meth:`total` counts
+    all of it, also what actors that died had paid. Pass it to :func:`embed_column` (or
+    :class:`Embedder`) as ``tally=``. Needs ``ray.init()`` (or Ray's automatic start) first.
     """
 
     def __init__(self) -> None:
@@ -69,10 +76,14 @@ class Tally:
         self._actor: Any = ray.remote(num_cpus=0)(_Sum).remote()
 
     def add(self, part: JobUsage) -> None:
-        """Add one batch's share (called by the actors)."""
+        """Add one batch's share, and wait until it is in (called by the actors)."""
         import ray
 
         ray.get(self._actor.add.remote(part))
+
+    def paid(self, delta: Usage) -> None:
+        """Add a payment, without waiting (a usage listener of the actors' clients)."""
+        self._actor.add.remote(JobUsage(usage=delta))
 
     def total(self) -> JobUsage:
         """Everything reported so far."""
@@ -117,6 +128,8 @@ class Embedder:
         self.kind: Kind = kind
         self.output: Output = output
         self.client = EmbeddingClient(**open_options(client_options))
+        if tally is not None:
+            self.client.on_usage(tally.paid)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import pyarrow as pa
@@ -129,7 +142,7 @@ class Embedder:
             self.client, batch.column(self.column).to_pylist(), kind=self.kind, output=self.output
         )
         if self.tally is not None:
-            self.tally.add(spent)
+            self.tally.add(JobUsage(spent.rows, spent.row_errors))  # payments: told as made
         failed = pa.array(~rows.ok)
         if rows.dense is not None:
             values = pa.array(rows.dense.reshape(-1), type=pa.float32())

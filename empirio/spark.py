@@ -19,20 +19,27 @@ The workers' Python must have empirio installed (``pip install 'empirio[spark]'`
 virtual environment, point ``PYSPARK_PYTHON`` (and ``PYSPARK_DRIVER_PYTHON``) at its
 interpreter. A worker without it fails with one line saying so.
 
-What the job did and spent, summed over every task, is kept by a :class:`Tally` (a Spark
-accumulator)::
+What the job did and spent, summed over every task, is kept by a :class:`Tally`::
 
     tally = Tally(spark)
     embed_column(df, "text", tally=tally).write.parquet("vectors/")
     print(tally.total())   # 3,000 rows (2 with a row error); 300 requests, 98,765 tokens, ...
+
+Rows count once, from the tasks that delivered them; payments count as they are made, also in
+a task whose worker died (see :mod:`empirio._ledger`). The embedded DataFrame is computed by
+every action that uses it: used twice (``count()`` then ``write``), it is paid for twice, and a
+:class:`~empirio._ledger.PaidTwiceWarning` says so on the driver. ``.persist()`` it before, or
+pass ``cache=`` (the second computation then reads what the first paid for).
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from ._core.plan import Kind, Output
 from ._core.types import wants_dense, wants_sparse
+from ._ledger import Ledger, PaidTwiceWarning, ledger
 from ._rows import JobUsage, seal_options
 
 if TYPE_CHECKING:
@@ -41,7 +48,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["JobUsage", "Tally", "embed_column"]
+__all__ = ["JobUsage", "PaidTwiceWarning", "Tally", "embed_column"]
 
 
 class _Sum:
@@ -57,10 +64,11 @@ class _Sum:
 class Tally:
     """What a job's tasks did and spent, summed: rows, row errors, requests, tokens, cost.
 
-    A Spark accumulator: each task adds its batches' share, and Spark sums them on the driver
-    when the task ends, so after an action (``write``, ``collect``, ``count``) :meth:`total`
-    counts it. A task Spark runs again (a lost executor, speculation) counts again, which is
-    right for usage: with ``cache=`` it paid only for what it had not finished. Pass it to
+    Rows and row errors are a Spark accumulator: each task adds its batches' rows, and Spark
+    counts those of the tasks that succeed, so a row counts once however often its task ran.
+    Payments are told to the driver as each request finishes (:mod:`empirio._ledger`), so a
+    task whose worker died, or that Spark ran again, counts what it paid too. After an action
+    (``write``, ``collect``, ``count``) :meth:`total` counts it all. Pass it to
     :func:`embed_column` as ``tally=``.
 
     Args:
@@ -74,11 +82,20 @@ class Tally:
         if session is None:
             raise RuntimeError("Tally() needs a SparkSession: start one, or pass it")
         self._sum: Any = session.sparkContext.accumulator(JobUsage(), _Sum())  # type: ignore[arg-type]
+        self._id = uuid.uuid4().hex
+        self._ledger = _driver_ledger(session)
 
     def total(self) -> JobUsage:
-        """Everything reported by the tasks that have ended."""
-        total: JobUsage = self._sum.value
-        return total
+        """Rows of the tasks that have ended, and everything paid so far."""
+        rows: JobUsage = self._sum.value
+        return JobUsage(rows.rows, rows.row_errors, self._ledger.paid(self._id))
+
+
+def _driver_ledger(session: SparkSession) -> Ledger:
+    """The driver's ledger, listening where the executors reach the driver."""
+    conf = session.sparkContext.getConf()
+    host = conf.get("spark.driver.host") or "127.0.0.1"
+    return ledger(host, conf.get("spark.driver.bindAddress") or host)
 
 
 def embed_column(
@@ -134,6 +151,11 @@ def embed_column(
         output,
         None if tally is None else tally._sum,
         seal_options(client_options),
+        # Payments go to the driver's ledger as they are made, under this call's id: it
+        # counts them for the tally, and sees this DataFrame computed by a second action.
+        _driver_ledger(df.sparkSession).pass_(),
+        "" if tally is None else tally._id,
+        uuid.uuid4().hex,
     )
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -165,22 +187,37 @@ def _partition(
     output: Output,
     tally: Any,
     options: dict[str, Any],
+    where: Any,
+    tally_id: str,
+    call_id: str,
 ) -> Iterator[pd.DataFrame]:
-    """One partition, on a worker: one client, each Arrow batch embedded as it comes."""
+    """One partition, on a worker: one client, each Arrow batch embedded as it comes; each
+    payment told to the driver as it is made."""
+    from pyspark import TaskContext
+
+    from ._ledger import Reporter
     from ._rows import embed_batch, open_options
     from .client import EmbeddingClient
 
+    task = TaskContext.get()
+    partition, stage = (task.partitionId(), task.stageId()) if task is not None else (-1, -1)
+    reporter = Reporter(where, tally_id, call_id, partition, stage)
     with EmbeddingClient(**open_options(options)) as client:
-        for batch in batches:
-            rows, spent = embed_batch(client, batch[column].tolist(), kind=kind, output=output)
-            if tally is not None:
-                tally.add(spent)
-            out = batch.copy()
-            ok = rows.ok
-            if rows.dense is not None:
-                dense = rows.dense
-                out[output_column] = [dense[i] if ok[i] else None for i in range(len(batch))]
-            if rows.sparse is not None:
-                out[f"{output_column}_sparse"] = rows.sparse
-            out[error_column] = rows.errors
-            yield out
+        stop = client.on_usage(reporter)
+        try:
+            for batch in batches:
+                rows, spent = embed_batch(client, batch[column].tolist(), kind=kind, output=output)
+                if tally is not None:
+                    tally.add(JobUsage(spent.rows, spent.row_errors))  # payments: the ledger
+                out = batch.copy()
+                ok = rows.ok
+                if rows.dense is not None:
+                    dense = rows.dense
+                    out[output_column] = [dense[i] if ok[i] else None for i in range(len(batch))]
+                if rows.sparse is not None:
+                    out[f"{output_column}_sparse"] = rows.sparse
+                out[error_column] = rows.errors
+                yield out
+        finally:
+            stop()
+            reporter.close()

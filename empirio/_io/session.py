@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import os
@@ -38,7 +39,7 @@ from .._core.flow import PIPELINE_MIN, CallOptions
 from .._core.limits import LimitsInEffect
 from .._core.pace import Budget, Limits
 from .._core.plan import SegmentPlan
-from .._core.result import EmbeddingResult, UsageMeter
+from .._core.result import EmbeddingResult, Usage, UsageMeter
 from .._core.retry import RetryPolicy
 from .._core.settings import ClientConfig, check_choice
 from .._core.types import KINDS, OUTPUTS, Kind, Output
@@ -93,6 +94,9 @@ class Session:
         self.batch_limit = BatchLimit(config.batch_size)
         self.policy = RetryPolicy(max_retries=config.max_retries)
         self.meter = UsageMeter()
+        # Told every increment of usage (EmbeddingClient.on_usage), and what they were told.
+        self.listeners: list[Callable[[Usage], None]] = []
+        self._told = Usage()
         self.views: ViewCache | None = ViewCache() if config.share_views else None
         # Set when the endpoint answers a sparse request without sparse vectors: sparse calls
         # are refused from then on, and dense calls stop asking for both views.
@@ -298,6 +302,7 @@ class Session:
                     CacheWarning,
                     stacklevel=caller_level(),
                 )
+        self.tell_usage()
         for attempt, outcome, finished, retry_in in taken:
             if finished:
                 progress.update(finished)
@@ -322,6 +327,34 @@ class Session:
         )
         progress.waiting(f"retrying in {retry_in:.0f} s: {why}")
 
+    def listen(self, listener: Callable[[Usage], None]) -> Callable[[], None]:
+        """Add a usage listener (see ``EmbeddingClient.on_usage``); returns its remover."""
+        with self.lock:
+            self._told = self.meter.usage  # it hears what is spent from now on
+            self.listeners.append(listener)
+
+        def stop() -> None:
+            with self.lock, contextlib.suppress(ValueError):
+                self.listeners.remove(listener)
+
+        return stop
+
+    def tell_usage(self) -> None:
+        """Tell the listeners what was spent since they were last told. Outside the lock: a
+        listener may block (a tally's network round trip) without holding up the calls."""
+        if not self.listeners:
+            return
+        with self.lock:
+            now, listeners = self.meter.usage, list(self.listeners)
+            delta, self._told = now - self._told, now
+        if delta == Usage():
+            return
+        for listener in listeners:
+            try:
+                listener(delta)
+            except Exception:  # a listener's failure is its own, never the call's
+                logger.exception("a usage listener failed")
+
     def _note_wire(self, driver: CallDriver) -> None:
         """Keep :attr:`wired`, the calls with requests out. Must hold :attr:`lock`."""
         if driver.engine.has_in_flight:
@@ -334,6 +367,7 @@ class Session:
             self.calls.pop(driver, None)
             self.wired.discard(driver)
             gone = driver.close()
+        self.tell_usage()
         if gone:
             logger.warning(
                 "%d requests (%d tokens) were abandoned in flight; the service may have billed "

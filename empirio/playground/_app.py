@@ -12,21 +12,34 @@ be sent cross-origin without a CORS preflight, which this server never grants, s
 another origin cannot call the API even with a ``text/plain`` POST. ``Host`` must name this
 server (a DNS-rebinding page names its own), an ``Origin`` must be this server's, and the run
 API takes JSON bodies only.
+
+The token is never on a command line, where any local user would read it in the process list.
+When the command opens the browser for the user (:func:`open_in_browser`), it opens a private
+file (mode 0600 in a folder of mode 0700, as Jupyter does) that redirects to the server with a
+one-time code (``/?code=C``). The server exchanges the code, once and within
+:data:`HANDOVER_S`, for the token (a 303 to ``/?token=T``), which the page then takes out of the
+address bar. The URL the command prints is the only other copy of the token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import importlib.resources
 import json
 import logging
 import os
 import secrets
+import tempfile
+import threading
+import time
 import webbrowser
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from pydantic import SecretStr, ValidationError
 
@@ -42,6 +55,7 @@ from .._core.errors import ConfigurationError
 from ._run import MAX_DOCUMENTS, MAX_QUERIES, RunSettings, run
 
 __all__ = [
+    "HANDOVER_S",
     "TOKEN_HEADER",
     "Backend",
     "backend_from_env",
@@ -61,6 +75,8 @@ Send = Callable[[Message], Awaitable[None]]
 _MAX_BODY = 8 * 1024 * 1024
 #: The header in which the page sends the launch's token on every API call.
 TOKEN_HEADER = "x-playground-token"
+#: Seconds a one-time code for the browser stays good (it is also good only once).
+HANDOVER_S = 60.0
 #: Names of this machine a browser may use in ``Host`` and ``Origin``.
 _LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
@@ -126,6 +142,29 @@ def create_app(
     must carry in :data:`TOKEN_HEADER`. The app's ``token`` attribute holds it."""
     token = token or secrets.token_urlsafe(24)
     page = _page()
+    codes: dict[str, float] = {}  # one-time code -> when it expires (time.monotonic)
+    codes_lock = threading.Lock()
+
+    def handover() -> str:
+        """A one-time code the browser exchanges for the token (see the module docstring)."""
+        code = secrets.token_urlsafe(24)
+        with codes_lock:
+            codes[code] = time.monotonic() + HANDOVER_S
+        return code
+
+    def redeem(scope: Scope) -> bool:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        given = (query.get("code") or [""])[0]
+        with codes_lock:
+            for code, expires in list(codes.items()):
+                if expires < time.monotonic():
+                    del codes[code]
+            # Constant-time over every live code; a match is spent at once.
+            match = next((c for c in codes if secrets.compare_digest(c, given)), None)
+            if match is not None:
+                del codes[match]
+        return match is not None
+
     info = json.dumps(
         {
             "emulator": backend.emulator,
@@ -151,7 +190,22 @@ def create_app(
             elif _headers(scope).get("host", "").lower() not in _own_hosts(scope):
                 await _error(send, 403, "Forbidden", "this server answers only to its own address")
                 return
-            if method == "GET" and path in ("/", "/index.html"):
+            if (
+                method == "GET"
+                and path in ("/", "/index.html")
+                and b"code=" in scope.get("query_string", b"")
+            ):
+                if redeem(scope):
+                    await _redirect(send, f"/?token={token}")
+                else:
+                    await _error(
+                        send,
+                        403,
+                        "Forbidden",
+                        "this one-time link was used or is older than "
+                        f"{HANDOVER_S:.0f} s: open the URL the command printed",
+                    )
+            elif method == "GET" and path in ("/", "/index.html"):
                 await _send(send, 200, page, "text/html; charset=utf-8")
             elif method == "GET" and path == "/api/info":
                 await _send(send, 200, info)
@@ -183,6 +237,7 @@ def create_app(
             await _error(send, 500, "InternalError", "the playground failed; see its log")
 
     app.token = token  # type: ignore[attr-defined]
+    app.handover = handover  # type: ignore[attr-defined]
     return app
 
 
@@ -218,6 +273,22 @@ async def _send(send: Send, status: int, body: bytes, kind: str = "application/j
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _redirect(send: Send, location: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 303,
+            "headers": [
+                (b"location", location.encode()),
+                (b"content-length", b"0"),
+                (b"cache-control", b"no-store"),
+                (b"referrer-policy", b"no-referrer"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _error(send: Send, status: int, kind: str, message: str) -> None:
@@ -281,7 +352,16 @@ def playground(
     app = create_app(backend)
     token = app.token  # type: ignore[attr-defined]
     with stack, run_app(app, host=host, port=port, name="empirio-playground") as (shown, bound):
-        yield f"http://{shown}:{bound}/?token={token}"
+        root = f"http://{shown}:{bound}/"
+        _LAUNCHED[root] = app.handover  # type: ignore[attr-defined]
+        try:
+            yield f"{root}?token={token}"
+        finally:
+            _LAUNCHED.pop(root, None)
+
+
+#: The playgrounds running in this process, by root URL: their one-time code makers.
+_LAUNCHED: dict[str, Callable[[], str]] = {}
 
 
 def _bracket(host: str) -> str:
@@ -304,6 +384,43 @@ def show(*, height: int = 900, force_emulator: bool = False) -> Any:
 
 
 def open_in_browser(url: str) -> None:
-    """Open ``url`` in the user's browser, quietly doing nothing where there is none."""
+    """Open the playground at ``url`` (as :func:`playground` yields it) in the user's browser,
+    quietly doing nothing where there is none.
+
+    The browser's command line, which every local user can read, never holds the token: it
+    names a private file that redirects to a one-time code (for a playground of this process;
+    to ``url`` itself otherwise). The file is removed after :data:`HANDOVER_S` seconds, when
+    the code no longer works anyway.
+    """
+    root, _, _ = url.partition("?")
+    handover = _LAUNCHED.get(root)
+    target = f"{root}?code={handover()}" if handover is not None else url
     with contextlib.suppress(Exception):
-        webbrowser.open(url)
+        page = _handover_file(target)
+        timer = threading.Timer(HANDOVER_S, _remove, (page,))
+        timer.daemon = True
+        timer.start()
+        webbrowser.open(page.as_uri())
+
+
+def _handover_file(target: str) -> Path:
+    """A file only this user can read (in a folder only this user can enter) that sends the
+    browser to ``target``."""
+    folder = Path(tempfile.mkdtemp(prefix="empirio-playground-"))  # mode 0700
+    page = folder / "open.html"
+    attr = html.escape(target, quote=True)
+    body = (
+        '<!doctype html><meta charset="utf-8"><meta name="referrer" content="no-referrer">'
+        f'<meta http-equiv="refresh" content="0;url={attr}"><title>empirio playground</title>'
+        f'<p>Opening the playground&hellip; <a href="{attr}">continue</a></p>'
+    )
+    fd = os.open(page, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(body)
+    return page
+
+
+def _remove(page: Path) -> None:
+    with contextlib.suppress(OSError):
+        page.unlink()
+        page.parent.rmdir()

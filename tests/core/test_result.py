@@ -27,3 +27,13 @@ def test_a_result_gives_rows_and_refuses_rows_it_does_not_hold() -> None:
     assert r.dense_rows()[19] == [38.0, 39.0]
     with pytest.raises(ValueError, match="no dense"):
         EmbeddingResult(None, [{}], Usage()).dense_rows()
+
+
+def test_usage_arithmetic_covers_every_field() -> None:
+    """``+`` and ``-`` are written field by field (for speed): none may be forgotten."""
+    import dataclasses
+
+    for f in dataclasses.fields(Usage):
+        one, two = Usage(**{f.name: 1}), Usage(**{f.name: 2})
+        assert one + one == two, f.name
+        assert two - one == one, f.name

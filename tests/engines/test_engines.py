@@ -120,6 +120,53 @@ def test_ray_embed_column(ray_local: Any, api: str, tmp_path: Path) -> None:
     assert stats(api)["requests"] == before["requests"]
 
 
+def _kill_when_paid(api: str, start: int, paid: int, marker: str) -> int:
+    """kill -9 the worker process whose command line holds ``marker`` once the service has
+    billed ``paid`` requests since ``start``; the number billed at the kill."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        billed = stats(api)["requests"] - start
+        if billed >= paid:
+            for proc in Path("/proc").iterdir():
+                if not proc.name.isdigit():
+                    continue
+                try:
+                    cmdline = (proc / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if marker.encode() in cmdline:
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    return int(billed)
+        time.sleep(0.02)
+    raise AssertionError(f"no worker process matching {marker!r} paid {paid} requests")
+
+
+def test_ray_tally_counts_what_a_killed_actor_paid(ray_local: Any, api: str) -> None:
+    """An actor killed mid-batch (after half its batch was billed) has told the tally every
+    request it saw answered: only those in flight at the kill (at most max_concurrency) can
+    be missing. Ray runs the batch again on a new actor."""
+    import concurrent.futures
+
+    from empirio.ray import Tally, embed_column
+
+    texts = [{"id": i, "text": f"a killed actor's row {i}"} for i in range(240)]
+    ds = ray_local.data.from_items(texts, override_num_blocks=1)
+    tally = Tally()
+    start = stats(api)["requests"]
+    out = embed_column(
+        ds, "text", concurrency=1, batch_size=120, tally=tally, **options(api, max_concurrency=2)
+    )
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        job = pool.submit(out.take_all)
+        at_kill = _kill_when_paid(api, start, 6, "Embedder")
+        got = job.result(timeout=300)
+    billed = stats(api)["requests"] - start
+    assert len(got) == 240
+    counted = tally.total().usage.requests
+    assert at_kill >= 6
+    assert billed - 2 <= counted <= billed, (at_kill, counted, billed)
+
+
 # ------------------------------------------------------------------------------------ Spark
 
 
@@ -136,7 +183,8 @@ def spark() -> Iterator[Any]:
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     session = (
-        SparkSession.builder.master("local[2]")
+        # Two cores; a failed task is tried up to 4 times (local mode's default is once).
+        SparkSession.builder.master("local[2,4]")
         .appName("empirio-tests")
         .config("spark.ui.enabled", "false")
         .config("spark.driver.host", "127.0.0.1")
@@ -168,6 +216,59 @@ def test_spark_embed_column(spark: Any, api: str, tmp_path: Path) -> None:
     assert_few_429s(after, start)
     assert len(embed_column(df, "text", **options(api, cache=str(cache))).collect()) == len(TEXTS)
     assert stats(api)["requests"] == after["requests"]  # the rerun sent nothing
+
+
+def _spark_worker_pid() -> int | None:
+    """A Python worker forked by PySpark's daemon (not the daemon itself)."""
+    procs = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            procs[int(proc.name)] = (cmdline, ppid)
+    for pid, (cmdline, ppid) in procs.items():
+        if b"pyspark.daemon" in cmdline and b"pyspark.daemon" in procs.get(ppid, (b"", 0))[0]:
+            return pid
+    return None
+
+
+def test_spark_tally_counts_what_a_dead_worker_paid_and_a_second_action_warns(
+    spark: Any, api: str
+) -> None:
+    """A Python worker killed mid-task: Spark drops that task's accumulator, yet the tally has
+    every payment the worker saw answered. Then the result used by a second action is paid
+    again, and a PaidTwiceWarning says so on the driver."""
+    import concurrent.futures
+
+    import pandas as pd
+
+    from empirio.spark import PaidTwiceWarning, Tally, embed_column
+
+    df = spark.createDataFrame(
+        pd.DataFrame({"id": range(240), "text": [f"a dead worker's row {i}" for i in range(240)]})
+    ).repartition(2)
+    tally = Tally(spark)
+    start = stats(api)["requests"]
+    out = embed_column(df, "text", tally=tally, **options(api, max_concurrency=2))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        job = pool.submit(out.count)
+        deadline = time.monotonic() + 120
+        while stats(api)["requests"] - start < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        pid = _spark_worker_pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        assert job.result(timeout=300) == 240
+    billed = stats(api)["requests"] - start
+    total = tally.total()
+    assert total.rows == 240  # the dead task's rows once, from its retry
+    assert billed - 2 <= total.usage.requests <= billed, (total.usage.requests, billed)
+    with pytest.warns(PaidTwiceWarning, match="computed again by another action"):
+        assert len(out.collect()) == 240
+    assert tally.total().usage.requests == stats(api)["requests"] - start
 
 
 SPARK_JOB = """

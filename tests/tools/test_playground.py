@@ -329,3 +329,72 @@ def test_sparse_only_says_why_dense_panels_are_empty_and_a_phone_gets_one_column
         assert phone.query_selector_all("#sparse .pill")
     finally:
         context.close()
+
+
+FAKE_BROWSER = """
+import json, os, stat, sys
+from urllib.parse import urlsplit, unquote
+uri = sys.argv[1]
+path = unquote(urlsplit(uri).path)
+with open(sys.argv[2], "w") as out:
+    json.dump({
+        "argv": sys.argv,
+        "cmdline": open("/proc/self/cmdline", "rb").read().decode(errors="replace"),
+        "uri": uri,
+        "file_mode": stat.S_IMODE(os.stat(path).st_mode),
+        "folder_mode": stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode),
+    }, out)
+"""
+
+
+def test_the_browser_is_opened_without_the_token_on_its_command_line(
+    page: Any, tmp_path: Path
+) -> None:
+    """`empirio playground` opens the user's browser ($BROWSER, here a recorder) on a private
+    file, not on the URL with the token; the file hands a one-time code over, which a real
+    browser exchanges for the token once."""
+    import json
+    import signal
+    import time
+
+    import httpx
+
+    fake, seen = tmp_path / "browser.py", tmp_path / "seen.json"
+    fake.write_text(FAKE_BROWSER)
+    env = {k: v for k, v in os.environ.items() if k != "EMPIRIOLABS_API_KEY"}
+    env["BROWSER"] = f"{sys.executable} {fake} %s {seen}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "empirio", "playground"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        root, token = url.split("?token=")
+        for _ in range(300):
+            if seen.exists() and seen.stat().st_size:
+                break
+            time.sleep(0.1)
+        opened = json.loads(seen.read_text())
+        assert token not in json.dumps(opened)  # not in argv, not in /proc/PID/cmdline
+        assert opened["uri"].startswith("file://")
+        assert (opened["file_mode"], opened["folder_mode"]) == (0o600, 0o700)
+        page.goto(opened["uri"])
+        page.wait_for_url(root, timeout=30_000)  # the token taken out of the address bar
+        page.wait_for_function("document.querySelector('#mode-banner').innerText.length > 0")
+        assert "emulator" in page.inner_text("#mode-banner").lower()
+        assert page.evaluate("sessionStorage.getItem('empirio-playground-token')") == token
+        handed = Path(httpx.URL(opened["uri"]).path).read_text()
+        code_url = root + "?code=" + handed.split("?code=")[1].split('"')[0]
+        again = httpx.get(code_url, timeout=30)
+        assert again.status_code == 403  # spent: one browser, once
+        assert token not in again.text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
