@@ -26,6 +26,7 @@ from ._core.errors import (
     EmpirioError,
     InsufficientCreditsError,
 )
+from ._core.retry import parse_retry_after
 from ._core.secret import redact
 from ._core.wire import decode_base64
 
@@ -40,6 +41,8 @@ _PREFIX_COSINE = 0.999
 #: Seconds between probes when the endpoint advertises no limits (the per-second rule of a
 #: 50 RPM account allows one request a second).
 _SPACING_S = 1.1
+#: The longest a probe waits out a 429 (then it reports what the endpoint said).
+_MAX_429_WAIT_S = 60.0
 
 
 @dataclass
@@ -101,13 +104,26 @@ class Report:
 class _Prober:
     def __init__(self, http: httpx.Client, base_url: str, key: str, model: str) -> None:
         self.http, self.url, self.key, self.model = http, f"{base_url}/embeddings", key, model
-        self.spacing = 0.0 if is_loopback_url(base_url) else _SPACING_S
+        # Spaced from the first request, on this machine too: a local emulator may enforce
+        # the account's per-second rule as the service does (``empirio serve --rpm 50``).
+        self.spacing = _SPACING_S
         self.last = -float("inf")
         self.requests = 0
         self.tokens = 0
         self.headers: httpx.Headers | None = None
 
     def send(self, texts: list[str], **fields: Any) -> tuple[httpx.Response, float]:
+        """One probe, spaced after the last; a 429 is waited out once (its Retry-After, at most
+        :data:`_MAX_429_WAIT_S`) and the probe sent again."""
+        r, ms = self._send_once(texts, fields)
+        if r.status_code == 429:
+            asked = parse_retry_after(r.headers, time.time())
+            time.sleep(min(_MAX_429_WAIT_S, asked if asked is not None else 2 * self.spacing))
+            self.spacing *= 2  # the endpoint is stricter than it said: slower from now on
+            r, ms = self._send_once(texts, fields)
+        return r, ms
+
+    def _send_once(self, texts: list[str], fields: dict[str, Any]) -> tuple[httpx.Response, float]:
         wait = self.last + self.spacing - time.monotonic()
         if wait > 0:
             time.sleep(wait)
@@ -118,12 +134,21 @@ class _Prober:
         self.requests += 1
         if self.headers is None:
             self.headers = r.headers
+            self._pace(r.headers)
         if r.status_code == 200:
             usage = r.json().get("usage") or {}
             self.tokens += int(usage.get("total_tokens") or usage.get("prompt_tokens") or 0)
         elif r.status_code in (401, 402, 403, 404):
             raise decode_error(r.status_code, r.content, r.headers, time.time(), (self.key,))
         return r, (self.last - start) * 1000
+
+    def _pace(self, headers: httpx.Headers) -> None:
+        """The spacing the first answer's advertised limits call for."""
+        rpm = advertised_limits(headers).get("rpm")
+        if rpm:  # the per-second rule: rpm/60 a second, at least 1
+            self.spacing = max(60.0 / rpm, 1.0 / max(1, int(rpm // 60))) * 1.1
+        elif is_loopback_url(self.url):
+            self.spacing = 0.0  # a local server that advertises no limits has none to keep
 
     def reason(self, r: httpx.Response) -> str:
         return redact(r.text[:200].strip(), self.key)
@@ -176,9 +201,6 @@ def _probe(p: _Prober, report: Report) -> None:
     report.latency_ms = round(float(np.median(latencies)), 1)
     advertised = advertised_limits(p.headers or httpx.Headers())
     report.limits = {name: advertised.get(name) for name, _ in LIMIT_HEADERS}
-    if report.limits["rpm"] and not is_loopback_url(report.base_url):
-        rpm = float(report.limits["rpm"])  # the per-second rule: rpm/60 a second, at least 1
-        p.spacing = max(60.0 / rpm, 1.0 / max(1, int(rpm // 60))) * 1.1
 
     # Matryoshka: is the 256-d vector the renormalised prefix of the 2,048-d one?
     r, _ = p.send([_TEXT], dimensions=256)

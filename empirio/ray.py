@@ -34,6 +34,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from ._core.config import SHARE_BUDGET_ENV, is_redis_url
+from ._core.errors import ConfigurationError
 from ._core.plan import Kind, Output
 from ._core.result import Usage
 from ._rows import JobUsage, embed_batch, open_options, seal_options
@@ -165,7 +166,7 @@ def embed_column(
     error_column: str = "embedding_error",
     kind: Kind = "document",
     output: Output = "dense",
-    concurrency: int = 2,
+    concurrency: int | None = None,
     batch_size: int = 500,
     num_cpus: float = 0.5,
     tally: Tally | None = None,
@@ -179,6 +180,9 @@ def embed_column(
         column: the text column.
         output_column, error_column, kind, output: see :class:`Embedder`.
         concurrency: actors (each one client; they pace together through the shared budget).
+            Default: as many as fit beside one CPU left for the tasks that read the data, at
+            most 4 (2 on a 2-CPU machine). More than fit is a ``ConfigurationError`` at once:
+            Ray would otherwise wait for ever for a CPU to read with.
         batch_size: rows per batch handed to an actor (sent ten to a request, concurrently).
         num_cpus: CPUs each actor reserves. Less than one: an actor mostly waits on the
             network, and actors holding every CPU would leave none for the tasks that read
@@ -192,6 +196,7 @@ def embed_column(
     """
     import ray
 
+    concurrency = _actors(concurrency, num_cpus)
     budget = client_options.get("share_budget")
     if ray.is_initialized() and not is_redis_url(budget) and not _env_redis():
         nodes = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
@@ -219,6 +224,43 @@ def embed_column(
         num_cpus=num_cpus,
         zero_copy_batch=True,
     )
+
+
+#: The most actors the default gives: each is a client pacing with the others, so more rarely
+#: help (requests in flight within each follow the account's rate and the latency).
+_DEFAULT_ACTORS = 4
+
+
+def _actors(concurrency: int | None, num_cpus: float) -> int:
+    """How many actors to start: ``concurrency`` if the cluster can run them and still read
+    the data, else a :class:`~empirio.ConfigurationError` saying what to change."""
+    import ray
+
+    cpus = 0.0
+    if ray.is_initialized():
+        cpus = float(ray.cluster_resources().get("CPU", 0))  # type: ignore[no-untyped-call]
+    if (
+        isinstance(concurrency, bool)
+        or not isinstance(concurrency, int | None)
+        or (concurrency is not None and concurrency < 1)
+    ):
+        raise ConfigurationError(f"concurrency must be a positive int; got {concurrency!r}")
+    if not cpus or num_cpus <= 0:  # not known yet (Ray starts on first use), or free actors
+        return concurrency or 2
+    spare = cpus - 1  # one CPU for the read tasks, which need a whole one each
+    fits = int(max(0.0, spare) // num_cpus)
+    if concurrency is None and fits:
+        return min(_DEFAULT_ACTORS, fits)
+    wanted = concurrency or 1
+    if wanted > fits:
+        raise ConfigurationError(
+            f"concurrency={wanted} actors of num_cpus={num_cpus:g} would take "
+            f"{wanted * num_cpus:g} of this cluster's {cpus:g} CPUs and leave less than one for "
+            "the tasks that read the data: the job would wait for ever. Pass "
+            + (f"concurrency={fits} or less, or " if fits else "")
+            + "a smaller num_cpus (actors mostly wait on the network; num_cpus=0 is allowed)"
+        )
+    return wanted
 
 
 def _env_redis() -> bool:

@@ -10,7 +10,6 @@ import contextlib
 import importlib.resources
 import json
 import os
-import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -71,6 +70,17 @@ def _searchers(
     texts = [d["text"] for d in corpus]
     ids = [d["id"] for d in corpus]
     out: list[tuple[str, Callable[[str], tuple[str, float | None]]]] = []
+    matrix = client.embed(texts).dense
+    assert matrix is not None
+
+    def core_dense(q: str) -> tuple[str, float | None]:
+        query = client.embed([q], kind="query").dense
+        assert query is not None
+        scores = matrix @ query[0]
+        best = int(scores.argmax())
+        return ids[best], float(scores[best])
+
+    out.append(("empirio    dense ", core_dense))
     try:
         from langchain_core.vectorstores import InMemoryVectorStore
 
@@ -103,14 +113,14 @@ def _searchers(
 
             out.append(("LangChain  hybrid", lc_hybrid))
         except ImportError:
-            print("  (langchain-qdrant not installed: skipping hybrid search)")
+            print("  (hybrid search: pip install 'langchain-empirio[qdrant]')")
     except ImportError:
-        print("  (langchain-core not installed: skipping the LangChain adapter)")
+        print("  (LangChain too: pip install langchain-empirio)")
     try:
         from llama_index.core import VectorStoreIndex
         from llama_index.core.schema import TextNode
 
-        from llamaindex_empirio import EmpirioEmbedding
+        from llama_index.embeddings.empirio import EmpirioEmbedding
 
         nodes = [TextNode(text=t, id_=i) for t, i in zip(texts, ids, strict=True)]
         index = VectorStoreIndex(nodes, embed_model=EmpirioEmbedding(client=client))
@@ -122,37 +132,12 @@ def _searchers(
 
         out.append(("LlamaIndex dense ", li_dense))
     except ImportError:
-        print("  (llama-index-core not installed: skipping the LlamaIndex adapter)")
+        print("  (LlamaIndex too: pip install llama-index-embeddings-empirio)")
     return out
 
 
 def run_demo(*, dimensions: int = 512, force_emulator: bool = False) -> int:
     """Embed the corpus, run the queries, print hits and cost. Returns an exit status."""
-    import importlib.util
-
-    def absent(module: str) -> bool:
-        try:
-            return importlib.util.find_spec(module) is None
-        except (ImportError, ValueError):  # a module stubbed out as None, or broken
-            return True
-
-    missing = [
-        (module, extra)
-        for module, extra in (
-            ("langchain_core", "langchain"),
-            ("llama_index.core", "llamaindex"),
-            ("langchain_qdrant", "qdrant"),
-        )
-        if absent(module)
-    ]
-    if missing:
-        extras = ",".join(extra for _, extra in missing)
-        print(
-            f"empirio demo: needs {', '.join(m for m, _ in missing)}, not installed: "
-            f"pip install 'empirio[server,{extras}]'",
-            file=sys.stderr,
-        )
-        return 1
     use_emulator = force_emulator or not os.environ.get(API_KEY_ENV)
     corpus = load_corpus()
     by_id = {d["id"]: d for d in corpus}

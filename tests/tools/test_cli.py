@@ -285,8 +285,8 @@ def test_emulator_runs_are_not_paced_and_ctrl_c_exits_130(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("code", "message"),
     [
-        ("import langchain_empirio", "pip install 'empirio[langchain]'"),
-        ("import llamaindex_empirio", "pip install 'empirio[llamaindex]'"),
+        ("import langchain_empirio", "pip install langchain-empirio"),
+        ("import llama_index.embeddings.empirio", "pip install llama-index-embeddings-empirio"),
         ("from empirio.cli import main; raise SystemExit(main(['serve']))", "empirio[server]"),
         ("from empirio.cli import main; raise SystemExit(main(['demo']))", "empirio[server"),
     ],
@@ -294,7 +294,7 @@ def test_emulator_runs_are_not_paced_and_ctrl_c_exits_130(tmp_path: Path) -> Non
 )
 def test_a_missing_extra_is_named(code: str, message: str) -> None:
     # The extras' packages made unimportable, as in an environment without them.
-    blocked = "langchain_core llama_index uvicorn orjson langchain_qdrant".split()
+    blocked = "langchain_core llama_index.core uvicorn orjson langchain_qdrant".split()
     stub = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in blocked)
     r = subprocess.run(
         [sys.executable, "-c", stub + code], capture_output=True, text=True, timeout=120

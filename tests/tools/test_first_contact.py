@@ -52,6 +52,18 @@ def test_check_finds_a_smaller_batch_and_no_sparse(emulator_process: Any) -> Non
     assert "sparse output       no" in r.stdout
 
 
+def test_check_paces_its_probes_to_a_rate_limited_emulator(emulator_process: Any) -> None:
+    """`empirio serve --rpm 50` keeps the service's per-second rule (one request a second):
+    the probes are spaced by what the first answer advertises, and none is refused."""
+    url = emulator_process("--rpm", "50")
+    r = run("check", "--base-url", url, "--json", env_extra={"EMPIRIOLABS_API_KEY": KEY})
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["max_batch"] == 10
+    assert report["limits"]["rpm"] == 50
+    assert stats(url)["by_status"].get("429", 0) == 0  # spaced 1.3 s apart: never two a second
+
+
 def test_check_without_a_key_or_endpoint_is_one_line() -> None:
     r = run("check")
     assert r.returncode == 2

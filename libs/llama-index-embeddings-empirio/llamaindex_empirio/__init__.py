@@ -10,8 +10,8 @@ try:
     import llama_index.core  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess without the extra
     raise ImportError(
-        "llamaindex_empirio needs llama-index-core, which is not installed: "
-        "pip install 'empirio[llamaindex]'"
+        "llama_index.embeddings.empirio needs llama-index-core, which is not installed: "
+        "pip install llama-index-embeddings-empirio"
     ) from exc
 
 from .embeddings import EmpirioEmbedding

@@ -74,7 +74,7 @@ class EmpirioEmbeddings(EmpirioSettings, Embeddings, Serializable):
     def milvus_sparse(self) -> EmpirioMilvusSparseEmbeddings:
         """The sparse view for langchain-milvus (``{token id: weight}`` dicts), sharing this
         object's client, so that dense and sparse come from one request per text. Needs
-        langchain-milvus (``empirio[milvus]``)."""
+        langchain-milvus (``langchain-empirio[milvus]``)."""
         from .milvus import EmpirioMilvusSparseEmbeddings
 
         return EmpirioMilvusSparseEmbeddings(**self._sibling_fields())

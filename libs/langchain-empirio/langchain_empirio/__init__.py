@@ -16,7 +16,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess without the extra
     raise ImportError(
         "langchain_empirio needs langchain-core, which is not installed: "
-        "pip install 'empirio[langchain]'"
+        "pip install langchain-empirio"
     ) from exc
 
 from .embeddings import EmpirioEmbeddings

@@ -8,7 +8,8 @@ try:
     from langchain_milvus.utils.sparse import BaseSparseEmbedding
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "EmpirioMilvusSparseEmbeddings needs langchain-milvus: pip install 'empirio[milvus]'"
+        "EmpirioMilvusSparseEmbeddings needs langchain-milvus: "
+        "pip install 'langchain-empirio[milvus]'"
     ) from exc
 
 from langchain_core.load.serializable import Serializable

@@ -8,7 +8,7 @@ try:
     from langchain_qdrant import SparseEmbeddings, SparseVector
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "EmpirioSparseEmbeddings needs langchain-qdrant: pip install 'empirio[qdrant]'"
+        "EmpirioSparseEmbeddings needs langchain-qdrant: pip install 'langchain-empirio[qdrant]'"
     ) from exc
 
 from langchain_core.load.serializable import Serializable
@@ -86,7 +86,7 @@ class EmpirioSparseEmbeddings(EmpirioSettings, SparseEmbeddings, Serializable):
 
     def milvus(self) -> EmpirioMilvusSparseEmbeddings:
         """This view as langchain-milvus wants it (``{token id: weight}`` dicts), sharing this
-        object's client. Needs langchain-milvus (``empirio[milvus]``)."""
+        object's client. Needs langchain-milvus (``langchain-empirio[milvus]``)."""
         from .milvus import EmpirioMilvusSparseEmbeddings
 
         return EmpirioMilvusSparseEmbeddings(**self._sibling_fields())
