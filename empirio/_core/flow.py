@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeAlias, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from .distinct import Distinct
 from .driver import Call, known_result
@@ -39,6 +40,7 @@ __all__ = [
     "Driven",
     "Fetch",
     "FlowContext",
+    "Gathered",
     "PlanAll",
     "Step",
     "concatenate",
@@ -99,6 +101,11 @@ class Drive:
     ahead: int = 1
 
     @property
+    def size(self) -> int:
+        """Rows the call's parts will hold together."""
+        return len(self.plan.inverse) if self.plan is not None else len(self.texts)
+
+    @property
     def lists_per_part(self) -> bool:
         """Whether each part's dense rows become lists as it arrives (a pipelined call asked
         for lists): converting them all at the end would add most of a second to a large call;
@@ -108,12 +115,74 @@ class Drive:
 
 @dataclass(frozen=True, slots=True)
 class Driven:
-    """What a :class:`Drive` gave: the parts handed out, in order; their dense rows as lists
-    where ``as_lists`` asked for them; and the failure that ended it, if one did."""
+    """What a :class:`Drive` gave: the parts handed out, gathered in order; their dense rows
+    as lists where ``as_lists`` asked for them; and the failure that ended it, if one did."""
 
-    parts: list[EmbeddingResult]
+    parts: Gathered
     rows: list[list[float]] | None = None
     error: EmpirioError | None = None
+
+
+class Gathered:
+    """A call's parts, gathered as they are handed out: their dense rows copied into one array
+    of the call's size, made at the first part, so that no part is kept and nothing is joined
+    at the end. The peak of a large ``embed`` is then the result plus the segments still open,
+    not twice the result. Parts must come in order, each starting where the last ended.
+
+    Args:
+        size: the rows the call will have (more grow the array, at the cost of a copy).
+    """
+
+    __slots__ = ("_dense", "_size", "_sparse", "n", "usage")
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._dense: npt.NDArray[np.float32] | None = None
+        self._sparse: list[dict[int, float]] | None = None
+        #: rows gathered so far
+        self.n = 0
+        #: the parts' usage, summed
+        self.usage = Usage()
+
+    @classmethod
+    def of(cls, parts: Sequence[EmbeddingResult]) -> Gathered:
+        """``parts`` gathered (for callers that have them all)."""
+        gathered = cls(sum(len(p) for p in parts))
+        for part in parts:
+            gathered.add(part)
+        return gathered
+
+    def add(self, part: EmbeddingResult) -> None:
+        """Take the next part: its rows are copied in, and it can be dropped."""
+        if part.offset != self.n:
+            raise ValueError(f"a part at {part.offset} where {self.n} was next")
+        k = len(part)
+        if part.dense is not None:
+            self._place(part.dense, k)
+        self.n += k
+        if part.sparse is not None:
+            if self._sparse is None:
+                self._sparse = []
+            self._sparse.extend(part.sparse)
+        self.usage = self.usage + part.usage
+
+    def _place(self, dense: npt.NDArray[np.float32], k: int) -> None:
+        if self._dense is None and self.n == 0 and k == self._size:
+            self._dense = dense  # the whole call in one part: it is the result
+        elif self._dense is None:
+            self._dense = np.empty((max(self._size, k), dense.shape[1]), dtype=np.float32)
+            self._dense[:k] = dense
+        elif self.n + k > len(self._dense):  # more rows than announced: grow (a copy)
+            self._dense = np.concatenate([self._dense[: self.n], dense])
+        else:
+            self._dense[self.n : self.n + k] = dense
+
+    def result(self) -> EmbeddingResult:
+        """The rows gathered, as one result (the array itself when every row came)."""
+        dense = self._dense
+        if dense is not None and len(dense) != self.n:
+            dense = dense[: self.n]
+        return EmbeddingResult(dense, self._sparse, self.usage)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -194,7 +263,7 @@ def embed_flow(ctx: FlowContext, texts: Sequence[str], options: CallOptions) -> 
             raise distinct.spread_error(driven.error) from None
         if driven.rows is not None:
             return distinct.spread_rows(driven.rows)
-        return _finish(distinct.spread(concatenate(driven.parts)), options)
+        return _finish(distinct.spread(driven.parts.result()), options)
     plan: SegmentPlan = yield PlanAll(checked, call)
     if not plan.pieces:  # every text was cached: no network, no pacing
         if options.on_progress is not None:
@@ -203,7 +272,7 @@ def embed_flow(ctx: FlowContext, texts: Sequence[str], options: CallOptions) -> 
     driven = yield Drive(call, options, len(checked), plan=plan)
     if driven.error is not None:
         raise driven.error
-    return _finish(driven.parts[0], options)
+    return _finish(driven.parts.result(), options)
 
 
 def _finish(result: EmbeddingResult, options: CallOptions) -> EmbeddingResult | list[list[float]]:
@@ -254,11 +323,11 @@ def concatenate(parts: Sequence[EmbeddingResult]) -> EmbeddingResult:
     return EmbeddingResult(dense, sparse, usage)
 
 
-def prepend_partial(exc: EmpirioError, parts: Sequence[EmbeddingResult]) -> None:
-    """Add the segments a call had already handed out to the partial result its error carries."""
-    if not parts:
+def prepend_partial(exc: EmpirioError, parts: Gathered) -> None:
+    """Add the rows a call had already handed out (gathered from position 0) to the partial
+    result its error carries."""
+    if not parts.n:
         return
-    done = list(parts) + ([exc.partial] if exc.partial is not None else [])
-    indices = [p.offset + i for p in parts for i in range(len(p))]
+    done = [parts.result()] + ([exc.partial] if exc.partial is not None else [])
     exc.partial = concatenate(done)
-    exc.partial_indices = tuple(indices) + exc.partial_indices
+    exc.partial_indices = tuple(range(parts.n)) + exc.partial_indices

@@ -11,6 +11,7 @@ import warnings
 from .._core.cache_keys import CacheStats, EmbeddingStore
 from .._core.config import is_redis_url
 from .._core.errors import CacheWarning, ConfigurationError
+from .callers import caller_level
 from .redis_store import RedisStore
 from .sqlite_store import SqliteStore
 
@@ -45,7 +46,7 @@ class EmbeddingCache:
                 "were not used, and their texts are embedded and written again. "
                 "cache.stats().rejected counts them; this is said once per cache",
                 CacheWarning,
-                stacklevel=2,
+                stacklevel=caller_level(),
             )
 
     def after_fork(self) -> None:

@@ -107,11 +107,15 @@ class Session:
         self.wired: set[CallDriver] = set()
 
     def after_fork(self) -> None:
-        """A forked child's session: a new lock and no calls (the parent's threads are gone);
-        the usage so far and the budget (which renews its own state) are kept."""
+        """A forked child's session: a new lock, no calls (the parent's threads are gone) and
+        no usage listeners; the usage so far and the budget (which renews its own state) are
+        kept."""
         self.lock = threading.Lock()
         self.calls = {}
         self.wired = set()
+        # A listener is the parent's (a socket, an actor handle): the child's spending is its
+        # own, and two processes writing one socket would interleave their lines.
+        self.listeners = []
 
     # ------------------------------------------------------------------ what the flow reads
 
@@ -330,7 +334,8 @@ class Session:
     def listen(self, listener: Callable[[Usage], None]) -> Callable[[], None]:
         """Add a usage listener (see ``EmbeddingClient.on_usage``); returns its remover."""
         with self.lock:
-            self._told = self.meter.usage  # it hears what is spent from now on
+            if not self.listeners:
+                self._told = self.meter.usage  # the first hears what is spent from now on
             self.listeners.append(listener)
 
         def stop() -> None:

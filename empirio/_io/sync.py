@@ -25,7 +25,17 @@ from .._core.decode import Decoded
 from .._core.driver import Call
 from .._core.engine import Attempt
 from .._core.errors import EmpirioError
-from .._core.flow import CallOptions, Drive, Driven, Fetch, Flow, PlanAll, Step, embed_flow
+from .._core.flow import (
+    CallOptions,
+    Drive,
+    Driven,
+    Fetch,
+    Flow,
+    Gathered,
+    PlanAll,
+    Step,
+    embed_flow,
+)
 from .._core.plan import SegmentPlan
 from .._core.result import EmbeddingResult
 from .http import Transport
@@ -81,7 +91,7 @@ class SyncShell:
         else:
             plans = self.planner.pipelined(step.texts, step.call, step.positions)
         as_lists = step.lists_per_part
-        parts: list[EmbeddingResult] = []
+        parts = Gathered(step.size)  # each part copied into one array as it comes
         converted: list[_Rows] = []
         with (
             background_pool("empirio-lists") as pool,
@@ -90,7 +100,7 @@ class SyncShell:
             bar.update(step.done)
             try:
                 for part in self.drive(plans, step.call, bar, ahead=step.ahead):
-                    parts.append(part)
+                    parts.add(part)
                     if as_lists:
                         converted.append(self._convert(pool, part))
             except EmpirioError as exc:

@@ -16,6 +16,7 @@ from empirio._core.flow import (
     Drive,
     Driven,
     Fetch,
+    Gathered,
     PlanAll,
     concatenate,
     embed_flow,
@@ -73,7 +74,7 @@ def test_a_small_call_plans_then_drives_and_returns_the_part() -> None:
     assert step.plan is plan
     assert step.total == 2
     with pytest.raises(StopIteration) as stop:
-        flow.send(Driven([rows([1, 2])]))
+        flow.send(Driven(Gathered.of([rows([1, 2])])))
     assert stop.value.value.dense[:, 0].tolist() == [1, 2]
 
 
@@ -82,7 +83,7 @@ def test_as_lists_returns_python_floats() -> None:
     next(flow)
     flow.send(type("Plan", (), {"pieces": (1,)})())
     with pytest.raises(StopIteration) as stop:
-        flow.send(Driven([rows([7])]))
+        flow.send(Driven(Gathered.of([rows([7])])))
     assert stop.value.value == [[7.0, 0.0, 0.0]]
 
 
@@ -109,7 +110,7 @@ def test_a_pipelined_call_sends_each_text_once_and_spreads_the_repeats() -> None
     assert step.total == 4
     assert step.positions == (0, 1, 3)
     with pytest.raises(StopIteration) as stop:
-        flow.send(Driven([rows([1, 2]), rows([3], offset=2)]))
+        flow.send(Driven(Gathered.of([rows([1, 2]), rows([3], offset=2)])))
     assert stop.value.value.dense[:, 0].tolist() == [1, 2, 1, 3]
 
 
@@ -118,7 +119,7 @@ def test_a_pipelined_failure_keeps_the_parts_handed_out_as_partial() -> None:
     next(flow)
     error = AuthenticationError("bad key", status_code=401, inputs=(2,))
     with pytest.raises(AuthenticationError) as caught:
-        flow.send(Driven([rows([1, 2])], None, error))
+        flow.send(Driven(Gathered.of([rows([1, 2])]), None, error))
     exc = caught.value
     assert exc.inputs == (3,)  # the distinct text 2 ("c") is the caller's text 3
     assert exc.partial is not None
@@ -163,8 +164,32 @@ def test_concatenate_and_prepend_partial() -> None:
     assert whole.usage.requests == 2
     exc = AuthenticationError("x", status_code=401)
     exc.partial, exc.partial_indices = rows([9], offset=5), (5,)
-    prepend_partial(exc, [rows([1, 2])])
+    prepend_partial(exc, Gathered.of([rows([1, 2])]))
     assert exc.partial_indices == (0, 1, 5)
     assert exc.partial is not None
     assert exc.partial.dense is not None
     assert exc.partial.dense[:, 0].tolist() == [1, 2, 9]
+
+
+def test_parts_are_gathered_into_one_array_and_not_kept() -> None:
+    """Each part's rows are copied into one array of the call's size as it comes: the part
+    can be dropped at once, and the result is that array, not a join made at the end."""
+    import gc
+    import weakref
+
+    gathered = Gathered(3)
+    first = rows([1, 2])
+    assert first.dense is not None
+    ref = weakref.ref(first.dense)
+    gathered.add(first)
+    del first
+    gc.collect()
+    assert ref() is None  # nothing of the part is held
+    gathered.add(rows([3], offset=2))
+    whole = gathered.result()
+    assert whole.dense is not None
+    assert whole.dense.base is None  # the array itself: no view, no copy
+    assert whole.dense[:, 0].tolist() == [1, 2, 3]
+    assert whole.usage.requests == 2
+    with pytest.raises(ValueError, match="a part at 5 where 3 was next"):
+        gathered.add(rows([4], offset=5))

@@ -183,24 +183,28 @@ def test_the_key_is_absent_from_every_byte_the_browser_receives(
         assert SECRET[10:30].encode() not in body
 
 
-def test_the_command_prints_its_url_serves_the_page_and_stops_on_sigterm() -> None:
-    import signal
-    import subprocess
-    import sys
-
-    import httpx
-
+def launch(*flags: str, **env_extra: str) -> tuple[subprocess.Popen[str], str]:
+    """``empirio playground`` in a process of its own, with no key (on its emulator), and the
+    URL it printed."""
     env = {k: v for k, v in os.environ.items() if k != "EMPIRIOLABS_API_KEY"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "empirio", "playground", "--no-browser"],
+        [sys.executable, "-m", "empirio", "playground", *flags],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env={**env, **env_extra},
     )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+def test_the_command_prints_its_url_serves_the_page_and_stops_on_sigterm() -> None:
+    import signal
+
+    import httpx
+
+    proc, url = launch("--no-browser")
     try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
         assert "/?token=" in url
         page = httpx.get(url, timeout=30)
@@ -361,18 +365,8 @@ def test_the_browser_is_opened_without_the_token_on_its_command_line(
 
     fake, seen = tmp_path / "browser.py", tmp_path / "seen.json"
     fake.write_text(FAKE_BROWSER)
-    env = {k: v for k, v in os.environ.items() if k != "EMPIRIOLABS_API_KEY"}
-    env["BROWSER"] = f"{sys.executable} {fake} %s {seen}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "empirio", "playground"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc, url = launch(BROWSER=f"{sys.executable} {fake} %s {seen}")
     try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
         root, token = url.split("?token=")
         for _ in range(300):
             if seen.exists() and seen.stat().st_size:
