@@ -181,6 +181,11 @@ def run_demo(*, dimensions: int = 512, force_emulator: bool = False) -> int:
         took = time.perf_counter() - started
         print(
             f"\n{u.requests} requests, {u.input_tokens:,} tokens, estimated ${u.cost_usd:.6f}, "
-            f"{took:.1f} s (the hybrid store got dense and sparse from one request per batch)"
+            f"{took:.1f} s"
+            + (
+                " (the hybrid store got dense and sparse from one request per batch)"
+                if any("hybrid" in name for name, _ in searchers)
+                else ""
+            )
         )
     return 0

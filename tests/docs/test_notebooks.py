@@ -48,3 +48,37 @@ def test_notebook_runs(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert with_output(committed) == with_output(nb)
     secret = os.environ.get("EMPIRIOLABS_API_KEY")
     assert not secret or secret not in outputs
+
+
+def test_the_notebooks_extra_opens_and_converts_them(tmp_path: Path) -> None:
+    """What a reader runs: `jupyter nbconvert --execute` (and JupyterLab, ipywidgets for the
+    bars) from the `notebooks` extra."""
+    import subprocess
+    import sys
+
+    import ipywidgets  # noqa: F401  # progress bars render as widgets
+    import jupyterlab  # noqa: F401
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMPIRIOLABS_")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "nbconvert",
+            "--to",
+            "notebook",
+            "--execute",
+            str(NOTEBOOKS / "01_quickstart.ipynb"),
+            "--output-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=NOTEBOOKS,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "LOCAL EMULATOR" in (tmp_path / "01_quickstart.ipynb").read_text()
