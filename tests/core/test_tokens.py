@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from empirio._core.tokens import END_OF_TEXT_ID, SAFE_INPUT_TOKENS, get_tokenizer
@@ -94,3 +96,30 @@ def test_windows_cover_the_text_in_order() -> None:
 
 def test_short_text_is_one_window() -> None:
     assert [w.text for w in tok.windows("short")] == ["short"]
+
+
+def test_the_packed_vocabulary_is_the_verified_one_and_a_bad_copy_is_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The packed copy in the cache folder is used only when its checksum is the one fixed in
+    the code: a damaged or planted copy is ignored and made again from qwen.tiktoken."""
+    import hashlib
+
+    from empirio._core import tokens
+
+    decoded = tokens._decode_vocab()
+    packed = tokens.pack_ranks(decoded)
+    assert hashlib.sha256(packed).hexdigest() == tokens.PACKED_SHA256
+    assert tokens.unpack_ranks(packed) == decoded
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = tokens._packed_path()
+    assert tokens._load_ranks() == decoded  # made from the file, and kept
+    assert path.read_bytes() == packed
+    planted = bytearray(packed)
+    planted[-1] ^= 1  # one byte of one token changed: a different vocabulary
+    path.write_bytes(bytes(planted))
+    assert tokens._load_ranks() == decoded
+    assert path.read_bytes() == packed  # made again
+    # A cache folder that cannot be made: decoded each time, no error.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(path))  # a file, not a folder
+    assert tokens._load_ranks() == decoded
