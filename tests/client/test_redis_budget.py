@@ -96,6 +96,9 @@ HOST = """
     c = EmbeddingClient(api_key="shared-account-key", base_url=url, rpm=600, tpm=24_000_000,
                         dimensions=64, share_budget=budget)
     texts = [f"{name} text {i} about topic {i % 13}" for i in range(n)]
+    if sys.argv[5:] == ["ready"]:  # say when this host has used the budget once
+        c.embed([f"{name} is ready"])
+        print("ready", flush=True)
     t = time.monotonic()
     r = c.embed(texts)
     print(json.dumps({"rows": len(r), "seconds": time.monotonic() - t,
@@ -151,7 +154,7 @@ def test_redis_killed_mid_run_and_restarted_loses_nothing(
     script.write_text(textwrap.dedent(HOST), encoding="utf-8")
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), url, redis_server.url, "400", f"host{i}"],
+            [sys.executable, str(script), url, redis_server.url, "400", f"host{i}", "ready"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -159,7 +162,12 @@ def test_redis_killed_mid_run_and_restarted_loses_nothing(
         )
         for i in range(2)
     ]
-    time.sleep(3.0)  # the hosts are under way (and have seen each other)
+    # Both hosts have used Redis (a host that never reached it fails at once, by design),
+    # however long a loaded machine takes to start them; then they are under way.
+    for p in procs:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "ready", p.stderr
+    time.sleep(1.0)
     redis_server.stop()  # state and all
     time.sleep(2.0)
     redis_server.start()
@@ -171,7 +179,7 @@ def test_redis_killed_mid_run_and_restarted_loses_nothing(
         assert "127.0.0.1" in err
         assert PASSWORD not in out + err
     s = stats(url)
-    assert s["inputs_embedded"] == 800
+    assert s["inputs_embedded"] == 802  # 400 each, and each one's first text
     # Only a handful while each paced alone: two seconds at up to twice the rate, 0-6 when the
     # machine is quiet and 8 seen once while Ray's workers were still winding down.
     assert s["by_status"].get("429", 0) <= 10, s
