@@ -91,6 +91,16 @@ class Tally:
         return JobUsage(rows.rows, rows.row_errors, self._ledger.paid(self._id))
 
 
+def _ledger_pass(session: SparkSession) -> Any:
+    """Where the workers tell their payments, or ``None`` where the driver has no
+    ``SparkContext`` to read its address from (Spark Connect): nothing is told, and a second
+    computation is not warned of."""
+    try:
+        return _driver_ledger(session).pass_()
+    except Exception:  # Spark Connect raises its own error types for sparkContext
+        return None
+
+
 def _driver_ledger(session: SparkSession) -> Ledger:
     """The driver's ledger, listening where the executors reach the driver."""
     conf = session.sparkContext.getConf()
@@ -153,7 +163,7 @@ def embed_column(
         seal_options(client_options),
         # Payments go to the driver's ledger as they are made, under this call's id: it
         # counts them for the tally, and sees this DataFrame computed by a second action.
-        _driver_ledger(df.sparkSession).pass_(),
+        _ledger_pass(df.sparkSession),
         "" if tally is None else tally._id,
         uuid.uuid4().hex,
     )
@@ -201,9 +211,9 @@ def _partition(
 
     task = TaskContext.get()
     partition, stage = (task.partitionId(), task.stageId()) if task is not None else (-1, -1)
-    reporter = Reporter(where, tally_id, call_id, partition, stage)
+    reporter = Reporter(where, tally_id, call_id, partition, stage) if where else None
     with EmbeddingClient(**open_options(options)) as client:
-        stop = client.on_usage(reporter)
+        stop = client.on_usage(reporter) if reporter is not None else (lambda: None)
         try:
             for batch in batches:
                 rows, spent = embed_batch(client, batch[column].tolist(), kind=kind, output=output)
@@ -220,4 +230,5 @@ def _partition(
                 yield out
         finally:
             stop()
-            reporter.close()
+            if reporter is not None:
+                reporter.close()
