@@ -25,7 +25,6 @@ import secrets
 import socket
 import socketserver
 import threading
-import time
 import warnings
 from collections import defaultdict
 from dataclasses import astuple, dataclass
@@ -100,8 +99,8 @@ class Ledger:
             wfile.flush()
             for line in rfile:
                 self._take(line)
-        except (OSError, ValueError):  # a worker killed mid-line: what it told before counts
-            pass
+        except (OSError, ValueError, TypeError):
+            pass  # killed mid-line, or a line that is no payment: what it told before counts
         finally:
             with self._lock:
                 self._open -= 1
@@ -131,10 +130,8 @@ class Ledger:
     def paid(self, tally: str) -> Usage:
         """What the workers of ``tally`` paid, once the connections still open have been read
         to their end (at most :data:`_DRAIN_S` seconds; after an action all have closed)."""
-        deadline = time.monotonic() + _DRAIN_S
         with self._lock:
-            while self._open and time.monotonic() < deadline:
-                self._lock.wait(0.05)
+            self._lock.wait_for(lambda: not self._open, timeout=_DRAIN_S)
             return self._paid[tally]
 
 

@@ -132,11 +132,11 @@ def embed_rows(
 def embed_batch(
     client: EmbeddingClient, values: Sequence[object], *, kind: Kind, output: Output
 ) -> tuple[RowResult, JobUsage]:
-    """:func:`embed_rows`, and what it did and spent (for a job's tally)."""
-    before = client.usage
+    """:func:`embed_rows`, and what it did (rows and row errors, for a job's tally; what it
+    paid reaches the tally as it is paid, through the client's ``on_usage``)."""
     rows = embed_rows(client, values, kind=kind, output=output)
     failed = sum(e is not None for e in rows.errors)
-    return rows, JobUsage(len(values), failed, client.usage - before)
+    return rows, JobUsage(len(values), failed)
 
 
 def seal_options(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -143,7 +143,7 @@ class Embedder:
             self.client, batch.column(self.column).to_pylist(), kind=self.kind, output=self.output
         )
         if self.tally is not None:
-            self.tally.add(JobUsage(spent.rows, spent.row_errors))  # payments: told as made
+            self.tally.add(spent)
         failed = pa.array(~rows.ok)
         if rows.dense is not None:
             values = pa.array(rows.dense.reshape(-1), type=pa.float32())

@@ -218,7 +218,7 @@ def _partition(
             for batch in batches:
                 rows, spent = embed_batch(client, batch[column].tolist(), kind=kind, output=output)
                 if tally is not None:
-                    tally.add(JobUsage(spent.rows, spent.row_errors))  # payments: the ledger
+                    tally.add(spent)
                 out = batch.copy()
                 ok = rows.ok
                 if rows.dense is not None:

@@ -196,20 +196,22 @@ def cache_secret(material: str) -> bytes:
 
 
 def _mac(secret: bytes) -> hashlib.blake2b:
-    # Copied per entry: the keyed state is set up once per batch, not once per entry.
+    # Copied per entry (_tag): the keyed state is set up once per batch, not once per entry.
     return hashlib.blake2b(digest_size=MAC_BYTES, key=secret, person=b"empirio-cachemac")
+
+
+def _tag(base: hashlib.blake2b, key: str, value: bytes | memoryview) -> bytes:
+    """The MAC of one entry: over its cache key and its value."""
+    h = base.copy()
+    h.update(key.encode() + b"\0")
+    h.update(value)
+    return h.digest()
 
 
 def seal(secret: bytes, pairs: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     """``(key, value)`` pairs as stored: each value behind its MAC over key and value."""
     base = _mac(secret)
-    out = []
-    for key, value in pairs:
-        h = base.copy()
-        h.update(key.encode() + b"\0")
-        h.update(value)
-        out.append((key, h.digest() + value))
-    return out
+    return [(key, _tag(base, key, value) + value) for key, value in pairs]
 
 
 def _opened(
@@ -224,11 +226,9 @@ def _opened(
             out.append(b"")
             continue
         value = memoryview(entry)[MAC_BYTES:]
-        h = base.copy()
-        h.update(key.encode() + b"\0")
-        h.update(value)
         # compare_digest: the time taken says nothing about how much of a forged MAC matched.
-        out.append(value if hmac.compare_digest(h.digest(), entry[:MAC_BYTES]) else b"")
+        good = hmac.compare_digest(_tag(base, key, value), entry[:MAC_BYTES])
+        out.append(value if good else b"")
     return out
 
 

@@ -270,6 +270,11 @@ def check_choice(
     return value
 
 
+def _plain(value: str | SecretStr | None) -> str | None:
+    """A secret setting as a string, whether given as one or as a ``SecretStr``."""
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
     """The settings of one client, checked once by :meth:`build` and fixed from then on.
@@ -341,7 +346,7 @@ class ClientConfig:
                 the setting and what it accepts, and never shows the key.
         """
         env = os.environ if environ is None else environ
-        raw_key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+        raw_key = _plain(api_key)
         key = resolve_api_key(raw_key, env)
         if not key:
             raise ConfigurationError(
@@ -408,12 +413,7 @@ class ClientConfig:
         try:
             share = resolve_share_budget(share_budget)
             account = resolve_account(account, env)
-            raw_secret = (
-                cache_secret.get_secret_value()
-                if isinstance(cache_secret, SecretStr)
-                else cache_secret
-            )
-            sealing = resolve_cache_secret(raw_secret, env)
+            sealing = resolve_cache_secret(_plain(cache_secret), env)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
         return cls(
