@@ -96,9 +96,10 @@ HOST = """
     c = EmbeddingClient(api_key="shared-account-key", base_url=url, rpm=600, tpm=24_000_000,
                         dimensions=64, share_budget=budget)
     texts = [f"{name} text {i} about topic {i % 13}" for i in range(n)]
-    if sys.argv[5:] == ["ready"]:  # say when this host has used the budget once
+    if sys.argv[5:] == ["ready"]:  # say when this host has used the budget once, then wait
         c.embed([f"{name} is ready"])
         print("ready", flush=True)
+        sys.stdin.readline()  # for "go", so that both hosts run their 400 rows together
     t = time.monotonic()
     r = c.embed(texts)
     print(json.dumps({"rows": len(r), "seconds": time.monotonic() - t,
@@ -155,6 +156,7 @@ def test_redis_killed_mid_run_and_restarted_loses_nothing(
     procs = [
         subprocess.Popen(
             [sys.executable, str(script), url, redis_server.url, "400", f"host{i}", "ready"],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -163,11 +165,19 @@ def test_redis_killed_mid_run_and_restarted_loses_nothing(
         for i in range(2)
     ]
     # Both hosts have used Redis (a host that never reached it fails at once, by design),
-    # however long a loaded machine takes to start them; then they are under way.
+    # however long a loaded machine takes to start them; then both start at once, and Redis
+    # dies when the service has answered a quarter of their 80 requests, not after a fixed
+    # time (a host that started seconds earlier could have finished before it died).
     for p in procs:
         assert p.stdout is not None
         assert p.stdout.readline().strip() == "ready", p.stderr
-    time.sleep(1.0)
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()  # communicate() closes it
+    deadline = time.monotonic() + 120
+    while stats(url)["by_status"].get("200", 0) < 2 + 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
     redis_server.stop()  # state and all
     time.sleep(2.0)
     redis_server.start()
