@@ -18,13 +18,26 @@ import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
+from ._core.result import Usage
 from ._io.progress import Progress
+from ._io.telemetry import recording
 
-__all__ = ["abatch_job", "batch_job", "call_options", "served", "worth_prefetching"]
+__all__ = [
+    "abatch_job",
+    "batch_job",
+    "call_options",
+    "claim_job_usage",
+    "served",
+    "worth_prefetching",
+]
 
 #: The vectors of the job under way in this context, by text.
 _VECTORS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "empirio_job_vectors", default=None
+)
+#: What fetching the job under way spent, until an adapter claims it for the framework's span.
+_USAGE: contextvars.ContextVar[list[Usage] | None] = contextvars.ContextVar(
+    "empirio_job_usage", default=None
 )
 #: The progress callback of the job under way in this context, if it shows a bar.
 _BAR: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar(
@@ -45,12 +58,14 @@ def batch_job(
             :func:`call_options`); ``None`` leaves them to the framework's chunks.
     """
     with _bar(len(texts), show_progress):
-        vectors = None if fetch is None else dict(zip(texts, fetch(texts), strict=True))
-        token = _VECTORS.set(vectors)
+        with recording() as records:
+            vectors = None if fetch is None else dict(zip(texts, fetch(texts), strict=True))
+        token, spent = _VECTORS.set(vectors), _USAGE.set([r.usage for r in records])
         try:
             yield
         finally:
             _VECTORS.reset(token)
+            _USAGE.reset(spent)
 
 
 @contextlib.asynccontextmanager
@@ -62,12 +77,14 @@ async def abatch_job(
 ) -> AsyncIterator[None]:
     """:func:`batch_job`, with an async ``fetch`` (a line-for-line mirror)."""
     with _bar(len(texts), show_progress):
-        vectors = None if fetch is None else dict(zip(texts, await fetch(texts), strict=True))
-        token = _VECTORS.set(vectors)
+        with recording() as records:
+            vectors = None if fetch is None else dict(zip(texts, await fetch(texts), strict=True))
+        token, spent = _VECTORS.set(vectors), _USAGE.set([r.usage for r in records])
         try:
             yield
         finally:
             _VECTORS.reset(token)
+            _USAGE.reset(spent)
 
 
 def served(texts: list[str]) -> list[Any] | None:
@@ -76,6 +93,16 @@ def served(texts: list[str]) -> list[Any] | None:
     if vectors is None or any(t not in vectors for t in texts):
         return None
     return [vectors[t] for t in texts]
+
+
+def claim_job_usage() -> Usage:
+    """What fetching the job under way spent, once (then nothing): for the first chunk the
+    framework is served from it, so that its span carries the job's billed tokens."""
+    spent = _USAGE.get()
+    total = Usage()
+    while spent:
+        total = total + spent.pop()
+    return total
 
 
 def call_options() -> dict[str, Any]:

@@ -22,7 +22,7 @@ from ._core.coalesce import joinable
 from ._core.config import FromEnv
 from ._core.driver import Call
 from ._core.errors import InvalidInputError
-from ._core.flow import CallOptions, embed_flow
+from ._core.flow import CallOptions
 from ._core.limits import LimitsInEffect
 from ._core.plan import check_collection, check_texts
 from ._core.result import EmbeddingResult, Usage
@@ -347,11 +347,11 @@ class EmbeddingClient:
         return self._embed_alone(texts, options)
 
     def _embed_alone(self, texts: Sequence[str], options: CallOptions) -> EmbeddingResult:
-        result: EmbeddingResult = self._sync.run(embed_flow(self._session, texts, options))
+        result: EmbeddingResult = self._sync.call(texts, options)
         return result
 
     async def _aembed_alone(self, texts: Sequence[str], options: CallOptions) -> EmbeddingResult:
-        result: EmbeddingResult = await self._async.run(embed_flow(self._session, texts, options))
+        result: EmbeddingResult = await self._async.call(texts, options)
         return result
 
     def _joins(self, texts: Sequence[str], options: CallOptions) -> bool:
@@ -396,7 +396,7 @@ class EmbeddingClient:
         converted on a worker thread as it arrives, while later ones are still being sent:
         converting 9,000 vectors at the end would add most of a second to the call."""
         options = CallOptions(kind, "dense", show_progress, on_progress, as_lists=True)
-        rows: list[list[float]] = self._sync.run(embed_flow(self._session, texts, options))
+        rows: list[list[float]] = self._sync.call(texts, options)
         return rows
 
     async def aembed_as_lists(
@@ -409,7 +409,7 @@ class EmbeddingClient:
     ) -> list[list[float]]:
         """:meth:`embed_as_lists`, natively async (conversions run off the event loop)."""
         options = CallOptions(kind, "dense", show_progress, on_progress, as_lists=True)
-        rows: list[list[float]] = await self._async.run(embed_flow(self._session, texts, options))
+        rows: list[list[float]] = await self._async.call(texts, options)
         return rows
 
     def iter_embed(

@@ -29,6 +29,7 @@ from .cache_keys import encode_dense, encode_sparse
 from .decode import Decoded
 from .engine import Attempt, Engine, Step
 from .errors import EmpirioError
+from .observe import CallRecord
 from .pace import Grant
 from .plan import Kind, Output, PlannedRequest, SegmentPlan, combine_windows
 from .result import EmbeddingResult, Usage, UsageMeter
@@ -189,6 +190,8 @@ class CallDriver:
         ahead: how many segments may be open at once (memory bound of streaming calls).
         keep_cache_pairs: collect the vectors of finished texts for the cache
             (:meth:`take_cache_pairs`).
+        record: the call's record, told its usage, retries and cache hits (the engine tells
+            it the pace's holds).
     """
 
     def __init__(
@@ -201,8 +204,11 @@ class CallDriver:
         *,
         ahead: int,
         keep_cache_pairs: bool = False,
+        record: CallRecord | None = None,
     ) -> None:
         self.call = call
+        #: What the call did, for tracing (the usage, retries and cache hits of this driver).
+        self.record = record if record is not None else CallRecord()
         self.dimensions = dimensions
         self.engine = engine
         self.meter = meter
@@ -304,6 +310,8 @@ class CallDriver:
             delta = Usage(
                 retries=int(done.retried), rate_limited=int(done.throttled), failed_requests=1
             )
+            if done.retried and isinstance(outcome, EmpirioError):
+                self.record.retried(now, outcome, done.delay, attempt.retries + 2)
         self._account(request.segment, delta)
         return finished
 
@@ -320,12 +328,11 @@ class CallDriver:
         self._closed = True
         gone = self.engine.abandon()
         if gone:
-            self.meter.add(
-                Usage(
-                    abandoned_requests=len(gone),
-                    abandoned_tokens=sum(a.request.tokens for a in gone),
-                )
+            lost = Usage(
+                abandoned_requests=len(gone), abandoned_tokens=sum(a.request.tokens for a in gone)
             )
+            self.meter.add(lost)
+            self.record.account(lost)
         return gone
 
     # ------------------------------------------------------------------ bookkeeping
@@ -347,7 +354,9 @@ class CallDriver:
             assert isinstance(plan, SegmentPlan)
             seg = _Segment(plan, self.call, self.dimensions)
             self.segments[plan.index] = seg
-            self.known_done += int(seg.mult[seg.have].sum())  # cached texts: done already
+            known = int(seg.mult[seg.have].sum())  # cached texts: done already
+            self.known_done += known
+            self.record.cache_hits += known
             self.engine.add(plan.requests)
 
     def _partial(self) -> tuple[EmbeddingResult | None, tuple[int, ...]]:
@@ -379,3 +388,4 @@ class CallDriver:
         if seg is not None:
             seg.usage = seg.usage + delta
         self.meter.add(delta)
+        self.record.account(delta)

@@ -48,6 +48,7 @@ from .errors import (
     APIStatusError,
     EmpirioError,
 )
+from .observe import CallRecord
 from .pace import Budget, Grant, Limits
 from .plan import PlannedRequest
 from .retry import MAX_RETRY_AFTER, RetryPolicy, is_retryable, waits_too_long
@@ -138,8 +139,11 @@ class Engine:
         policy: RetryPolicy,
         batch_limit: BatchLimit,
         rng: random.Random | None = None,
+        record: CallRecord | None = None,
     ) -> None:
         self.budget = budget
+        #: Told each time the account's pace holds this call's next request (for tracing).
+        self.record = record
         self.limits = limits
         self.concurrency = concurrency
         self.policy = policy
@@ -220,8 +224,10 @@ class Engine:
         if grant.send_at is None:
             self._fresh.appendleft(item)
             self._held_until = grant.retry_at
+            self._held(now, grant.retry_at)
         else:  # handed over now; the shell holds it until its slot
             sends.append(self._send(self._part(item, grant.part), now, grant.send_at))
+            self._held(now, grant.send_at)
         return self._step(now, busy_elsewhere, poll, sends)
 
     def _part(
@@ -284,6 +290,7 @@ class Engine:
             if wait > 0:
                 self._fresh.appendleft(item)
                 wake = _earliest(wake, now + wait)
+                self._held(now, now + wait)
                 break
             sends.append(self._send(item, now))
         # A retry that is not yet due needs a wake-up; one that is due but blocked by the
@@ -354,6 +361,10 @@ class Engine:
         self._fresh.clear()
         self._due.clear()
         return Completion(throttled=throttled)
+
+    def _held(self, now: float, until: float) -> None:
+        if self.record is not None and until > now:
+            self.record.held(now, until)
 
     def _note(self, tell: Callable[[], None]) -> Callable[[], None] | None:
         """Tell a budget in memory now; leave a blocking one's to the caller."""

@@ -13,7 +13,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 from .._core.decode import Decoded
@@ -31,6 +31,7 @@ from .._core.flow import (
     Step,
     embed_flow,
 )
+from .._core.observe import CallRecord
 from .._core.plan import SegmentPlan
 from .._core.result import EmbeddingResult
 from .http import Transport
@@ -54,8 +55,13 @@ class AsyncShell:
     def __init__(self, session: Session, planner: Planner, transport: Transport) -> None:
         self.session, self.planner, self.transport = session, planner, transport
 
-    async def run(self, flow: Flow) -> Any:
-        """Drive ``flow`` to its end; return its result."""
+    async def call(self, texts: Sequence[str], options: CallOptions) -> Any:
+        """One call of the client: its flow, driven to its end inside its span; its result."""
+        with self.session.telemetry.call(texts, options) as record:
+            return await self.run(embed_flow(self.session, texts, options), record)
+
+    async def run(self, flow: Flow, record: CallRecord) -> Any:
+        """Drive ``flow`` to its end, telling ``record`` what it does; return its result."""
         answer: Any = None
         error: EmpirioError | None = None
         while True:
@@ -65,18 +71,18 @@ class AsyncShell:
                 return stop.value
             answer, error = None, None
             try:
-                answer = await self._do(step)
+                answer = await self._do(step, record)
             except EmpirioError as exc:
                 error = exc
 
-    async def _do(self, step: Step) -> Any:
+    async def _do(self, step: Step, record: CallRecord) -> Any:
         if isinstance(step, Fetch):
-            return await self.run(embed_flow(self.session, step.texts, step.options))
+            return await self.run(embed_flow(self.session, step.texts, step.options), record)
         if isinstance(step, PlanAll):
-            return await self._plan(step)
-        return await self._drive_all(step)
+            return record.planned(await self._plan(step))
+        return await self._drive_all(step, record)
 
-    async def _drive_all(self, step: Drive) -> Driven:
+    async def _drive_all(self, step: Drive, record: CallRecord) -> Driven:
         """Drive a call to its end: its parts, their rows where asked for, or its failure."""
         if step.plan is not None:
             plans: Iterator[SegmentPlan | None] = iter([step.plan])
@@ -91,7 +97,7 @@ class AsyncShell:
         ):
             bar.update(step.done)
             try:
-                async for part in self.drive(plans, step.call, bar, ahead=step.ahead):
+                async for part in self.drive(plans, step.call, bar, record, ahead=step.ahead):
                     parts.add(part)
                     if as_lists:
                         converted.append(self._convert(pool, part))
@@ -111,18 +117,28 @@ class AsyncShell:
     ) -> AsyncIterator[EmbeddingResult]:
         """One result per segment (``iter_embed``, ``aiter_embed``), in order, in bounded memory."""
         plans = self.planner.streamed(texts, call, segment_size)
-        with self.session.progress(total, options) as bar:
-            async for result in self.drive(plans, call, bar, ahead=2):
+        with (
+            self.session.telemetry.call(texts, options, current=False) as record,
+            self.session.progress(total, options) as bar,
+        ):
+            async for result in self.drive(plans, call, bar, record, ahead=2):
+                record.handed_out += len(result)
                 yield result
 
     async def drive(
-        self, plans: Iterator[SegmentPlan | None], call: Call, progress: Progress, *, ahead: int
+        self,
+        plans: Iterator[SegmentPlan | None],
+        call: Call,
+        progress: Progress,
+        record: CallRecord,
+        *,
+        ahead: int,
     ) -> AsyncIterator[EmbeddingResult]:
         """The loop over one call's driver: send what it says, wait, hand outcomes back."""
         session = self.session
         loop, blocked = asyncio.get_running_loop(), None  # requests run as tasks on this loop
         pending: dict[_Handle, Attempt] = {}
-        driver = session.new_driver(plans, call, ahead, pending, loop)
+        driver = session.new_driver(plans, call, ahead, pending, loop, record)
         try:
             await self._connect()
             while True:

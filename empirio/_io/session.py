@@ -37,6 +37,7 @@ from .._core.errors import (
 )
 from .._core.flow import PIPELINE_MIN, CallOptions
 from .._core.limits import LimitsInEffect
+from .._core.observe import CallRecord
 from .._core.pace import Budget, Limits
 from .._core.plan import SegmentPlan
 from .._core.result import EmbeddingResult, Usage, UsageMeter
@@ -48,6 +49,7 @@ from .budget import LocalBudget, budget_for
 from .cache import EmbeddingCache
 from .callers import caller_level
 from .progress import Progress
+from .telemetry import Telemetry
 
 __all__ = ["Session", "StoreJob", "Stored", "note_sent", "store_pool"]
 
@@ -94,6 +96,8 @@ class Session:
         self.batch_limit = BatchLimit(config.batch_size)
         self.policy = RetryPolicy(max_retries=config.max_retries)
         self.meter = UsageMeter()
+        #: Each call as a span and metrics (OpenTelemetry, when installed).
+        self.telemetry = Telemetry(config)
         # Told every increment of usage (EmbeddingClient.on_usage), and what they were told.
         self.listeners: list[Callable[[Usage], None]] = []
         self._told = Usage()
@@ -193,6 +197,7 @@ class Session:
         ahead: int,
         pending: Mapping[Any, Attempt],
         loop: asyncio.AbstractEventLoop | None,
+        record: CallRecord,
     ) -> CallDriver:
         engine = Engine(
             budget=self.budget,
@@ -200,6 +205,7 @@ class Session:
             concurrency=self.concurrency,
             policy=self.policy,
             batch_limit=self.batch_limit,
+            record=record,
         )
         driver = CallDriver(
             call,
@@ -209,6 +215,7 @@ class Session:
             self.meter,
             ahead=ahead,
             keep_cache_pairs=self.cache is not None,
+            record=record,
         )
         with self.lock:
             self.calls[driver] = (pending, loop)

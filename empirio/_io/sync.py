@@ -18,7 +18,7 @@ import concurrent.futures
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Coroutine, Iterable, Iterator
+from collections.abc import AsyncGenerator, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 from .._core.decode import Decoded
@@ -36,6 +36,7 @@ from .._core.flow import (
     Step,
     embed_flow,
 )
+from .._core.observe import CallRecord
 from .._core.plan import SegmentPlan
 from .._core.result import EmbeddingResult
 from .http import Transport
@@ -62,8 +63,13 @@ class SyncShell:
         self._io: _IOLoop | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
 
-    def run(self, flow: Flow) -> Any:
-        """Drive ``flow`` to its end; return its result."""
+    def call(self, texts: Sequence[str], options: CallOptions) -> Any:
+        """One call of the client: its flow, driven to its end inside its span; its result."""
+        with self.session.telemetry.call(texts, options) as record:
+            return self.run(embed_flow(self.session, texts, options), record)
+
+    def run(self, flow: Flow, record: CallRecord) -> Any:
+        """Drive ``flow`` to its end, telling ``record`` what it does; return its result."""
         answer: Any = None
         error: EmpirioError | None = None
         while True:
@@ -73,18 +79,18 @@ class SyncShell:
                 return stop.value
             answer, error = None, None
             try:
-                answer = self._do(step)
+                answer = self._do(step, record)
             except EmpirioError as exc:
                 error = exc
 
-    def _do(self, step: Step) -> Any:
+    def _do(self, step: Step, record: CallRecord) -> Any:
         if isinstance(step, Fetch):
-            return self.run(embed_flow(self.session, step.texts, step.options))
+            return self.run(embed_flow(self.session, step.texts, step.options), record)
         if isinstance(step, PlanAll):
-            return self._plan(step)
-        return self._drive_all(step)
+            return record.planned(self._plan(step))
+        return self._drive_all(step, record)
 
-    def _drive_all(self, step: Drive) -> Driven:
+    def _drive_all(self, step: Drive, record: CallRecord) -> Driven:
         """Drive a call to its end: its parts, their rows where asked for, or its failure."""
         if step.plan is not None:
             plans: Iterator[SegmentPlan | None] = iter([step.plan])
@@ -99,7 +105,7 @@ class SyncShell:
         ):
             bar.update(step.done)
             try:
-                for part in self.drive(plans, step.call, bar, ahead=step.ahead):
+                for part in self.drive(plans, step.call, bar, record, ahead=step.ahead):
                     parts.add(part)
                     if as_lists:
                         converted.append(self._convert(pool, part))
@@ -119,18 +125,28 @@ class SyncShell:
     ) -> Iterator[EmbeddingResult]:
         """One result per segment (``iter_embed``, ``aiter_embed``), in order, in bounded memory."""
         plans = self.planner.streamed(texts, call, segment_size)
-        with self.session.progress(total, options) as bar:
-            for result in self.drive(plans, call, bar, ahead=2):  # noqa: UP028 (a mirror)
+        with (
+            self.session.telemetry.call(texts, options, current=False) as record,
+            self.session.progress(total, options) as bar,
+        ):
+            for result in self.drive(plans, call, bar, record, ahead=2):
+                record.handed_out += len(result)
                 yield result
 
     def drive(
-        self, plans: Iterator[SegmentPlan | None], call: Call, progress: Progress, *, ahead: int
+        self,
+        plans: Iterator[SegmentPlan | None],
+        call: Call,
+        progress: Progress,
+        record: CallRecord,
+        *,
+        ahead: int,
     ) -> Iterator[EmbeddingResult]:
         """The loop over one call's driver: send what it says, wait, hand outcomes back."""
         session = self.session
         loop, blocked = None, _running_loop()  # a loop this thread runs cannot progress now
         pending: dict[_Handle, Attempt] = {}
-        driver = session.new_driver(plans, call, ahead, pending, loop)
+        driver = session.new_driver(plans, call, ahead, pending, loop, record)
         try:
             self._connect()
             while True:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import httpx
@@ -23,6 +24,8 @@ from empirio.integration import (
     is_redis_url,
     masked_url,
 )
+
+from ._tracing import langsmith_run
 
 __all__ = ["EmpirioSettings"]
 
@@ -143,3 +146,11 @@ class EmpirioSettings(ClientFields):
     """An httpx.AsyncClient to use."""
     client: EmbeddingClient | None = Field(default=None, exclude=True)
     """An existing client to share."""
+
+    def _traced(
+        self, texts: Sequence[str], kind: str, output: str = "dense"
+    ) -> contextlib.AbstractContextManager[None]:
+        """The block as a LangSmith ``embedding`` run when tracing is on (see ``_tracing``)."""
+        return langsmith_run(
+            type(self).__name__, self._client.model, texts, kind=kind, output=output
+        )

@@ -44,21 +44,25 @@ class EmpirioEmbeddings(EmpirioSettings, Embeddings, Serializable):
         """Embed documents (no instruction). Returns one list of floats per text, in order."""
         if not texts:
             return []
-        return self._client.embed_as_lists(texts, kind="document")
+        with self._traced(texts, "document"):
+            return self._client.embed_as_lists(texts, kind="document")
 
     def embed_query(self, text: str) -> list[float]:
         """Embed a search query (with the query instruction)."""
-        return self._client.embed([text], kind="query").dense_rows()[0]
+        with self._traced([text], "query"):
+            return self._client.embed([text], kind="query").dense_rows()[0]
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """:meth:`embed_documents`, natively async."""
         if not texts:
             return []
-        return await self._client.aembed_as_lists(texts, kind="document")
+        with self._traced(texts, "document"):
+            return await self._client.aembed_as_lists(texts, kind="document")
 
     async def aembed_query(self, text: str) -> list[float]:
         """:meth:`embed_query`, natively async."""
-        return (await self._client.aembed([text], kind="query")).dense_rows()[0]
+        with self._traced([text], "query"):
+            return (await self._client.aembed([text], kind="query")).dense_rows()[0]
 
     def sparse(self) -> EmpirioSparseEmbeddings:
         """The sparse view of the same model, sharing this object's client.

@@ -54,13 +54,15 @@ class EmpirioSparseEmbeddings(EmpirioSettings, SparseEmbeddings, Serializable):
         """Sparse vectors of documents, in order; indices unique and ascending."""
         if not texts:
             return []
-        sparse = self._client.embed(texts, kind="document", output="sparse").sparse
+        with self._traced(texts, "document", "sparse"):
+            sparse = self._client.embed(texts, kind="document", output="sparse").sparse
         assert sparse is not None
         return [_vector(w) for w in sparse]
 
     def embed_query(self, text: str) -> SparseVector:
         """Sparse vector of a query."""
-        sparse = self._client.embed([text], kind="query", output="sparse").sparse
+        with self._traced([text], "query", "sparse"):
+            sparse = self._client.embed([text], kind="query", output="sparse").sparse
         assert sparse is not None
         return _vector(sparse[0])
 
@@ -68,13 +70,15 @@ class EmpirioSparseEmbeddings(EmpirioSettings, SparseEmbeddings, Serializable):
         """:meth:`embed_documents`, natively async."""
         if not texts:
             return []
-        sparse = (await self._client.aembed(texts, kind="document", output="sparse")).sparse
+        with self._traced(texts, "document", "sparse"):
+            sparse = (await self._client.aembed(texts, kind="document", output="sparse")).sparse
         assert sparse is not None
         return [_vector(w) for w in sparse]
 
     async def aembed_query(self, text: str) -> SparseVector:
         """:meth:`embed_query`, natively async."""
-        sparse = (await self._client.aembed([text], kind="query", output="sparse")).sparse
+        with self._traced([text], "query", "sparse"):
+            sparse = (await self._client.aembed([text], kind="query", output="sparse")).sparse
         assert sparse is not None
         return _vector(sparse[0])
 

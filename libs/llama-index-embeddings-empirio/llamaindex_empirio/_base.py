@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 import httpx
 from llama_index.core.bridge.pydantic import ConfigDict, Field, SecretStr
 
-from empirio import EmbeddingClient
+from empirio import EmbeddingClient, EmbeddingResult
 from empirio.integration import (
     API_BASE_ENV,
     API_KEY_ENV,
@@ -19,12 +19,15 @@ from empirio.integration import (
     InstructionMode,
     Overflow,
     abatch_job,
+    add_usage_to_framework_span,
     as_text_list,
     batch_job,
     call_options,
     check_texts,
+    claim_job_usage,
     default_rpm,
     default_tpm,
+    served,
     worth_prefetching,
 )
 
@@ -168,3 +171,26 @@ class EmpirioFields(ClientFields):
     def _call_options(self) -> dict[str, Any]:
         """Keywords for each call into the client: never a bar of its own (the job has one)."""
         return call_options()
+
+    # Token usage for LlamaIndex's own tracing: OpenInference's instrumentation makes a span per
+    # embedding step and records no tokens there; each call's billed tokens and cost are added
+    # to it (empirio's own span, a child of it, has the details).
+    def _spent(self, result: EmbeddingResult) -> EmbeddingResult:
+        add_usage_to_framework_span(result.usage)
+        return result
+
+    def _served(self, texts: list[str]) -> list[Any] | None:
+        """The vectors of a chunk of the job under way (see ``get_text_embedding_batch``); the
+        first chunk served carries the job's usage to the framework's span."""
+        done = served(texts)
+        if done is not None:
+            add_usage_to_framework_span(claim_job_usage())
+        return done
+
+    def billed_tokenizer(self, text: str) -> list[int]:
+        """Tokens a document's request is billed for: Qwen's tokens of ``text`` and the one the
+        service adds per input. Give it to LlamaIndex's ``TokenCountingHandler`` so that its
+        embedding counts are what the service bills (its default counts with OpenAI's
+        vocabulary): ``TokenCountingHandler(tokenizer=embed_model.billed_tokenizer)``. Texts
+        served from a cache cost nothing; queries also pay for their instruction."""
+        return [*self._client.tokenizer.encode(text), 0]

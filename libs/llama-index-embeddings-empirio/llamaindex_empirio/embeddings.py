@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import ConfigDict, Field
 
-from empirio.integration import call_options, served
+from empirio.integration import call_options
 
 from ._base import EmpirioFields
 
@@ -60,12 +60,12 @@ class EmpirioEmbedding(EmpirioFields, BaseEmbedding):
         return "EmpirioEmbedding"
 
     def _get_query_embedding(self, query: str) -> Embedding:
-        return self._client.embed([query], kind="query", **self._call_options()).dense_rows()[0]
+        result = self._client.embed([query], kind="query", **self._call_options())
+        return self._spent(result).dense_rows()[0]
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        return (
-            await self._client.aembed([query], kind="query", **self._call_options())
-        ).dense_rows()[0]
+        result = await self._client.aembed([query], kind="query", **self._call_options())
+        return self._spent(result).dense_rows()[0]
 
     def _get_text_embedding(self, text: str) -> Embedding:
         return self._get_text_embeddings([text])[0]
@@ -76,20 +76,20 @@ class EmpirioEmbedding(EmpirioFields, BaseEmbedding):
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         if not texts:
             return []
-        done = served(texts)
+        done = self._served(texts)
         if done is not None:
             return done
-        return self._client.embed(texts, kind="document", **self._call_options()).dense_rows()
+        result = self._client.embed(texts, kind="document", **self._call_options())
+        return self._spent(result).dense_rows()
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         if not texts:
             return []
-        done = served(texts)
+        done = self._served(texts)
         if done is not None:
             return done
-        return (
-            await self._client.aembed(texts, kind="document", **self._call_options())
-        ).dense_rows()
+        result = await self._client.aembed(texts, kind="document", **self._call_options())
+        return self._spent(result).dense_rows()
 
     def _job_fetch(self, texts: list[str]) -> Callable[[list[str]], list[Embedding]] | None:
         if not self._worth_prefetching(texts):

@@ -59,9 +59,8 @@ class EmpirioSparseEmbedding(EmpirioFields, BaseSparseEmbedding):
     def _embed(self, texts: list[str], kind: Kind) -> list[dict[int, float]]:
         if not texts:
             return []
-        sparse = self._client.embed(
-            texts, kind=kind, output="sparse", **self._call_options()
-        ).sparse
+        result = self._client.embed(texts, kind=kind, output="sparse", **self._call_options())
+        sparse = self._spent(result).sparse
         assert sparse is not None
         return sparse
 
@@ -71,8 +70,9 @@ class EmpirioSparseEmbedding(EmpirioFields, BaseSparseEmbedding):
         result = await self._client.aembed(
             texts, kind=kind, output="sparse", **self._call_options()
         )
-        assert result.sparse is not None
-        return result.sparse
+        sparse = self._spent(result).sparse
+        assert sparse is not None
+        return sparse
 
     def _get_query_embedding(self, query: str) -> SparseEmbedding:
         return self._embed([query], "query")[0]
