@@ -15,9 +15,10 @@ Conventions (both evolve; the names are kept here, in one place):
   ``gen_ai.embeddings.dimension.count``, ``gen_ai.request.encoding_formats``,
   ``gen_ai.usage.input_tokens`` (billed), ``server.address``/``server.port``, ``error.type``.
   The provider is ``gen_ai.system`` in the conventions up to v1.36 and ``gen_ai.provider.name``
-  since; as the conventions ask of existing instrumentations, the old name is emitted unless
-  ``OTEL_SEMCONV_STABILITY_OPT_IN`` lists ``gen_ai_latest_experimental``. Our value is
-  :data:`PROVIDER` (the service is no provider of the conventions' list).
+  since: both are emitted, so that backends reading either find it, unless
+  ``OTEL_SEMCONV_STABILITY_OPT_IN`` lists ``gen_ai_latest_experimental``, which asks for the
+  latest conventions alone (the switch the conventions define for the transition). Our value
+  is :data:`PROVIDER` (the service is no provider of the conventions' list).
 - OpenInference (Arize Phoenix, Langfuse): ``openinference.span.kind="EMBEDDING"``,
   ``embedding.model_name``, ``llm.token_count.prompt``/``total``.
 - Our own, under ``empirio.``: inputs, cache hits, requests, retries, 429s, failed requests,
@@ -191,10 +192,12 @@ def _base(
     host, port = server
     attributes: dict[str, str | int | float | Sequence[str]] = {
         "gen_ai.operation.name": OPERATION,
-        ("gen_ai.provider.name" if latest else "gen_ai.system"): PROVIDER,
+        "gen_ai.provider.name": PROVIDER,
         "gen_ai.request.model": model,
         "server.address": host,
     }
+    if not latest:  # the name of v1.36 and before, for backends that read only that
+        attributes["gen_ai.system"] = PROVIDER
     if port is not None:
         attributes["server.port"] = port
     return attributes
