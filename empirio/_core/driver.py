@@ -89,11 +89,16 @@ class _Segment:
         # Pieces are planned owner by owner, so a text's windows are consecutive.
         self.starts = np.searchsorted(owners, np.arange(n))
         self.have = self.left == 0
-        self.dense = np.zeros((n, dimensions), dtype=np.float32) if call.dense else None
-        self.sparse: list[dict[int, float]] | None = [{}] * n if call.sparse else None
         known = plan.known
+        # Every text known (a segment served from the cache, found in order): its rows are the
+        # cache's array itself, not copied into a new one.
+        whole = known.dense if known is not None and len(known.unique) == n else None
+        self.dense: npt.NDArray[np.float32] | None = None
+        if call.dense:
+            self.dense = whole if whole is not None else np.zeros((n, dimensions), np.float32)
+        self.sparse: list[dict[int, float]] | None = [{}] * n if call.sparse else None
         if known is not None:
-            if self.dense is not None and known.dense is not None:
+            if self.dense is not None and known.dense is not None and whole is None:
                 self.dense[list(known.unique)] = known.dense
             if self.sparse is not None and known.sparse is not None:
                 for u, vec in zip(known.unique, known.sparse, strict=True):
@@ -145,7 +150,12 @@ class _Segment:
     def result(self, rows: npt.NDArray[np.intp] | None = None) -> EmbeddingResult:
         """The segment's texts (or the given ``rows`` of it) in input order."""
         inverse = self.plan.inverse if rows is None else self.plan.inverse[rows]
-        dense = None if self.dense is None else self.dense[inverse]
+        if self.dense is None:
+            dense = None
+        elif rows is None and self.plan.n_unique == len(inverse) and _ascending(inverse):
+            dense = self.dense  # no repeats, numbered as they first appear: already in order
+        else:
+            dense = self.dense[inverse]
         sparse = None if self.sparse is None else [dict(self.sparse[u]) for u in inverse.tolist()]
         return EmbeddingResult(dense, sparse, self.usage, self.plan.offset)
 
@@ -160,6 +170,11 @@ class _Segment:
         if self.sparse is not None:
             pairs.extend((keys["sparse"][u], encode_sparse(self.sparse[u])) for u in owners)
         return pairs
+
+
+def _ascending(inverse: npt.NDArray[np.intp]) -> bool:
+    """Whether ``inverse`` is 0, 1, 2, ... (it then maps each row to itself)."""
+    return bool(len(inverse) == 0 or (inverse[0] == 0 and (np.diff(inverse) == 1).all()))
 
 
 def known_result(plan: SegmentPlan, call: Call, dimensions: int) -> EmbeddingResult:

@@ -168,6 +168,26 @@ def test_a_segment_of_known_texts_needs_no_request() -> None:
         known_result(plan(texts), DENSE, DIMS)
 
 
+def test_a_segment_served_from_the_cache_hands_out_the_caches_rows_without_copies() -> None:
+    """A segment found whole in the cache keeps the cache's array and hands it out as it is
+    (the call's one result array is the only copy); one with a repeat is gathered."""
+    rows = np.arange(3 * DIMS, dtype=np.float32).reshape(3, DIMS)
+    found = plan_segment(
+        unique_texts(["a", "b", "c"]), tokenizer=get_tokenizer, known=Known((0, 1, 2), rows, None)
+    )
+    d = driver([found])
+    assert d.step(0.0, 0, 0.05) is not None
+    (part,) = d.ready()
+    assert part.dense is rows  # no zeros filled, no copy in, no gather out
+    repeated = Known((0, 1), rows[:2], None)
+    again = plan_segment(unique_texts(["a", "b", "a"]), tokenizer=get_tokenizer, known=repeated)
+    d = driver([again])
+    assert d.step(0.0, 0, 0.05) is not None
+    (part,) = d.ready()
+    assert part.dense is not None
+    np.testing.assert_array_equal(part.dense, rows[[0, 1, 0]])
+
+
 def test_call_says_which_views_it_asks_for() -> None:
     assert (Call("query", "dense").dense, Call("query", "dense").sparse) == (True, False)
     assert (Call("query", "sparse").dense, Call("query", "sparse").sparse) == (False, True)
