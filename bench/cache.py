@@ -36,7 +36,7 @@ from empirio import EmbeddingClient, SqliteStore
 from empirio._core.cache_keys import CacheScope, cache_secret, encode_dense, endpoint_identity, seal
 from empirio._core.config import DEFAULT_BASE_URL, DEFAULT_MODEL
 
-from _common import machine_line, markdown_table
+from _common import machine_line, markdown_table, redis_server
 
 REQUEST = 10
 
@@ -103,6 +103,46 @@ def _raw_sqlite_read(path: Path, keys: Sequence[str], dims: int) -> float:
     conn.close()
     assert len(rows) == len(keys)
     return took
+
+
+def redis_read(texts: Sequence[str], vectors: np.ndarray) -> tuple[float, float] | None:
+    """An all-hits read from a Redis cache, ours (``EmbeddingClient.embed``) and its floor
+    (redis-py ``MGET`` of the same keys, 1,000 per call, and one ``np.frombuffer``), in
+    seconds; ``None`` without redis-server."""
+    if shutil.which("redis-server") is None:
+        return None
+    import redis
+
+    from empirio._io.redis_store import PREFIX, RedisStore
+
+    dims = vectors.shape[1]
+    secret = cache_secret("bench")
+    scope = CacheScope(endpoint_identity(DEFAULT_BASE_URL), DEFAULT_MODEL, dims, "", "", secret)
+    keys = scope.keys("dense", list(texts), [""] * len(texts))
+    with redis_server() as url:
+        store = RedisStore(url)
+        for i in range(0, len(texts), 1000):
+            part = zip(keys[i : i + 1000], vectors[i : i + 1000], strict=True)
+            store.mset(seal(secret, [(k, encode_dense(v)) for k, v in part]))
+        store.close()
+        raw = redis.Redis.from_url(url)
+        raw.ping()
+        t0 = time.perf_counter()
+        values: list[bytes] = []
+        for i in range(0, len(keys), 1000):
+            values.extend(raw.mget([PREFIX + k for k in keys[i : i + 1000]]))
+        rows = np.frombuffer(b"".join(v[16:] for v in values), np.float32).reshape(-1, dims)
+        floor = time.perf_counter() - t0
+        assert len(rows) == len(keys)
+        raw.close()
+        client = EmbeddingClient(api_key="bench", dimensions=dims, cache=url, rpm=None, tpm=None)
+        t0 = time.perf_counter()
+        got = client.embed(list(texts))
+        read = time.perf_counter() - t0
+        assert got.dense is not None
+        np.testing.assert_array_equal(got.dense, vectors)
+        client.close()
+    return read, floor
 
 
 def theirs(texts: Sequence[str], vectors: np.ndarray, where: Path) -> tuple[float, float, int]:
@@ -172,6 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"vectors/s; ours reads at {floor / results['empirio SqliteStore'][1]:.2f} of it",
         flush=True,
     )
+    on_redis = redis_read(texts, vectors)
+    if on_redis is not None:
+        read, floor = on_redis
+        print(
+            f"Redis: ours reads {args.n / read:,.0f} vectors/s, the raw floor (redis-py MGET + "
+            f"np.frombuffer) {args.n / floor:,.0f}: {floor / read:.2f} of it",
+            flush=True,
+        )
     mine = results["empirio SqliteStore"]
     for name, (write, read, size) in results.items():
         rows.append(
