@@ -47,6 +47,17 @@ INFO = {
 }
 
 
+class _Quiet(ThreadingHTTPServer):
+    """A client that drops a kept-alive connection as it exits (LangSmith's, at the end of its
+    process) is no error: nothing is printed for it. Any other error still is."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class FakeLangSmith:
     """What LangSmith's client posts, kept: runs by id, with their latest fields."""
 
@@ -80,7 +91,7 @@ class FakeLangSmith:
 
             do_PATCH = do_POST
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Quiet(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_port}"
 
