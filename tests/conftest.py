@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -158,3 +159,15 @@ def run_cli(
         timeout=120,
         env=env,
     )
+
+
+class QuietHTTPServer(ThreadingHTTPServer):
+    """A test's fake HTTP server that prints nothing when a client drops its connection (a
+    client closed mid-answer, a process that exits with a kept-alive connection): that is no
+    error, and its traceback on stderr would look like one. Any other error still prints."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)

@@ -18,7 +18,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from llamaindex_empirio import EmpirioEmbedding
 
-from ..conftest import stats
+from ..conftest import QuietHTTPServer, stats
 
 #: What the fake's ``/info`` says: batches of runs as JSON (``/runs/batch``), not multipart.
 INFO = {
@@ -45,17 +45,6 @@ INFO = {
     },
     "instance_flags": {},
 }
-
-
-class _Quiet(ThreadingHTTPServer):
-    """A client that drops a kept-alive connection as it exits (LangSmith's, at the end of its
-    process) is no error: nothing is printed for it. Any other error still is."""
-
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
 
 
 class FakeLangSmith:
@@ -91,7 +80,7 @@ class FakeLangSmith:
 
             do_PATCH = do_POST
 
-        self.server = _Quiet(("127.0.0.1", 0), Handler)
+        self.server = QuietHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_port}"
 

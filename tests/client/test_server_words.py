@@ -8,7 +8,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
@@ -16,7 +16,7 @@ import pytest
 
 from empirio import EmbeddingClient, RateLimitError
 
-from ..conftest import FEW_429S, stats
+from ..conftest import FEW_429S, QuietHTTPServer, stats
 
 #: (answer number from 1, status, headers) -> (status, headers) to send instead; a status of 0
 #: keeps the upstream's.
@@ -62,7 +62,7 @@ def saying(upstream: str, rewrite: Rewrite) -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = QuietHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

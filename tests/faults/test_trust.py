@@ -17,7 +17,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from empirio import (
 )
 from empirio._core.wire import encode_base64
 
-from ..conftest import assert_few_429s, stats
+from ..conftest import QuietHTTPServer, assert_few_429s, stats
 
 KEY = "sk-trust-test-key-0123456789abcdef"
 
@@ -52,7 +52,7 @@ class _Server:
 @pytest.fixture
 def lying_server() -> Iterator[Callable[..., tuple[str, _Server]]]:
     """Start stdlib HTTP servers that answer as told; all are stopped at the end."""
-    servers: list[ThreadingHTTPServer] = []
+    servers: list[QuietHTTPServer] = []
 
     def start(answer: Answer, *, trickle: bool = False) -> tuple[str, _Server]:
         state = _Server(answer, trickle=trickle)
@@ -90,7 +90,7 @@ def lying_server() -> Iterator[Callable[..., tuple[str, _Server]]]:
                 else:
                     self.wfile.write(payload)
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = QuietHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)

@@ -266,9 +266,9 @@ def test_a_page_from_another_origin_cannot_call_the_api(
     page: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
-    from ..conftest import stats
+    from ..conftest import QuietHTTPServer, stats
 
     class Hostile(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
@@ -282,7 +282,7 @@ def test_a_page_from_another_origin_cannot_call_the_api(
             self.end_headers()
             self.wfile.write(body)
 
-    hostile = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    hostile = QuietHTTPServer(("127.0.0.1", 0), Hostile)
     threading.Thread(target=hostile.serve_forever, daemon=True).start()
     try:
         with serve() as api:
