@@ -20,7 +20,7 @@ from typing import Any
 
 from ._core.result import Usage
 from ._io.progress import Progress
-from ._io.telemetry import recording
+from ._io.telemetry import recording, usage_of
 
 __all__ = [
     "abatch_job",
@@ -35,7 +35,8 @@ __all__ = [
 _VECTORS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "empirio_job_vectors", default=None
 )
-#: What fetching the job under way spent, until an adapter claims it for the framework's span.
+#: What fetching the job under way spent (one ``Usage``, in a list emptied when an adapter
+#: claims it for the framework's span).
 _USAGE: contextvars.ContextVar[list[Usage] | None] = contextvars.ContextVar(
     "empirio_job_usage", default=None
 )
@@ -60,7 +61,7 @@ def batch_job(
     with _bar(len(texts), show_progress):
         with recording() as records:
             vectors = None if fetch is None else dict(zip(texts, fetch(texts), strict=True))
-        token, spent = _VECTORS.set(vectors), _USAGE.set([r.usage for r in records])
+        token, spent = _VECTORS.set(vectors), _USAGE.set([usage_of(records)])
         try:
             yield
         finally:
@@ -79,7 +80,7 @@ async def abatch_job(
     with _bar(len(texts), show_progress):
         with recording() as records:
             vectors = None if fetch is None else dict(zip(texts, await fetch(texts), strict=True))
-        token, spent = _VECTORS.set(vectors), _USAGE.set([r.usage for r in records])
+        token, spent = _VECTORS.set(vectors), _USAGE.set([usage_of(records)])
         try:
             yield
         finally:
@@ -99,10 +100,7 @@ def claim_job_usage() -> Usage:
     """What fetching the job under way spent, once (then nothing): for the first chunk the
     framework is served from it, so that its span carries the job's billed tokens."""
     spent = _USAGE.get()
-    total = Usage()
-    while spent:
-        total = total + spent.pop()
-    return total
+    return spent.pop() if spent else Usage()
 
 
 def call_options() -> dict[str, Any]:

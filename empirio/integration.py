@@ -8,11 +8,10 @@ one place so that each adapter stays field declarations and mapping only.
 from ._core.config import API_BASE_ENV, API_KEY_ENV, BASE_URL_ENV, SHARE_BUDGET_ENV, is_redis_url
 from ._core.observe import PROVIDER, CallRecord
 from ._core.plan import InstructionMode, Kind, Output, Overflow, as_text_list, check_texts
-from ._core.result import Usage
 from ._core.secret import masked_url
 from ._core.settings import DEFAULTS, SETTINGS, Setting, readme_table
 from ._io.progress import Progress, tqdm_class
-from ._io.telemetry import add_usage_to_framework_span, recording
+from ._io.telemetry import add_usage_to_framework_span, recording, usage_of
 from ._job import (
     abatch_job,
     batch_job,
@@ -59,11 +58,3 @@ __all__ = [
     "usage_of",
     "worth_prefetching",
 ]
-
-
-def usage_of(records: list[CallRecord]) -> Usage:
-    """What the calls of ``records`` (from :func:`recording`) spent together."""
-    total = Usage()
-    for record in records:
-        total = total + record.usage
-    return total

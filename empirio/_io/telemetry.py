@@ -42,7 +42,7 @@ from .._core.observe import (
 from .._core.result import Usage
 from .._core.settings import ClientConfig
 
-__all__ = ["Telemetry", "add_usage_to_framework_span", "recording"]
+__all__ = ["Telemetry", "add_usage_to_framework_span", "recording", "usage_of"]
 
 #: The conventions' advice for the buckets of their two histograms.
 _TOKEN_BUCKETS = [4.0**i for i in range(14)]  # 1 .. 67,108,864
@@ -65,6 +65,14 @@ def recording() -> Iterator[list[CallRecord]]:
         yield records
     finally:
         _SINK.reset(token)
+
+
+def usage_of(records: list[CallRecord]) -> Usage:
+    """What the calls of ``records`` (from :func:`recording`) spent together."""
+    total = Usage()
+    for record in records:
+        total = total + record.usage
+    return total
 
 
 def add_usage_to_framework_span(usage: Usage) -> None:
