@@ -89,7 +89,10 @@ class Ledger:
         return LedgerPass(*self.address, SealedKey(self._secret))
 
     def _serve(self, rfile: Any, wfile: Any) -> None:
-        given = rfile.readline(200).decode("ascii", "replace").strip()
+        try:
+            given = rfile.readline(200).decode("ascii", "replace").strip()
+        except OSError:  # a worker killed before it said who it is: nothing was told
+            return
         if not secrets.compare_digest(given, self._secret):
             return
         with self._lock:

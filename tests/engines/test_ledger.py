@@ -63,3 +63,17 @@ def test_one_partition_paid_by_two_stages_warns_once() -> None:
     assert len(said) == 1
     assert "stage 2 after stage 1" in str(said[0].message)
     assert ledger.paid("t").requests == 4
+
+
+def test_a_worker_killed_before_its_handshake_is_let_go_quietly() -> None:
+    """A reset while the driver reads the secret ends that connection, with no traceback from
+    socketserver on the driver's console (it would print one for any error left raised)."""
+    import io
+
+    class Reset(io.RawIOBase):
+        def readline(self, size: int | None = -1) -> bytes:
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    ledger = Ledger("127.0.0.1", "127.0.0.1")
+    ledger._serve(Reset(), io.BytesIO())  # returns: nothing was told, nothing counts
+    assert ledger.paid("t") == Usage()
