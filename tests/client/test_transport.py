@@ -1,0 +1,88 @@
+"""Our own transport (an ``httpx.AsyncHTTPTransport`` without a client around it) keeps what a
+client reading the environment would do: a service behind ``HTTP_PROXY`` is reached through
+it, ``NO_PROXY`` exempts a host, and a loopback server is never sent to a proxy."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+import httpx
+import pytest
+
+from empirio import EmbeddingClient
+from empirio._io.http import _environment_proxy
+
+from ..conftest import QuietHTTPServer, stats
+
+#: a name nothing resolves: only the proxy can reach it (tests never reach the internet)
+FAR = "http://embeddings.far.invalid/v1"
+
+
+@pytest.fixture
+def forward_proxy(emulator_url: str) -> Iterator[tuple[str, list[str]]]:
+    """A plain HTTP forward proxy on 127.0.0.1 that sends whatever reaches it to the emulator,
+    and notes each URL it was asked for."""
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            asked.append(self.path)  # a proxy is asked for the absolute URL
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            path = httpx.URL(self.path).path.removeprefix("/v1")
+            got = httpx.post(
+                f"{emulator_url}{path}",
+                content=body,
+                headers={k: v for k, v in self.headers.items() if k.lower() == "authorization"},
+            )
+            self.send_response(got.status_code)
+            for name in ("content-type", "x-ratelimit-limit-requests"):
+                if name in got.headers:
+                    self.send_header(name, got.headers[name])
+            self.send_header("Content-Length", str(len(got.content)))
+            self.end_headers()
+            self.wfile.write(got.content)
+
+    server = QuietHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_service_behind_http_proxy_is_reached_through_it(
+    forward_proxy: tuple[str, list[str]], emulator_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy, asked = forward_proxy
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the test's own requests to the emulator
+    before = stats(emulator_url)["requests"]
+    with EmbeddingClient(
+        api_key="k", base_url=FAR, rpm=None, tpm=None, dimensions=64, allow_insecure=True
+    ) as c:
+        result = c.embed([f"through the proxy {i}" for i in range(25)])
+    assert result.dense.shape == (25, 64)
+    assert asked == [f"{FAR}/embeddings"] * 3
+    assert stats(emulator_url)["requests"] - before == 3
+
+    assert _environment_proxy(f"{FAR}/embeddings") == proxy
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,far.invalid")
+    assert _environment_proxy(f"{FAR}/embeddings") is None
+    assert _environment_proxy("https://api.empiriolabs.ai/v1/embeddings") is None  # no HTTPS_PROXY
+
+
+def test_a_loopback_server_is_never_sent_to_a_proxy(
+    emulator_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # the discard port: nothing answers
+    with EmbeddingClient(api_key="k", base_url=emulator_url, rpm=None, tpm=None) as c:
+        assert len(c.embed(["straight to the server"])) == 1
