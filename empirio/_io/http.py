@@ -8,6 +8,7 @@ import asyncio
 import functools
 import importlib
 import socket
+import ssl as _ssl
 import time
 import urllib.request
 from collections.abc import AsyncGenerator, Iterator, Mapping
@@ -28,8 +29,6 @@ __all__ = ["Transport"]
 
 _VERSION = package_version()
 _Loop = asyncio.AbstractEventLoop
-#: what sends on one loop: a user's client, or our own transport
-_Sender = httpx.AsyncClient | httpx.AsyncHTTPTransport
 
 
 class Transport:
@@ -87,15 +86,13 @@ class Transport:
             # httpcore imports anyio's asyncio backend on its first connection (about 80 ms);
             # done here, before pacing starts, it cannot delay a paced send behind its slot.
             importlib.import_module("anyio._backends._asyncio")
-            maximum = self.session.concurrency.maximum + 2
             # A loopback server is reached directly: HTTP_PROXY would otherwise receive the key
             # in clear text over http://.
             trust_env = not is_loopback_url(self.config.base_url)
-            client = httpx.AsyncHTTPTransport(
-                trust_env=trust_env,  # SSL_CERT_FILE and SSL_CERT_DIR
+            client = _Lanes(
+                # SSL_CERT_FILE and SSL_CERT_DIR; one context for every lane (~20 ms each)
+                ssl=httpx.create_ssl_context(trust_env=trust_env),
                 proxy=_environment_proxy(self.url) if trust_env else None,
-                # The pool follows the in-flight ceiling; connections open as needed.
-                limits=httpx.Limits(max_connections=maximum, max_keepalive_connections=maximum),
             )
             keeper = _close_at_loop_shutdown(client)
             self.clients.append((loop, client, keeper))
@@ -198,10 +195,51 @@ async def _post_capped(
         return r.status_code, b"".join(chunks), r.headers
 
 
+class _Lanes:
+    """Our own connections on one loop: an ``httpx.AsyncHTTPTransport`` per request in flight,
+    each keeping one connection alive, taken and given back last in, first out (the warmest
+    connection first).
+
+    Why not one transport whose pool holds them all: on every request and every response,
+    httpcore's pool (1.0) checks each of its connections and, for each idle one, counts the
+    idle ones again, O(N^2) per event. At 32 in flight that was 40 % of the client's CPU
+    (``bench/client_cpu.py``); a lane's pool holds one connection, and taking a lane is a pop.
+    In-flight requests are bounded by the driver, and so is the number of lanes.
+    """
+
+    def __init__(self, *, ssl: _ssl.SSLContext, proxy: str | None) -> None:
+        self._ssl, self._proxy = ssl, proxy
+        self._idle: list[httpx.AsyncHTTPTransport] = []
+        self._all: list[httpx.AsyncHTTPTransport] = []
+
+    def take(self) -> httpx.AsyncHTTPTransport:
+        if self._idle:
+            return self._idle.pop()
+        lane = httpx.AsyncHTTPTransport(
+            verify=self._ssl,
+            proxy=self._proxy,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        )
+        self._all.append(lane)
+        return lane
+
+    def give(self, lane: httpx.AsyncHTTPTransport) -> None:
+        self._idle.append(lane)
+
+    async def aclose(self) -> None:
+        lanes, self._all, self._idle = self._all, [], []
+        for lane in lanes:
+            await lane.aclose()
+
+
+#: what sends on one loop: a user's client, or our own lanes
+_Sender = httpx.AsyncClient | _Lanes
+
+
 async def _post_direct(
-    transport: httpx.AsyncHTTPTransport, sends: Transport, body: bytes, cap: int
+    lanes: _Lanes, sends: Transport, body: bytes, cap: int
 ) -> tuple[int, bytes, httpx.Headers]:
-    """:func:`_post_capped` on our own transport, without an ``httpx.AsyncClient`` around it.
+    """:func:`_post_capped` on our own transports, without an ``httpx.AsyncClient`` around them.
 
     The client's layer does nothing we use (one URL, our own headers, no cookies, auth,
     redirects or hooks), and costs about 0.5 ms of CPU per request, a third of all httpx does
@@ -216,17 +254,21 @@ async def _post_direct(
         headers=sends.headers,
         extensions={"timeout": sends.read_timeouts},
     )
-    r = await transport.handle_async_request(request)
+    lane = lanes.take()
     try:
-        chunks, size = [], 0
-        async for chunk in r.aiter_bytes():
-            size += len(chunk)
-            if size > cap:
-                raise _TooLarge
-            chunks.append(chunk)
-        return r.status_code, b"".join(chunks), r.headers
+        r = await lane.handle_async_request(request)
+        try:
+            chunks, size = [], 0
+            async for chunk in r.aiter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    raise _TooLarge
+                chunks.append(chunk)
+            return r.status_code, b"".join(chunks), r.headers
+        finally:
+            await r.aclose()
     finally:
-        await r.aclose()
+        lanes.give(lane)  # its connection closed or idle again, either way reusable
 
 
 def _environment_proxy(url: str) -> str | None:

@@ -86,3 +86,46 @@ def test_a_loopback_server_is_never_sent_to_a_proxy(
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # the discard port: nothing answers
     with EmbeddingClient(api_key="k", base_url=emulator_url, rpm=None, tpm=None) as c:
         assert len(c.embed(["straight to the server"])) == 1
+
+
+def test_each_request_in_flight_has_its_lane_and_lanes_are_reused(emulator_url: str) -> None:
+    """Our transports are one per request in flight, each keeping its connection: never one per
+    request (a connection opened per request would cost a handshake each)."""
+    from empirio._io.http import _Lanes
+
+    texts = [f"lane text {i}" for i in range(300)]
+    with EmbeddingClient(
+        api_key="k", base_url=emulator_url, rpm=None, tpm=None, dimensions=64, max_concurrency=4
+    ) as c:
+        assert len(c.embed(texts)) == 300  # 30 requests
+        lanes = c._transport.clients[0][1]
+        assert isinstance(lanes, _Lanes)
+        assert 1 <= len(lanes._all) <= 4
+        assert sorted(map(id, lanes._idle)) == sorted(map(id, lanes._all))  # all given back
+        c.embed([f"again {i}" for i in range(100)])
+        assert len(lanes._all) <= 4
+
+
+def test_two_streams_read_in_turn_on_one_thread_each_get_their_own_rows(
+    emulator_url: str,
+) -> None:
+    """Requests tell the thread that sent them when they end; two calls read in turn on one
+    thread see each other's tokens, and each still gets exactly its own rows, in order."""
+    import itertools
+
+    import numpy as np
+
+    a = [f"stream a {i}" for i in range(120)]
+    b = [f"stream b {i}" for i in range(90)]
+    with EmbeddingClient(
+        api_key="k", base_url=emulator_url, rpm=None, tpm=None, dimensions=64, max_concurrency=3
+    ) as c:
+        got_a, got_b = [], []
+        for part_a, part_b in itertools.zip_longest(
+            c.iter_embed(a, segment_size=30), c.iter_embed(b, segment_size=30)
+        ):
+            got_a += [part_a.dense] if part_a is not None else []
+            got_b += [part_b.dense] if part_b is not None else []
+        whole_a, whole_b = c.embed(a).dense, c.embed(b).dense
+    np.testing.assert_array_equal(np.vstack(got_a), whole_a)
+    np.testing.assert_array_equal(np.vstack(got_b), whole_b)
