@@ -1,5 +1,5 @@
-"""Sending one attempt: the HTTP clients (one ``httpx.AsyncClient`` per event loop, or the
-user's), a body size cap, the timeout over the whole exchange, and transport failures
+"""Sending one attempt: the HTTP connections (our own httpx transports per event loop, one per
+request in flight, or the user's client), a body size cap, the timeout over the whole exchange, and transport failures
 classified for :func:`empirio._core.retry.transport_error` (which decides what they mean)."""
 
 from __future__ import annotations
@@ -186,13 +186,19 @@ async def _post_capped(
 ) -> tuple[int, bytes, httpx.Headers]:
     """POST and read the body, refusing one that decodes to more than ``cap`` bytes."""
     async with http.stream("POST", url, content=body, headers=headers) as r:
-        chunks, size = [], 0
-        async for chunk in r.aiter_bytes():
-            size += len(chunk)
-            if size > cap:
-                raise _TooLarge
-            chunks.append(chunk)
-        return r.status_code, b"".join(chunks), r.headers
+        return await _read_capped(r, cap)
+
+
+async def _read_capped(r: httpx.Response, cap: int) -> tuple[int, bytes, httpx.Headers]:
+    """The status, body and headers of ``r``, refusing a body that decodes to more than ``cap``
+    bytes (a compression bomb)."""
+    chunks, size = [], 0
+    async for chunk in r.aiter_bytes():
+        size += len(chunk)
+        if size > cap:
+            raise _TooLarge
+        chunks.append(chunk)
+    return r.status_code, b"".join(chunks), r.headers
 
 
 class _Lanes:
@@ -258,13 +264,7 @@ async def _post_direct(
     try:
         r = await lane.handle_async_request(request)
         try:
-            chunks, size = [], 0
-            async for chunk in r.aiter_bytes():
-                size += len(chunk)
-                if size > cap:
-                    raise _TooLarge
-                chunks.append(chunk)
-            return r.status_code, b"".join(chunks), r.headers
+            return await _read_capped(r, cap)
         finally:
             await r.aclose()
     finally:
@@ -285,7 +285,7 @@ def _environment_proxy(url: str) -> str | None:
 def _post_capped_sync(
     http: httpx.Client, url: str, body: bytes, headers: Mapping[str, str], cap: int
 ) -> tuple[int, bytes, httpx.Headers]:
-    """:func:`_post_capped` for a user's ``httpx.Client`` (a line-for-line mirror)."""
+    """:func:`_post_capped` and :func:`_read_capped` for a user's ``httpx.Client`` (a twin)."""
     with http.stream("POST", url, content=body, headers=headers) as r:
         chunks, size = [], 0
         for chunk in r.iter_bytes():
