@@ -1,6 +1,7 @@
 """Sending one attempt: the HTTP connections (our own httpx transports per event loop, one per
-request in flight, or the user's client), a body size cap, the timeout over the whole exchange, and transport failures
-classified for :func:`empirio._core.retry.transport_error` (which decides what they mean)."""
+request in flight, or the user's client), a body size cap, the timeout over the whole
+exchange, and transport failures classified for :func:`empirio._core.retry.transport_error`
+(which decides what they mean)."""
 
 from __future__ import annotations
 
