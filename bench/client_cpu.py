@@ -101,9 +101,7 @@ print(used)
 def one(code: str, url: str, n: int, dims: int, fmt: str, flight: int) -> float:
     argv = pinned(0, [sys.executable, "-c", code, url, str(n), str(dims), fmt, str(flight)])
     root = Path(__file__).resolve().parent.parent  # the scripts import bench/_common.py from it
-    done = subprocess.run(
-        argv, capture_output=True, text=True, check=False, timeout=900, cwd=root
-    )
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=900, cwd=root)
     if done.returncode:
         raise SystemExit(done.stderr)
     return float(done.stdout.strip().splitlines()[-1])
