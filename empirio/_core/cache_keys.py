@@ -201,26 +201,21 @@ def cache_secret(material: str) -> bytes:
     ).digest()
 
 
-def _mac(secret: bytes) -> hmac.HMAC:
-    # Copied per entry (_tag): the keyed state is set up once per batch, not once per entry;
-    # the label keeps these MACs apart from any other use of the secret.
-    base = hmac.new(secret, digestmod="sha256")
-    base.update(b"empirio-cachemac\0")
-    return base
+#: What every entry's MAC starts with: keeps these MACs apart from any other use of the secret.
+_MAC_LABEL = b"empirio-cachemac\0"
 
 
-def _tag(base: hmac.HMAC, key: str, value: bytes | memoryview) -> bytes:
-    """The MAC of one entry: over its cache key and its value (truncated to MAC_BYTES)."""
-    h = base.copy()
-    h.update(key.encode() + b"\0")
-    h.update(value)
-    return h.digest()[:MAC_BYTES]
+def _tag(secret: bytes, key: str, value: bytes | memoryview) -> bytes:
+    """The MAC of one entry: HMAC-SHA-256 over its cache key and its value (truncated to
+    MAC_BYTES). One call into OpenSSL per entry: the copy and updates of a prepared
+    ``hmac.HMAC`` cost 0.7 us more per entry in Python than the key set-up they save."""
+    message = b"".join((_MAC_LABEL, key.encode(), b"\0", value))
+    return hmac.digest(secret, message, "sha256")[:MAC_BYTES]
 
 
 def seal(secret: bytes, pairs: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     """``(key, value)`` pairs as stored: each value behind its MAC over key and value."""
-    base = _mac(secret)
-    return [(key, _tag(base, key, value) + value) for key, value in pairs]
+    return [(key, _tag(secret, key, value) + value) for key, value in pairs]
 
 
 def _opened(
@@ -228,7 +223,6 @@ def _opened(
 ) -> list[memoryview | bytes]:
     """Each entry's value (a view, not a copy) where its MAC holds; ``b""`` where it does not
     (or is missing)."""
-    base = _mac(secret)
     out: list[memoryview | bytes] = []
     for key, entry in zip(keys, entries, strict=True):
         if entry is None or len(entry) < MAC_BYTES:
@@ -236,7 +230,7 @@ def _opened(
             continue
         value = memoryview(entry)[MAC_BYTES:]
         # compare_digest: the time taken says nothing about how much of a forged MAC matched.
-        good = hmac.compare_digest(_tag(base, key, value), entry[:MAC_BYTES])
+        good = hmac.compare_digest(_tag(secret, key, value), entry[:MAC_BYTES])
         out.append(value if good else b"")
     return out
 
