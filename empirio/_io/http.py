@@ -202,6 +202,11 @@ async def _read_capped(r: httpx.Response, cap: int) -> tuple[int, bytes, httpx.H
     return r.status_code, b"".join(chunks), r.headers
 
 
+#: Seconds a lane may stand idle before it is closed: httpx's keep-alive expiry, after which its
+#: connection would be closed at its next use anyway.
+_LANE_IDLE_S = 5.0
+
+
 class _Lanes:
     """Our own connections on one loop: an ``httpx.AsyncHTTPTransport`` per request in flight,
     each keeping one connection alive, taken and given back last in, first out (the warmest
@@ -216,12 +221,26 @@ class _Lanes:
 
     def __init__(self, *, ssl: _ssl.SSLContext, proxy: str | None) -> None:
         self._ssl, self._proxy = ssl, proxy
-        self._idle: list[httpx.AsyncHTTPTransport] = []
+        #: lanes not in use, with the monotonic time each was given back (the coldest first)
+        self._idle: list[tuple[float, httpx.AsyncHTTPTransport]] = []
         self._all: list[httpx.AsyncHTTPTransport] = []
+        # The first lane is made here, before pacing starts: making an httpx transport first
+        # imports httpcore (about 45 ms), which would make the first paced send that late.
+        self.give(self._new())
 
-    def take(self) -> httpx.AsyncHTTPTransport:
+    async def take(self) -> httpx.AsyncHTTPTransport:
+        """The warmest idle lane, or a new one; lanes idle too long are closed first, so that
+        a burst of many in flight does not keep its connections open for ever after."""
+        now = time.monotonic()
+        while self._idle and now - self._idle[0][0] > _LANE_IDLE_S:
+            _, cold = self._idle.pop(0)
+            self._all.remove(cold)
+            await cold.aclose()
         if self._idle:
-            return self._idle.pop()
+            return self._idle.pop()[1]
+        return self._new()
+
+    def _new(self) -> httpx.AsyncHTTPTransport:
         lane = httpx.AsyncHTTPTransport(
             verify=self._ssl,
             proxy=self._proxy,
@@ -231,7 +250,7 @@ class _Lanes:
         return lane
 
     def give(self, lane: httpx.AsyncHTTPTransport) -> None:
-        self._idle.append(lane)
+        self._idle.append((time.monotonic(), lane))
 
     async def aclose(self) -> None:
         lanes, self._all, self._idle = self._all, [], []
@@ -261,7 +280,7 @@ async def _post_direct(
         headers=sends.headers,
         extensions={"timeout": sends.read_timeouts},
     )
-    lane = lanes.take()
+    lane = await lanes.take()
     try:
         r = await lane.handle_async_request(request)
         try:

@@ -88,9 +88,13 @@ def test_a_loopback_server_is_never_sent_to_a_proxy(
         assert len(c.embed(["straight to the server"])) == 1
 
 
-def test_each_request_in_flight_has_its_lane_and_lanes_are_reused(emulator_url: str) -> None:
+def test_each_request_in_flight_has_its_lane_and_lanes_are_reused(
+    emulator_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Our transports are one per request in flight, each keeping its connection: never one per
-    request (a connection opened per request would cost a handshake each)."""
+    request (a connection opened per request would cost a handshake each); lanes left idle past
+    the keep-alive expiry are closed."""
+    from empirio._io import http
     from empirio._io.http import _Lanes
 
     texts = [f"lane text {i}" for i in range(300)]
@@ -101,9 +105,12 @@ def test_each_request_in_flight_has_its_lane_and_lanes_are_reused(emulator_url: 
         lanes = c._transport.clients[0][1]
         assert isinstance(lanes, _Lanes)
         assert 1 <= len(lanes._all) <= 4
-        assert sorted(map(id, lanes._idle)) == sorted(map(id, lanes._all))  # all given back
+        assert sorted(id(lane) for _, lane in lanes._idle) == sorted(map(id, lanes._all))
         c.embed([f"again {i}" for i in range(100)])
         assert len(lanes._all) <= 4
+        monkeypatch.setattr(http, "_LANE_IDLE_S", 0.0)  # every idle lane is now too old
+        c.embed(["one request"])
+        assert len(lanes._all) == 1  # the others were closed before it was sent
 
 
 def test_two_streams_read_in_turn_on_one_thread_each_get_their_own_rows(
