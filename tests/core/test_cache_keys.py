@@ -4,6 +4,8 @@ miss."""
 
 from __future__ import annotations
 
+import hmac
+
 import numpy as np
 import pytest
 
@@ -57,6 +59,16 @@ def test_the_secret_is_not_shown_and_not_the_key() -> None:
     assert len(SECRET) == 32
     assert SECRET.hex() not in repr(_scope())
     assert "secret" not in repr(_scope())
+
+
+@pytest.mark.parametrize("secret", [SECRET, b"", b"s" * 64, b"long" * 40], ids=len)
+def test_the_mac_is_hmac_sha256_over_label_key_and_value(secret: bytes) -> None:
+    """The MAC is written out over hashlib (for speed, see ``_keyed``): its bytes are those of
+    the standard library's HMAC-SHA-256, so entries written before it stay valid."""
+    value = encode_dense(_unit(1, 1024)[0])
+    ((key, sealed),) = seal(secret, [("k" * 32, value)])
+    expected = hmac.digest(secret, b"empirio-cachemac\0" + key.encode() + b"\0" + value, "sha256")
+    assert sealed == expected[:MAC_BYTES] + value
 
 
 def test_sealed_dense_entries_open_and_any_change_is_a_miss() -> None:
