@@ -9,10 +9,12 @@ import asyncio
 import functools
 import importlib
 import socket
-import ssl as _ssl
+import threading
 import time
 import urllib.request
-from collections.abc import AsyncGenerator, Iterator, Mapping
+import weakref
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 import httpx
 
@@ -57,6 +59,9 @@ class Transport:
             "Accept-Encoding": "gzip, deflate",
             "User-Agent": f"empirio/{_VERSION}",
         }
+        # Parsed and normalised once, not for each request on our own transports (a third of
+        # the CPU httpx.Request takes).
+        self.wire_url, self.wire_headers = httpx.URL(self.url), httpx.Headers(self.headers)
         timeout = self.config.timeout
         #: httpx's per-read timeouts of each request sent on our own transports
         self.read_timeouts = httpx.Timeout(timeout, connect=min(10.0, timeout)).as_dict()
@@ -66,10 +71,15 @@ class Transport:
         #: keepers of clients made on a loop that must close them at its shutdown even if this
         #: transport is collected first (the sync shell's private loop; see ``for_loop``)
         self.keep_with: tuple[_Loop, list[AsyncGenerator[None, None]]] | None = None
+        self._blocking: _Lanes[httpx.HTTPTransport] | None = None
+        self._close_blocking: weakref.finalize[Any, Any] | None = None
 
     def after_fork(self) -> None:
         self.clients = []
         self.keep_with = None
+        if self._close_blocking is not None:  # the parent's connections: not ours to close
+            self._close_blocking.detach()
+        self._blocking = self._close_blocking = None
 
     async def for_loop(self) -> _Sender:
         """What sends on the running loop: the user's ``httpx.AsyncClient``, or our own
@@ -90,13 +100,14 @@ class Transport:
             # A loopback server is reached directly: HTTP_PROXY would otherwise receive the key
             # in clear text over http://.
             trust_env = not is_loopback_url(self.config.base_url)
-            client = _Lanes(
-                # SSL_CERT_FILE and SSL_CERT_DIR; one context for every lane (~20 ms each)
-                ssl=httpx.create_ssl_context(trust_env=trust_env),
-                proxy=_environment_proxy(self.url) if trust_env else None,
+            # SSL_CERT_FILE and SSL_CERT_DIR; one context for every lane (~20 ms each)
+            ssl = httpx.create_ssl_context(trust_env=trust_env)
+            proxy = _environment_proxy(self.url) if trust_env else None
+            lanes: _Sender = _Lanes(
+                lambda: httpx.AsyncHTTPTransport(verify=ssl, proxy=proxy, limits=_ONE_CONNECTION)
             )
-            keeper = _close_at_loop_shutdown(client)
-            self.clients.append((loop, client, keeper))
+            keeper = _close_at_loop_shutdown(lanes)
+            self.clients.append((loop, lanes, keeper))
             if self.keep_with is not None and self.keep_with[0] is loop:
                 # The loop only holds its async generators weakly: if this client is collected
                 # first, the keeper must still be there for the loop's shutdown to close it.
@@ -104,7 +115,7 @@ class Transport:
         # Started here, the keeper is registered with this loop; asyncio.run (and any loop that
         # runs shutdown_asyncgens) closes it as the loop ends, and with it the connections.
         await anext(keeper)
-        return client
+        return lanes
 
     async def aclose_for_loop(self) -> None:
         """Close the running loop's client (those of ended loops closed with their loop)."""
@@ -115,15 +126,9 @@ class Transport:
             if lp is loop:
                 await keeper.aclose()
 
-    async def send(self, attempt: Attempt, call: Call, *, sync: bool) -> Decoded | EmpirioError:
-        """Send one attempt on the running loop; ``sync``: for the sync shell (which uses the
-        ``http_client`` it was given, on a worker thread, where it was given one).
-
-        ``timeout`` bounds the whole exchange, headers and body: httpx's own timeouts bound each
-        read, so a server trickling a byte a second would otherwise hold the call for ever.
-        """
-        cfg, session = self.config, self.session
-        texts = attempt.request.texts
+    def _request(self, attempt: Attempt, call: Call) -> tuple[bytes, int]:
+        """The body of ``attempt`` and the most its answer may decode to, in bytes."""
+        cfg, texts = self.config, attempt.request.texts
         body = request_body(
             texts,
             model=cfg.model,
@@ -135,15 +140,25 @@ class Transport:
             instruction_mode=cfg.instruction_mode,
             query_instruction=cfg.query_instruction,
         )
+        return body, response_cap(len(texts), cfg.dimensions, call.sparse)
+
+    async def send(self, attempt: Attempt, call: Call, *, sync: bool) -> Decoded | EmpirioError:
+        """Send one attempt on the running loop; ``sync``: for the sync shell (which uses the
+        ``http_client`` it was given, on a worker thread, where it was given one).
+
+        ``timeout`` bounds the whole exchange, headers and body: httpx's own timeouts bound each
+        read, so a server trickling a byte a second would otherwise hold the call for ever.
+        """
+        cfg = self.config
+        body, cap = self._request(attempt, call)
         hold = attempt.slot - time.monotonic()
         if hold > 0:  # a slot booked ahead: leave at its time, whatever the caller does now
             await asyncio.sleep(hold)
-        note_sent(session, attempt)
-        cap = response_cap(len(texts), cfg.dimensions, call.sparse)
+        note_sent(self.session, attempt)
         try:
             if sync and self.user_http is not None:
                 post = functools.partial(
-                    _post_capped_sync, self.user_http, self.url, body, self.headers, cap
+                    _post_capped_sync, self.user_http, self.url, body, self.headers, cap, None
                 )
                 got = await asyncio.wait_for(
                     asyncio.get_running_loop().run_in_executor(None, post), cfg.timeout
@@ -155,17 +170,69 @@ class Transport:
                         got = await _post_capped(http, self.url, body, self.headers, cap)
                     else:
                         got = await _post_direct(http, self, body, cap)
-        except (TimeoutError, httpx.TimeoutException):
-            return self._failed("timeout")
-        except httpx.HTTPError as exc:
-            return self._failed(_classify(exc), type(exc).__name__, _root_cause(exc))
-        except _TooLarge:
-            return APIResponseValidationError(
-                f"the response from {cfg.base_url} is larger than {cap:,} bytes decoded, far "
-                f"more than {len(texts)} embeddings take: refused"
-            )
+        except Exception as exc:
+            return self._failure(exc, cap, len(attempt.request.texts))
         status, content, headers = got
-        return session.read(status, content, headers, len(texts), call)
+        return self.session.read(status, content, headers, len(attempt.request.texts), call)
+
+    def send_blocking(self, attempt: Attempt, call: Call) -> Decoded | EmpirioError:
+        """:meth:`send` on the caller's thread with sync httpx (a twin), for the sync shell when
+        one request at most is in flight (``max_concurrency=1``): no hop to the I/O thread and
+        back, and no event loop, for each request (0.5 ms of CPU a request, a third of the
+        floor's, ``bench/client_cpu.py``). The whole exchange is bounded by ``timeout`` too:
+        checked as each piece of the body arrives, and each read by httpx's own timeout."""
+        cfg = self.config
+        body, cap = self._request(attempt, call)
+        hold = attempt.slot - time.monotonic()
+        if hold > 0:  # a slot booked ahead: leave at its time
+            time.sleep(hold)
+        note_sent(self.session, attempt)
+        deadline = time.monotonic() + cfg.timeout
+        try:
+            if self.user_http is not None:
+                got = _post_capped_sync(self.user_http, self.url, body, self.headers, cap, deadline)
+            else:
+                got = _post_direct_sync(self.blocking_lanes(), self, body, cap, deadline)
+        except Exception as exc:
+            return self._failure(exc, cap, len(attempt.request.texts))
+        status, content, headers = got
+        return self.session.read(status, content, headers, len(attempt.request.texts), call)
+
+    def blocking_lanes(self) -> _Lanes[httpx.HTTPTransport]:
+        """Our sync transports for :meth:`send_blocking` (made on first use: the sync shell asks
+        before its first pacing decision, as it does for the loop's)."""
+        with self.session.lock:
+            if self._blocking is None:
+                trust_env = not is_loopback_url(self.config.base_url)
+                ssl = httpx.create_ssl_context(trust_env=trust_env)
+                proxy = _environment_proxy(self.url) if trust_env else None
+                lanes = self._blocking = _Lanes(
+                    lambda: httpx.HTTPTransport(verify=ssl, proxy=proxy, limits=_ONE_CONNECTION)
+                )
+                # Framework objects are rarely closed by their users: their connections are
+                # closed when this transport is collected.
+                self._close_blocking = weakref.finalize(self, _close_lanes, lanes)
+            return self._blocking
+
+    def close_blocking(self) -> None:
+        """Close the sync transports' connections."""
+        with self.session.lock:
+            self._blocking, close = None, self._close_blocking
+        if close is not None:
+            close()
+
+    def _failure(self, exc: Exception, cap: int, n: int) -> EmpirioError:
+        """What a failed exchange means (``exc`` raised again if it is not a transport's)."""
+        if isinstance(exc, TimeoutError | httpx.TimeoutException):
+            return self._failed("timeout")
+        if isinstance(exc, httpx.HTTPError):
+            return self._failed(_classify(exc), type(exc).__name__, _root_cause(exc))
+        if isinstance(exc, _TooLarge):
+            return APIResponseValidationError(
+                f"the response from {self.config.base_url} is larger than {cap:,} bytes "
+                f"decoded, far more than {n} embeddings take: refused"
+            )
+        raise exc
 
     def _failed(self, failure: TransportFailure, name: str = "", reason: str = "") -> EmpirioError:
         return transport_error(
@@ -207,63 +274,76 @@ async def _read_capped(r: httpx.Response, cap: int) -> tuple[int, bytes, httpx.H
 _LANE_IDLE_S = 5.0
 
 
-class _Lanes:
-    """Our own connections on one loop: an ``httpx.AsyncHTTPTransport`` per request in flight,
-    each keeping one connection alive, taken and given back last in, first out (the warmest
-    connection first).
+#: A lane's pool: one connection, kept alive.
+_ONE_CONNECTION = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+_Lane = TypeVar("_Lane", httpx.AsyncHTTPTransport, httpx.HTTPTransport)
+
+
+class _Lanes(Generic[_Lane]):
+    """Our own connections: an httpx transport per request in flight, each keeping one
+    connection alive, taken and given back last in, first out (the warmest connection first).
+    Async ones on one loop; sync ones for :meth:`Transport.send_blocking`, on callers' threads.
 
     Why not one transport whose pool holds them all: on every request and every response,
     httpcore's pool (1.0) checks each of its connections and, for each idle one, counts the
     idle ones again, O(N^2) per event. At 32 in flight that was 40 % of the client's CPU
     (``bench/client_cpu.py``); a lane's pool holds one connection, and taking a lane is a pop.
     In-flight requests are bounded by the driver, and so is the number of lanes.
+
+    Args:
+        new: makes a lane (all of them share one TLS context).
     """
 
-    def __init__(self, *, ssl: _ssl.SSLContext, proxy: str | None) -> None:
-        self._ssl, self._proxy = ssl, proxy
+    def __init__(self, new: Callable[[], _Lane]) -> None:
+        self._new_lane: Callable[[], _Lane] = new
+        self._lock = threading.Lock()  # sync lanes are taken by several threads
         #: lanes not in use, with the monotonic time each was given back (the coldest first)
-        self._idle: list[tuple[float, httpx.AsyncHTTPTransport]] = []
-        self._all: list[httpx.AsyncHTTPTransport] = []
+        self._idle: list[tuple[float, _Lane]] = []
+        self._all: list[_Lane] = []
         # The first lane is made here, before pacing starts: making an httpx transport first
         # imports httpcore (about 45 ms), which would make the first paced send that late.
         self.give(self._new())
 
-    async def take(self) -> httpx.AsyncHTTPTransport:
-        """The warmest idle lane, or a new one; lanes idle too long are closed first, so that
-        a burst of many in flight does not keep its connections open for ever after."""
-        now = time.monotonic()
-        while self._idle and now - self._idle[0][0] > _LANE_IDLE_S:
-            _, cold = self._idle.pop(0)
-            self._all.remove(cold)
-            await cold.aclose()
-        if self._idle:
-            return self._idle.pop()[1]
-        return self._new()
+    def take(self) -> tuple[_Lane, list[_Lane]]:
+        """The warmest idle lane, or a new one; and the lanes idle too long, for the caller to
+        close, so that a burst of many in flight does not keep its connections open for ever
+        after."""
+        now, cold = time.monotonic(), []
+        with self._lock:
+            while self._idle and now - self._idle[0][0] > _LANE_IDLE_S:
+                cold.append(self._idle.pop(0)[1])
+                self._all.remove(cold[-1])
+            if self._idle:
+                return self._idle.pop()[1], cold
+        return self._new(), cold
 
-    def _new(self) -> httpx.AsyncHTTPTransport:
-        lane = httpx.AsyncHTTPTransport(
-            verify=self._ssl,
-            proxy=self._proxy,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-        )
-        self._all.append(lane)
+    def _new(self) -> _Lane:
+        lane = self._new_lane()
+        with self._lock:
+            self._all.append(lane)
         return lane
 
-    def give(self, lane: httpx.AsyncHTTPTransport) -> None:
-        self._idle.append((time.monotonic(), lane))
+    def give(self, lane: _Lane) -> None:
+        with self._lock:
+            self._idle.append((time.monotonic(), lane))
 
-    async def aclose(self) -> None:
-        lanes, self._all, self._idle = self._all, [], []
-        for lane in lanes:
+    def drain(self) -> list[_Lane]:
+        """Every lane, forgotten here, for the caller to close."""
+        with self._lock:
+            lanes, self._all, self._idle = self._all, [], []
+        return lanes
+
+    async def aclose(self: _Lanes[httpx.AsyncHTTPTransport]) -> None:
+        for lane in self.drain():
             await lane.aclose()
 
 
 #: what sends on one loop: a user's client, or our own lanes
-_Sender = httpx.AsyncClient | _Lanes
+_Sender = httpx.AsyncClient | _Lanes[httpx.AsyncHTTPTransport]
 
 
 async def _post_direct(
-    lanes: _Lanes, sends: Transport, body: bytes, cap: int
+    lanes: _Lanes[httpx.AsyncHTTPTransport], sends: Transport, body: bytes, cap: int
 ) -> tuple[int, bytes, httpx.Headers]:
     """:func:`_post_capped` on our own transports, without an ``httpx.AsyncClient`` around them.
 
@@ -275,12 +355,14 @@ async def _post_direct(
     """
     request = httpx.Request(
         "POST",
-        sends.url,
+        sends.wire_url,
         content=body,
-        headers=sends.headers,
+        headers=sends.wire_headers,
         extensions={"timeout": sends.read_timeouts},
     )
-    lane = await lanes.take()
+    lane, cold = lanes.take()
+    for idle in cold:
+        await idle.aclose()
     try:
         r = await lane.handle_async_request(request)
         try:
@@ -302,18 +384,63 @@ def _environment_proxy(url: str) -> str | None:
     return str(proxy)
 
 
-def _post_capped_sync(
-    http: httpx.Client, url: str, body: bytes, headers: Mapping[str, str], cap: int
+def _post_direct_sync(
+    lanes: _Lanes[httpx.HTTPTransport], sends: Transport, body: bytes, cap: int, deadline: float
 ) -> tuple[int, bytes, httpx.Headers]:
-    """:func:`_post_capped` and :func:`_read_capped` for a user's ``httpx.Client`` (a twin)."""
+    """:func:`_post_direct` on a sync transport (a twin); ``deadline``: see
+    :func:`_read_capped_sync`."""
+    request = httpx.Request(
+        "POST",
+        sends.wire_url,
+        content=body,
+        headers=sends.wire_headers,
+        extensions={"timeout": sends.read_timeouts},
+    )
+    lane, cold = lanes.take()
+    for idle in cold:
+        idle.close()
+    try:
+        r = lane.handle_request(request)
+        try:
+            return _read_capped_sync(r, cap, deadline)
+        finally:
+            r.close()
+    finally:
+        lanes.give(lane)  # its connection closed or idle again, either way reusable
+
+
+def _post_capped_sync(
+    http: httpx.Client,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    cap: int,
+    deadline: float | None,
+) -> tuple[int, bytes, httpx.Headers]:
+    """:func:`_post_capped` for a user's ``httpx.Client`` (a twin)."""
     with http.stream("POST", url, content=body, headers=headers) as r:
-        chunks, size = [], 0
-        for chunk in r.iter_bytes():
-            size += len(chunk)
-            if size > cap:
-                raise _TooLarge
-            chunks.append(chunk)
-        return r.status_code, b"".join(chunks), r.headers
+        return _read_capped_sync(r, cap, deadline)
+
+
+def _read_capped_sync(
+    r: httpx.Response, cap: int, deadline: float | None
+) -> tuple[int, bytes, httpx.Headers]:
+    """:func:`_read_capped` (a twin); past ``deadline`` (monotonic seconds, if given), a
+    :class:`TimeoutError`: a server trickling its body is cut off there."""
+    chunks, size = [], 0
+    for chunk in r.iter_bytes():
+        size += len(chunk)
+        if size > cap:
+            raise _TooLarge
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError
+        chunks.append(chunk)
+    return r.status_code, b"".join(chunks), r.headers
+
+
+def _close_lanes(lanes: _Lanes[httpx.HTTPTransport]) -> None:
+    for lane in lanes.drain():
+        lane.close()
 
 
 async def _close_at_loop_shutdown(client: _Sender) -> AsyncGenerator[None, None]:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import queue
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 from .._core.decode import Decoded
@@ -194,12 +195,26 @@ class SyncShell:
     def _connect(self) -> None:
         """Start the I/O thread and its HTTP client before the first pacing decision: an httpx
         client takes tens of ms to build (its TLS context), which would delay the first send
-        behind its slot."""
+        behind its slot. With one request in flight at most, the sync transports instead."""
+        if self._one_at_a_time():
+            if self.transport.user_http is None:
+                self.transport.blocking_lanes()
+            return
         io = self._io_loop()
         if self.transport.user_http is None:
             io.submit(self.transport.for_loop()).result()
 
+    def _one_at_a_time(self) -> bool:
+        """``max_concurrency=1``: each request is sent from the caller's thread, as ``_wait``
+        reaches it (see :meth:`Transport.send_blocking`); the driver never wants a second
+        one sent meanwhile."""
+        return self.session.concurrency.maximum == 1
+
     def _send(self, attempt: Attempt, call: Call) -> _Handle:
+        if self._one_at_a_time():
+            # Sent by _wait, so that the attempt is among those pending while it is out (an
+            # interrupt then counts it as abandoned in flight, as it would on the I/O thread).
+            return _Blocking(functools.partial(self.transport.send_blocking, attempt, call))
         handle = self._io_loop().submit(self.transport.send(attempt, call, sync=True))
         wakeups = _wakeups()
         handle.add_done_callback(lambda _: wakeups.put(None))
@@ -214,6 +229,10 @@ class SyncShell:
         in flight at every wait, 0.2 ms of CPU per answer at one in flight and growing with
         more. A token may be another call's (two streams read in turn on one thread): the
         requests are looked at again, and the wait goes on until its end."""
+        for handle in pending:
+            if isinstance(handle, _Blocking) and handle.set_running_or_notify_cancel():
+                handle.set_result(handle.send())  # an exception (Ctrl-C) leaves it pending
+                return {handle}
         wait = _WAIT_SLICE_S if within is None else min(within, _WAIT_SLICE_S)
         if not pending:
             time.sleep(wait)
@@ -249,7 +268,8 @@ class SyncShell:
             return self._io
 
     def close(self) -> None:
-        """Stop the private loop and its thread, closing their connections."""
+        """Stop the private loop and its thread, closing their connections (and those of the
+        sync transports)."""
         with self.session.lock:
             io, self._io = self._io, None
             finalizer, self._finalizer = self._finalizer, None
@@ -257,12 +277,21 @@ class SyncShell:
             finalizer.detach()
         if io is not None:
             io.close()
+        self.transport.close_blocking()
 
     def after_fork(self) -> None:
         """Forget the parent's thread and loop (not ours to stop); a new one on first use."""
         if self._finalizer is not None:
             self._finalizer.detach()
         self._io, self._finalizer = None, None
+
+
+class _Blocking(concurrent.futures.Future[Decoded | EmpirioError]):
+    """A request to be sent from the caller's thread when the shell waits (see ``_send``)."""
+
+    def __init__(self, send: Callable[[], Decoded | EmpirioError]) -> None:
+        super().__init__()
+        self.send = send
 
 
 _local = threading.local()

@@ -57,8 +57,12 @@ def forward_proxy(emulator_url: str) -> Iterator[tuple[str, list[str]]]:
     server.server_close()
 
 
+@pytest.mark.parametrize("flight", ["auto", 1], ids=["io-thread", "caller-thread"])
 def test_a_service_behind_http_proxy_is_reached_through_it(
-    forward_proxy: tuple[str, list[str]], emulator_url: str, monkeypatch: pytest.MonkeyPatch
+    forward_proxy: tuple[str, list[str]],
+    emulator_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    flight: int | str,
 ) -> None:
     proxy, asked = forward_proxy
     for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
@@ -67,7 +71,13 @@ def test_a_service_behind_http_proxy_is_reached_through_it(
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the test's own requests to the emulator
     before = stats(emulator_url)["requests"]
     with EmbeddingClient(
-        api_key="k", base_url=FAR, rpm=None, tpm=None, dimensions=64, allow_insecure=True
+        api_key="k",
+        base_url=FAR,
+        rpm=None,
+        tpm=None,
+        dimensions=64,
+        allow_insecure=True,
+        max_concurrency=flight,
     ) as c:
         result = c.embed([f"through the proxy {i}" for i in range(25)])
     assert result.dense.shape == (25, 64)
@@ -136,3 +146,46 @@ def test_two_streams_read_in_turn_on_one_thread_each_get_their_own_rows(
         whole_a, whole_b = c.embed(a).dense, c.embed(b).dense
     np.testing.assert_array_equal(np.vstack(got_a), whole_a)
     np.testing.assert_array_equal(np.vstack(got_b), whole_b)
+
+
+def test_one_request_at_a_time_is_sent_from_the_callers_thread(emulator_url: str) -> None:
+    """With ``max_concurrency=1`` the sync shell sends on the caller's thread (sync httpx, no
+    I/O thread, one kept-alive connection): the same rows, in order, as the I/O thread's; a
+    user's ``httpx.Client`` is used there too."""
+    import numpy as np
+
+    texts = [f"one at a time {i}" for i in range(95)]
+    with EmbeddingClient(api_key="k", base_url=emulator_url, rpm=None, tpm=None) as c:
+        expected = c.embed(texts).dense
+    with EmbeddingClient(
+        api_key="k", base_url=emulator_url, rpm=None, tpm=None, max_concurrency=1
+    ) as c:
+        got = c.embed(texts).dense
+        for part in c.iter_embed(texts, segment_size=40):
+            assert part.dense is not None
+        assert c._sync._io is None  # no I/O thread was started
+        lanes = c._transport._blocking
+        assert lanes is not None
+        assert len(lanes._all) == 1
+    np.testing.assert_array_equal(got, expected)
+    assert c._transport._blocking is None  # closed with the client
+
+    threads: list[str] = []
+    hooks = {"request": [lambda r: threads.append(_thread_name())]}
+    with (
+        httpx.Client(event_hooks=hooks) as user,
+        EmbeddingClient(
+            api_key="k",
+            base_url=emulator_url,
+            rpm=None,
+            tpm=None,
+            max_concurrency=1,
+            http_client=user,
+        ) as c,
+    ):
+        np.testing.assert_array_equal(c.embed(texts).dense, expected)
+    assert threads == [threading.current_thread().name] * 10
+
+
+def _thread_name() -> str:
+    return threading.current_thread().name

@@ -194,11 +194,12 @@ def test_duplicates_are_paid_for_once_per_call(emulator_url: str) -> None:
     assert rows[0] is not rows[500]
 
 
-def test_timeout_bounds_a_trickling_response(lying_server: Any) -> None:
+@pytest.mark.parametrize("flight", ["auto", 1], ids=["io-thread", "caller-thread"])
+def test_timeout_bounds_a_trickling_response(lying_server: Any, flight: int | str) -> None:
     url, _ = lying_server(
         lambda body, n: (200, {}, vectors(body, lambda i: unit(64))), trickle=True
     )
-    c = client(url, timeout=3, max_retries=0)
+    c = client(url, timeout=3, max_retries=0, max_concurrency=flight)
     start = time.monotonic()
     with pytest.raises(APITimeoutError):
         c.embed(["slow"])
@@ -232,7 +233,8 @@ def test_a_key_echoed_by_a_gateway_never_reaches_the_error(lying_server: Any) ->
     assert "**********" in shown
 
 
-def test_a_compression_bomb_is_refused(lying_server: Any) -> None:
+@pytest.mark.parametrize("flight", ["auto", 1], ids=["io-thread", "caller-thread"])
+def test_a_compression_bomb_is_refused(lying_server: Any, flight: int | str) -> None:
     bomb = gzip.compress(b" " * (300 * 1024 * 1024), compresslevel=9)
 
     def answer(body: dict[str, Any], n: int) -> tuple[int, dict[str, str], bytes]:
@@ -240,7 +242,7 @@ def test_a_compression_bomb_is_refused(lying_server: Any) -> None:
 
     url, _ = lying_server(answer)
     with pytest.raises(APIResponseValidationError, match="larger than"):
-        client(url).embed(["text"])
+        client(url, max_concurrency=flight).embed(["text"])
 
 
 def test_forks_beside_threads_busy_in_the_cache_all_finish(
