@@ -93,7 +93,8 @@ class EmbeddingClient:
             keeps N.
         max_concurrency: most requests in flight at once, or ``"auto"`` (default): as many as
             the account's rate needs at the measured latency (rate x latency, Little's law;
-            up to 256), or 8 where no limits are known.
+            up to 256), or 8 where no limits are known. With 1, the sync methods send from
+            the caller's thread, with no I/O thread (the least CPU per request).
         rpm: the account's requests per minute, paced client-side; ``None`` disables. Default
             ``EMPIRIOLABS_RPM``, else 50 (EmpirioLabs' default account limit).
         tpm: the account's tokens per minute, paced client-side; ``None`` disables. Default

@@ -122,7 +122,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_concurrency",
         "auto",
-        "most requests in flight; `auto`: the account's rate x the measured latency (8 unpaced)",
+        "most requests in flight; `auto`: the account's rate x the measured latency (8 "
+        "unpaced); 1: sync calls send from the caller's thread",
         bounds=(1, 1024),
     ),
     Setting(
