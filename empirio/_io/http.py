@@ -9,6 +9,7 @@ import asyncio
 import functools
 import importlib
 import socket
+import ssl
 import threading
 import time
 import urllib.request
@@ -97,14 +98,9 @@ class Transport:
             # httpcore imports anyio's asyncio backend on its first connection (about 80 ms);
             # done here, before pacing starts, it cannot delay a paced send behind its slot.
             importlib.import_module("anyio._backends._asyncio")
-            # A loopback server is reached directly: HTTP_PROXY would otherwise receive the key
-            # in clear text over http://.
-            trust_env = not is_loopback_url(self.config.base_url)
-            # SSL_CERT_FILE and SSL_CERT_DIR; one context for every lane (~20 ms each)
-            ssl = httpx.create_ssl_context(trust_env=trust_env)
-            proxy = _environment_proxy(self.url) if trust_env else None
+            tls, proxy = self._lane_settings()
             lanes: _Sender = _Lanes(
-                lambda: httpx.AsyncHTTPTransport(verify=ssl, proxy=proxy, limits=_ONE_CONNECTION)
+                lambda: httpx.AsyncHTTPTransport(verify=tls, proxy=proxy, limits=_ONE_CONNECTION)
             )
             keeper = _close_at_loop_shutdown(lanes)
             self.clients.append((loop, lanes, keeper))
@@ -116,6 +112,14 @@ class Transport:
         # runs shutdown_asyncgens) closes it as the loop ends, and with it the connections.
         await anext(keeper)
         return lanes
+
+    def _lane_settings(self) -> tuple[ssl.SSLContext, str | None]:
+        """The TLS context all our lanes share (``SSL_CERT_FILE`` and ``SSL_CERT_DIR``; about
+        20 ms to make) and the environment's proxy. A loopback server is reached directly:
+        ``HTTP_PROXY`` would otherwise receive the key in clear text over http://."""
+        trust_env = not is_loopback_url(self.config.base_url)
+        proxy = _environment_proxy(self.url) if trust_env else None
+        return httpx.create_ssl_context(trust_env=trust_env), proxy
 
     async def aclose_for_loop(self) -> None:
         """Close the running loop's client (those of ended loops closed with their loop)."""
@@ -178,9 +182,10 @@ class Transport:
     def send_blocking(self, attempt: Attempt, call: Call) -> Decoded | EmpirioError:
         """:meth:`send` on the caller's thread with sync httpx (a twin), for the sync shell when
         one request at most is in flight (``max_concurrency=1``): no hop to the I/O thread and
-        back, and no event loop, for each request (0.5 ms of CPU a request, a third of the
-        floor's, ``bench/client_cpu.py``). The whole exchange is bounded by ``timeout`` too:
-        checked as each piece of the body arrives, and each read by httpx's own timeout."""
+        back, and no event loop, for each request (about 0.6 ms of CPU a request, 40 % of the
+        floor's, ``bench/client_cpu.py``). The exchange is bounded by ``timeout`` too, checked
+        as each piece of the body arrives, and each read by httpx's own timeout (only response
+        headers trickled a byte at a time could outlast it, read by read)."""
         cfg = self.config
         body, cap = self._request(attempt, call)
         hold = attempt.slot - time.monotonic()
@@ -203,11 +208,9 @@ class Transport:
         before its first pacing decision, as it does for the loop's)."""
         with self.session.lock:
             if self._blocking is None:
-                trust_env = not is_loopback_url(self.config.base_url)
-                ssl = httpx.create_ssl_context(trust_env=trust_env)
-                proxy = _environment_proxy(self.url) if trust_env else None
+                tls, proxy = self._lane_settings()
                 lanes = self._blocking = _Lanes(
-                    lambda: httpx.HTTPTransport(verify=ssl, proxy=proxy, limits=_ONE_CONNECTION)
+                    lambda: httpx.HTTPTransport(verify=tls, proxy=proxy, limits=_ONE_CONNECTION)
                 )
                 # Framework objects are rarely closed by their users: their connections are
                 # closed when this transport is collected.
