@@ -113,6 +113,16 @@ class Transport:
         await anext(keeper)
         return lanes
 
+    def wire_request(self, body: bytes) -> httpx.Request:
+        """The POST of ``body`` as our own transports send it (httpx's per-read timeouts)."""
+        return httpx.Request(
+            "POST",
+            self.wire_url,
+            content=body,
+            headers=self.wire_headers,
+            extensions={"timeout": self.read_timeouts},
+        )
+
     def _lane_settings(self) -> tuple[ssl.SSLContext, str | None]:
         """The TLS context all our lanes share (``SSL_CERT_FILE`` and ``SSL_CERT_DIR``; about
         20 ms to make) and the environment's proxy. A loopback server is reached directly:
@@ -356,13 +366,7 @@ async def _post_direct(
     maps httpcore's; instrumentations of httpx patch the transport, so they still see each
     request.
     """
-    request = httpx.Request(
-        "POST",
-        sends.wire_url,
-        content=body,
-        headers=sends.wire_headers,
-        extensions={"timeout": sends.read_timeouts},
-    )
+    request = sends.wire_request(body)
     lane, cold = lanes.take()
     for idle in cold:
         await idle.aclose()
@@ -392,13 +396,7 @@ def _post_direct_sync(
 ) -> tuple[int, bytes, httpx.Headers]:
     """:func:`_post_direct` on a sync transport (a twin); ``deadline``: see
     :func:`_read_capped_sync`."""
-    request = httpx.Request(
-        "POST",
-        sends.wire_url,
-        content=body,
-        headers=sends.wire_headers,
-        extensions={"timeout": sends.read_timeouts},
-    )
+    request = sends.wire_request(body)
     lane, cold = lanes.take()
     for idle in cold:
         idle.close()
