@@ -5,7 +5,9 @@ The loop over the call's :class:`~empirio._core.driver.CallDriver` runs in the c
 a daemon thread. Waiting on futures in slices of at most half a second keeps Ctrl-C prompt; an
 interrupt cancels the requests in flight, which closes their connections at once (a blocking
 socket read in a worker thread could only be waited out). It also makes a sync call inside a
-running loop (a notebook cell) safe.
+running loop (a notebook cell) safe. With ``max_concurrency=1`` no second request is ever out:
+each is sent from the caller's thread with sync httpx instead (no thread, no loop; Ctrl-C
+interrupts the socket read of the main thread at once).
 
 :class:`SyncShell` and :class:`~empirio._io.aio.AsyncShell` mirror each other line for line
 (``tests/core/test_layers.py`` compares them).
