@@ -27,6 +27,7 @@ from .._core.errors import APIResponseValidationError, EmpirioError
 from .._core.retry import TransportFailure, transport_error
 from .._core.settings import ClientConfig
 from .._core.wire import request_body, response_cap
+from .deadline import bound, until
 from .session import Session, note_sent
 
 __all__ = ["Transport"]
@@ -193,9 +194,10 @@ class Transport:
         """:meth:`send` on the caller's thread with sync httpx (a twin), for the sync shell when
         one request at most is in flight (``max_concurrency=1``): no hop to the I/O thread and
         back, and no event loop, for each request (about 0.6 ms of CPU a request, 40 % of the
-        floor's, ``bench/client_cpu.py``). The exchange is bounded by ``timeout`` too, checked
-        as each piece of the body arrives, and each read by httpx's own timeout (only response
-        headers trickled a byte at a time could outlast it, read by read)."""
+        floor's, ``bench/client_cpu.py``). The whole exchange is bounded by ``timeout`` too:
+        each socket operation of our transports waits at most what is left of it
+        (:mod:`empirio._io.deadline`); a user's ``http_client`` is checked as each piece of the
+        body arrives, and each of its reads bounded by its own timeout."""
         cfg = self.config
         body, cap = self._request(attempt, call)
         hold = attempt.slot - time.monotonic()
@@ -220,7 +222,9 @@ class Transport:
             if self._blocking is None:
                 tls, proxy = self._lane_settings()
                 lanes = self._blocking = _Lanes(
-                    lambda: httpx.HTTPTransport(verify=tls, proxy=proxy, limits=_ONE_CONNECTION)
+                    lambda: bound(
+                        httpx.HTTPTransport(verify=tls, proxy=proxy, limits=_ONE_CONNECTION)
+                    )
                 )
                 # Framework objects are rarely closed by their users: their connections are
                 # closed when this transport is collected.
@@ -401,11 +405,12 @@ def _post_direct_sync(
     for idle in cold:
         idle.close()
     try:
-        r = lane.handle_request(request)
-        try:
-            return _read_capped_sync(r, cap, deadline)
-        finally:
-            r.close()
+        with until(deadline):  # every socket operation of the exchange, headers included
+            r = lane.handle_request(request)
+            try:
+                return _read_capped_sync(r, cap, deadline)
+            finally:
+                r.close()
     finally:
         lanes.give(lane)  # its connection closed or idle again, either way reusable
 

@@ -42,7 +42,7 @@ Answer = Callable[[dict[str, Any], int], tuple[int, dict[str, str], bytes]]
 
 
 class _Server:
-    def __init__(self, answer: Answer, *, trickle: bool = False) -> None:
+    def __init__(self, answer: Answer, *, trickle: bool | str = False) -> None:
         self.answer = answer
         self.trickle = trickle
         self.count = 0
@@ -54,7 +54,8 @@ def lying_server() -> Iterator[Callable[..., tuple[str, _Server]]]:
     """Start stdlib HTTP servers that answer as told; all are stopped at the end."""
     servers: list[QuietHTTPServer] = []
 
-    def start(answer: Answer, *, trickle: bool = False) -> tuple[str, _Server]:
+    def start(answer: Answer, *, trickle: bool | str = False) -> tuple[str, _Server]:
+        """``trickle``: the body a byte a second (``True``), or the headers (``"headers"``)."""
         state = _Server(answer, trickle=trickle)
 
         class Handler(BaseHTTPRequestHandler):
@@ -76,13 +77,20 @@ def lying_server() -> Iterator[Callable[..., tuple[str, _Server]]]:
                 self._reply(status, headers, payload)
 
             def _reply(self, status: int, headers: dict[str, str], payload: bytes) -> None:
+                if state.trickle == "headers":  # a status line, then a header that never ends
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nx-slow: ")
+                    for _ in range(600):
+                        self.wfile.write(b"a")
+                        self.wfile.flush()
+                        time.sleep(1.0)
+                    return
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(payload)))
                 for k, v in headers.items():
                     self.send_header(k, v)
                 self.end_headers()
-                if state.trickle:
+                if state.trickle is True:
                     for i in range(len(payload)):
                         self.wfile.write(payload[i : i + 1])
                         self.wfile.flush()
@@ -195,9 +203,14 @@ def test_duplicates_are_paid_for_once_per_call(emulator_url: str) -> None:
 
 
 @pytest.mark.parametrize("flight", ["auto", 1], ids=["io-thread", "caller-thread"])
-def test_timeout_bounds_a_trickling_response(lying_server: Any, flight: int | str) -> None:
+@pytest.mark.parametrize("trickle", [True, "headers"], ids=["body", "headers"])
+def test_timeout_bounds_a_trickling_response(
+    lying_server: Any, flight: int | str, trickle: bool | str
+) -> None:
+    """A server that sends its answer a byte a second (each read well within httpx's read
+    timeout) is cut off at ``timeout``, whichever path sends, whichever part it trickles."""
     url, _ = lying_server(
-        lambda body, n: (200, {}, vectors(body, lambda i: unit(64))), trickle=True
+        lambda body, n: (200, {}, vectors(body, lambda i: unit(64))), trickle=trickle
     )
     c = client(url, timeout=3, max_retries=0, max_concurrency=flight)
     start = time.monotonic()
