@@ -83,7 +83,7 @@ def ours(texts: Sequence[str], vectors: np.ndarray, where: Path) -> tuple[float,
 #: Rounds of :func:`side_by_side` (``--rounds``).
 ROUNDS = [3]
 #: Per store: the medians of the floor, a new client's read and a second read, in seconds, and
-#: the process's first read (see :func:`side_by_side`).
+#: the first round's new client (see :func:`side_by_side`).
 SIDE_BY_SIDE: dict[str, tuple[float, float, float, float]] = {}
 
 
@@ -98,9 +98,10 @@ def side_by_side(
     touches both alike); returns the median of a new client's read, in seconds.
 
     Each round times the floor, then a new client's first ``embed`` of every text, then a second
-    on the same client. The very first read of the process is also kept apart: there, the
-    result's fresh memory is touched for the first time, which on a VM that backs its memory
-    lazily (numpy asks for huge pages for a large array) can cost as much as the read."""
+    on the same client. The first round's new client is also kept apart: for the first store
+    measured (SQLite) it is the process's very first read, whose result's fresh memory is touched
+    for the first time, which on a VM that backs its memory lazily (numpy asks for huge pages
+    for a large array) can cost as much as the read."""
     times: dict[str, list[float]] = {"floor": [], "new": [], "again": []}
     for _ in range(ROUNDS[0]):
         times["floor"].append(floor())
@@ -141,12 +142,12 @@ def _raw_sqlite_read(path: Path, keys: Sequence[str], dims: int) -> float:
     return took
 
 
-def redis_read(texts: Sequence[str], vectors: np.ndarray) -> float | None:
+def redis_read(texts: Sequence[str], vectors: np.ndarray) -> None:
     """An all-hits read from a Redis cache, ours (``EmbeddingClient.embed``) against its floor
-    (redis-py ``MGET`` of the same keys, 1,000 per call, and one ``np.frombuffer``): see
-    :func:`side_by_side`. Seconds of a new client's read; ``None`` without redis-server."""
+    (redis-py ``MGET`` of the same keys, 1,000 per call, and one ``np.frombuffer``), into
+    :data:`SIDE_BY_SIDE` (see :func:`side_by_side`); nothing without redis-server."""
     if shutil.which("redis-server") is None:
-        return None
+        return
     import redis
 
     from empirio._io.redis_store import PREFIX, RedisStore
@@ -174,7 +175,7 @@ def redis_read(texts: Sequence[str], vectors: np.ndarray) -> float | None:
             assert len(rows) == len(keys)
             return took
 
-        read = side_by_side(
+        side_by_side(
             "Redis",
             floor,
             lambda: EmbeddingClient(
@@ -184,7 +185,6 @@ def redis_read(texts: Sequence[str], vectors: np.ndarray) -> float | None:
             vectors,
         )
         raw.close()
-    return read
 
 
 def theirs(texts: Sequence[str], vectors: np.ndarray, where: Path) -> tuple[float, float, int]:
@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "raw floor",
             "ours, a new client",
             "ours, its second read",
-            "ours, the process's first read",
+            "ours, first round (SQLite: the process's first read)",
         ],
         floors,
     )
