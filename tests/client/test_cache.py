@@ -362,6 +362,45 @@ def test_the_size_bound_evicts_the_least_recently_used(tmp_path: Path) -> None:
     assert store.mget(["k0", "k1999", "k60"]) == [value, value, None]
 
 
+def test_the_sqlite_cache_reads_through_a_map_that_follows_the_file(tmp_path: Path) -> None:
+    """Reads go through a memory map (two system calls and copies fewer per vector). An open
+    store still reads every value after another process grows the file past what was mapped,
+    and after it deletes half and VACUUMs the file shorter (SQLite re-checks the size at each
+    read; a read past the end of a map would be SIGBUS, not an error)."""
+    path = tmp_path / "mapped.sqlite3"
+    store = SqliteStore(path)
+    with store._using() as conn:
+        assert conn.execute("PRAGMA mmap_size").fetchone()[0] > 0
+    store.mset([("k0", b"first")])
+    assert store.mget(["k0"]) == [b"first"]
+    writer = textwrap.dedent(
+        f"""
+        import sqlite3, sys
+        from empirio import SqliteStore
+        s = SqliteStore({str(path)!r})
+        if sys.argv[1] == "grow":
+            s.mset([(f"k{{i}}", bytes([i % 251]) * 4112) for i in range(1, 3001)])
+        else:
+            c = sqlite3.connect({str(path)!r})
+            c.execute("DELETE FROM empirio_vectors WHERE id % 2 = 0")
+            c.commit()
+            c.execute("VACUUM")
+            c.close()
+        """
+    )
+    keys = [f"k{i}" for i in range(3001)]
+    subprocess.run([sys.executable, "-c", writer, "grow"], check=True, timeout=120)
+    grown = path.stat().st_size
+    assert store.mget(keys) == [b"first"] + [bytes([i % 251]) * 4112 for i in range(1, 3001)]
+    subprocess.run([sys.executable, "-c", writer, "shrink"], check=True, timeout=120)
+    assert path.stat().st_size < grown * 0.7
+    got = store.mget(keys)
+    assert sum(v is not None for v in got) == 1501
+    assert all(v is None or v == (b"first" if i == 0 else bytes([i % 251]) * 4112)
+               for i, v in enumerate(got))  # fmt: skip
+    store.close()
+
+
 def test_a_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "corrupt.sqlite3"
     bad.write_bytes(b"this is not a database at all" * 200)

@@ -447,6 +447,59 @@ def test_a_poisoned_redis_cache_is_never_served(emulator_url: str, redis_server:
     assert (outsider.cache.stats().hits, outsider.cache.stats().rejected) == (0, 0)
 
 
+def test_a_redis_cache_read_keeps_the_next_mget_queued_while_reading_one() -> None:
+    """The read-ahead's order of events, on a connection that records them (redis-py's
+    connection, not our transport): two MGETs out before the first answer is read, one more sent
+    after each answer, the health check only on the first send (a PING among answers due would
+    read one of them as its PONG), and the answers joined in order."""
+    from empirio._io.redis_store import _read_ahead
+
+    events: list[tuple[str, Any]] = []
+
+    class Recording:
+        def send_command(self, *args: str, check_health: bool = True) -> None:
+            events.append(("send", (args[1], check_health)))
+
+        def read_response(self) -> list[bytes]:
+            sent = [e[1][0] for e in events if e[0] == "send"]
+            answer = sent[sum(e[0] == "read" for e in events)]
+            events.append(("read", answer))
+            return [answer.encode()]
+
+    assert _read_ahead(Recording(), [["a"], ["b"], ["c"], ["d"]]) == [b"a", b"b", b"c", b"d"]
+    assert [(e[0], e[1][0] if e[0] == "send" else e[1]) for e in events] == [
+        ("send", "a"), ("send", "b"),
+        ("read", "a"), ("send", "c"),
+        ("read", "b"), ("send", "d"),
+        ("read", "c"), ("read", "d"),
+    ]  # fmt: skip
+    assert [e[1][1] for e in events if e[0] == "send"] == [True, False, False, False]
+
+
+@pytest.mark.parametrize("rtt_ms", [0, 20])
+def test_a_redis_cache_read_of_many_chunks_keeps_order_and_gaps(
+    redis_server: Redis, rtt_ms: int
+) -> None:
+    """1,234 keys, every third never written, read back directly and through a link 20 ms away:
+    each value in its key's place and ``None`` in each gap, in one MGET per 250 keys."""
+    import redis
+
+    from empirio._io.redis_store import RedisStore
+
+    keys = [f"read-ahead-{rtt_ms}-{i}" for i in range(1234)]
+    written = {k: f"value {i}".encode() * (i % 7 + 1) for i, k in enumerate(keys) if i % 3}
+    RedisStore(redis_server.url).mset(list(written.items()))
+    raw = redis.Redis.from_url(redis_server.url)
+    raw.config_resetstat()
+    with latency_proxy(f"127.0.0.1:{redis_server.port}", rtt_ms) as far:
+        store = RedisStore(f"redis://:{PASSWORD}@{far}/0" if rtt_ms else redis_server.url)
+        assert store.mget(keys) == [written.get(k) for k in keys]
+        assert store.mget(keys[::-1][:7]) == [written.get(k) for k in keys[::-1][:7]]
+        store.close()
+    assert raw.info("commandstats")["cmdstat_mget"]["calls"] == 5 + 1
+    raw.close()
+
+
 def test_a_redis_cache_that_is_away_is_a_cache_error_before_anything_is_sent(
     emulator_url: str,
 ) -> None:
