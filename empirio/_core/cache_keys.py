@@ -61,6 +61,7 @@ __all__ = [
     "MAC_BYTES",
     "CacheScope",
     "CacheStats",
+    "Checked",
     "EmbeddingStore",
     "Found",
     "View",
@@ -70,6 +71,7 @@ __all__ = [
     "encode_dense",
     "encode_sparse",
     "endpoint_identity",
+    "open_checked",
     "open_dense",
     "open_found",
     "open_sparse",
@@ -95,6 +97,9 @@ class EmbeddingStore(Protocol):
     LangChain byte store (``InMemoryByteStore``, ``RedisStore``, ``LocalFileStore``, ...) can be
     passed as it is. Both are called from several threads; ``mset`` should be durable when it
     returns (a resumed job relies on what was written).
+
+    A store may also have ``iter_mget(keys)``, yielding the same values in consecutive parts
+    (ours do): each part is then checked as it comes, while the store reads the next.
     """
 
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
@@ -244,22 +249,45 @@ def seal(secret: bytes, pairs: Sequence[tuple[str, bytes]]) -> list[tuple[str, b
     return [(key, _tag(keyed, key, value) + value) for key, value in pairs]
 
 
-def _opened(
-    secret: bytes, keys: Sequence[str], entries: Sequence[bytes | None]
-) -> list[memoryview | bytes]:
-    """Each entry's value (a view, not a copy) where its MAC holds; ``b""`` where it does not
-    (or is missing)."""
-    out: list[memoryview | bytes] = []
-    keyed = _keyed(secret)
-    for key, entry in zip(keys, entries, strict=True):
-        if entry is None or len(entry) < MAC_BYTES:
-            out.append(b"")
-            continue
-        value = memoryview(entry)[MAC_BYTES:]
-        # compare_digest: the time taken says nothing about how much of a forged MAC matched.
-        good = hmac.compare_digest(_tag(keyed, key, value), entry[:MAC_BYTES])
-        out.append(value if good else b"")
-    return out
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """One view's entries, each checked against its MAC (:meth:`of`).
+
+    Attributes:
+        values: per key, its value (a view into the entry, not a copy) where the MAC held;
+            ``b""`` where it did not, or where there was no entry.
+        present: how many entries there were (held or not): those not held are rejections.
+    """
+
+    values: list[memoryview | bytes]
+    present: int
+
+    @staticmethod
+    def of(secret: bytes, keys: Sequence[str], entries: Sequence[bytes | None]) -> Checked:
+        """Check each of ``entries`` (``None``: there was none) against its key's MAC."""
+        out: list[memoryview | bytes] = []
+        keyed = _keyed(secret)
+        present = 0
+        for key, entry in zip(keys, entries, strict=True):
+            if entry is None:
+                out.append(b"")
+                continue
+            present += 1
+            if len(entry) < MAC_BYTES:
+                out.append(b"")
+                continue
+            value = memoryview(entry)[MAC_BYTES:]
+            # compare_digest: the time taken says nothing about how much of a forged MAC matched.
+            good = hmac.compare_digest(_tag(keyed, key, value), entry[:MAC_BYTES])
+            out.append(value if good else b"")
+        return Checked(out, present)
+
+    @staticmethod
+    def joined(parts: Sequence[Checked]) -> Checked:
+        """Consecutive parts of one view's entries (checked as they were read) as one."""
+        if len(parts) == 1:
+            return parts[0]
+        return Checked([v for p in parts for v in p.values], sum(p.present for p in parts))
 
 
 def open_dense(
@@ -272,15 +300,18 @@ def open_dense(
         ``(len(hits), dimensions)`` array, and how many entries were found but refused (MAC,
         size, non-finite or non-unit vector); those and the missing ones are misses.
     """
-    values = _opened(secret, keys, entries)
+    return _dense(Checked.of(secret, keys, entries), dimensions)
+
+
+def _dense(checked: Checked, dimensions: int) -> tuple[list[int], npt.NDArray[np.float32], int]:
+    values = checked.values
     width = 4 * dimensions
     sized = [i for i, v in enumerate(values) if len(v) == width]
     # Joined into a bytearray: the rows are then read in place, with one copy, not two.
     rows = decode_dense_rows(bytearray().join(values[i] for i in sized), dimensions)
     good = unit_rows(rows)  # the same test as the service's answers get
     hits = [sized[i] for i in np.flatnonzero(good).tolist()]
-    found = sum(e is not None for e in entries)
-    return hits, rows[good] if not good.all() else rows, found - len(hits)
+    return hits, rows[good] if not good.all() else rows, checked.present - len(hits)
 
 
 def open_sparse(
@@ -288,13 +319,12 @@ def open_sparse(
 ) -> tuple[list[dict[int, float] | None], int]:
     """The sparse vectors found, checked: ``(vectors, rejected)``, ``None`` for each miss (an
     entry refused by its MAC, its layout, a negative id or a weight not finite is one)."""
-    out: list[dict[int, float] | None] = []
-    rejected = 0
-    for entry, value in zip(entries, _opened(secret, keys, entries), strict=True):
-        vec = decode_sparse(value) if value else None
-        rejected += entry is not None and vec is None
-        out.append(vec)
-    return out, rejected
+    return _sparse(Checked.of(secret, keys, entries))
+
+
+def _sparse(checked: Checked) -> tuple[list[dict[int, float] | None], int]:
+    out = [decode_sparse(value) if value else None for value in checked.values]
+    return out, checked.present - sum(vec is not None for vec in out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,26 +346,32 @@ def open_found(
 ) -> Found:
     """The entries a store gave for each view (``"dense"``, ``"sparse"``, or both), checked:
     a text is found only where every view's entry holds."""
-    n = len(next(iter(keys.values()), ()))
+    return open_checked({v: Checked.of(secret, keys[v], entries[v]) for v in keys}, dimensions)
+
+
+def open_checked(checked: Mapping[str, Checked], dimensions: int) -> Found:
+    """What :func:`open_found` finds, from entries already checked against their MACs (a
+    store read in parts has each part checked while it reads the next)."""
+    n = len(next(iter(checked.values())).values) if checked else 0
     ok = np.ones(n, bool)
     rejected = 0
     dense = dense_at = None
-    if "dense" in keys:
-        dense_hits, dense, bad = open_dense(secret, keys["dense"], entries["dense"], dimensions)
+    if "dense" in checked:
+        dense_hits, dense, bad = _dense(checked["dense"], dimensions)
         dense_at = np.asarray(dense_hits, np.intp)
         ok[:] = False
         ok[dense_at] = True
         rejected += bad
     sparse_found: list[dict[int, float] | None] = []
-    if "sparse" in keys:
-        sparse_found, bad = open_sparse(secret, keys["sparse"], entries["sparse"])
+    if "sparse" in checked:
+        sparse_found, bad = _sparse(checked["sparse"])
         ok &= np.fromiter((v is not None for v in sparse_found), bool, count=n)
         rejected += bad
     hits = np.flatnonzero(ok)
     if dense is not None and dense_at is not None and len(dense) != len(hits):
         dense = dense[np.isin(dense_at, hits)]  # a text whose sparse entry missed
     sparse = None
-    if "sparse" in keys:
+    if "sparse" in checked:
         sparse = tuple(cast(dict[int, float], sparse_found[u]) for u in hits.tolist())
     return Found(tuple(hits.tolist()), dense, sparse, rejected)
 

