@@ -55,7 +55,9 @@ from .retry import MAX_RETRY_AFTER, RetryPolicy, is_retryable, waits_too_long
 
 __all__ = ["SLOT_POLL_S", "Attempt", "BatchLimit", "Completion", "Engine", "Step"]
 
-#: How often a call waits for a concurrency slot held by other calls, in seconds.
+#: How often a call waits for a concurrency slot held by other calls looks again, in seconds: a
+#: fallback, as the shells wake such a call as soon as a request of the client ends
+#: (``Session.waiting``).
 SLOT_POLL_S = 0.01
 
 

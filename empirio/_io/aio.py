@@ -195,12 +195,21 @@ class AsyncShell:
         await self.transport.for_loop()
 
     def _send(self, attempt: Attempt, call: Call) -> _Handle:
-        return asyncio.ensure_future(self.transport.send(attempt, call, sync=False))
+        handle = asyncio.ensure_future(self.transport.send(attempt, call, sync=False))
+        session = self.session
+        handle.add_done_callback(lambda _: session.request_ended())
+        return handle
 
     async def _wait(self, pending: dict[_Handle, Attempt], within: float | None) -> set[_Handle]:
-        """The requests that finished within ``within`` seconds (``None``: until one does)."""
+        """The requests that finished within ``within`` seconds (``None``: until one does).
+        With none of its own on the wire, the call is woken as any request of the client ends
+        (it may be waiting for that request's slot)."""
         if not pending:
-            await asyncio.sleep(within or 0.0)
+            woken, loop = asyncio.Event(), asyncio.get_running_loop()
+            wake = functools.partial(_wake, loop, woken)
+            with self.session.waiting(wake), contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(within or 0.0):
+                    await woken.wait()
             return set()
         done, _ = await asyncio.wait(pending, timeout=within, return_when=asyncio.FIRST_COMPLETED)
         return done
@@ -215,6 +224,12 @@ class AsyncShell:
         with contextlib.suppress(RuntimeError):  # no running loop any more, or it is closing
             if not asyncio.get_running_loop().is_closed():
                 await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _wake(loop: asyncio.AbstractEventLoop, woken: asyncio.Event) -> None:
+    """Set ``woken`` on ``loop``, from any thread; nothing if the loop has closed meanwhile."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(woken.set)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -109,6 +109,9 @@ class Session:
         self.calls: dict[CallDriver, tuple[Mapping[Any, Attempt], asyncio.AbstractEventLoop | None]]
         self.calls = {}
         self.wired: set[CallDriver] = set()
+        # Calls waiting with nothing of their own on the wire (for a slot that other calls hold,
+        # most often): how to wake each as a request of this client ends (``waiting``).
+        self._waiting: dict[object, Callable[[], None]] = {}
 
     def after_fork(self) -> None:
         """A forked child's session: a new lock, no calls (the parent's threads are gone) and
@@ -117,6 +120,7 @@ class Session:
         self.lock = threading.Lock()
         self.calls = {}
         self.wired = set()
+        self._waiting = {}
         # A listener is the parent's (a socket, an actor handle): the child's spending is its
         # own, and two processes writing one socket would interleave their lines.
         self.listeners = []
@@ -373,6 +377,27 @@ class Session:
             self.wired.add(driver)
         else:
             self.wired.discard(driver)
+
+    @contextlib.contextmanager
+    def waiting(self, wake: Callable[[], None]) -> Iterator[None]:
+        """While in it, ``wake`` is called (from any thread) as each request of this client
+        ends (:meth:`request_ended`): a call waiting for a slot that another call holds looks
+        again as soon as it is free, not at its next poll (up to ``SLOT_POLL_S`` times the
+        calls per slot later: with 8 threads sharing one slot, 80 ms per hand-over). ``wake``
+        must not block, nor raise."""
+        token = object()
+        self._waiting[token] = wake
+        try:
+            yield
+        finally:
+            self._waiting.pop(token, None)
+
+    def request_ended(self) -> None:
+        """A request of this client ended (its slot is free): wake the calls that wait. Called
+        from the thread that saw it end (a caller's, the I/O thread, a loop's); no lock: a dict's
+        copy and updates are atomic, and the I/O thread must never wait for a caller."""
+        for wake in list(self._waiting.values()):
+            wake()
 
     def end(self, driver: CallDriver) -> None:
         with self.lock:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import queue
 import threading
@@ -218,8 +219,13 @@ class SyncShell:
             # interrupt then counts it as abandoned in flight, as it would on the I/O thread).
             return _Blocking(functools.partial(self.transport.send_blocking, attempt, call))
         handle = self._io_loop().submit(self.transport.send(attempt, call, sync=True))
-        wakeups = _wakeups()
-        handle.add_done_callback(lambda _: wakeups.put(None))
+        wakeups, session = _wakeups(), self.session
+
+        def ended(_: object) -> None:  # on the I/O thread
+            wakeups.put(None)
+            session.request_ended()
+
+        handle.add_done_callback(ended)
         return handle
 
     def _wait(self, pending: dict[_Handle, Attempt], within: float | None) -> set[_Handle]:
@@ -234,12 +240,16 @@ class SyncShell:
         for handle in pending:
             if isinstance(handle, _Blocking) and handle.set_running_or_notify_cancel():
                 handle.set_result(handle.send())  # an exception (Ctrl-C) leaves it pending
+                self.session.request_ended()
                 return {handle}
         wait = _WAIT_SLICE_S if within is None else min(within, _WAIT_SLICE_S)
-        if not pending:
-            time.sleep(wait)
+        wakeups = _wakeups()
+        if not pending:  # waiting for a slot, a paced send or a plan: woken as a request ends
+            wake = functools.partial(wakeups.put, None)
+            with self.session.waiting(wake), contextlib.suppress(queue.Empty):
+                wakeups.get(timeout=wait)
             return set()
-        wakeups, until = _wakeups(), time.monotonic() + wait
+        until = time.monotonic() + wait
         while True:
             done = {handle for handle in pending if handle.done()}
             left = until - time.monotonic()

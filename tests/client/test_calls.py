@@ -280,6 +280,55 @@ def test_threads_share_the_concurrency_limit(make_emulator: Any) -> None:
     assert stats(url)["max_in_flight"] <= 2
 
 
+@pytest.mark.parametrize(
+    ("how", "slots"),
+    [("threads", 1), ("threads", 2), ("tasks", 1), ("loops", 1)],
+    ids=["threads-one-slot", "threads-two-slots", "tasks-one-slot", "loops-one-slot"],
+)
+def test_calls_waiting_for_a_slot_take_it_as_soon_as_it_is_free(
+    make_emulator: Any, monkeypatch: pytest.MonkeyPatch, how: str, slots: int
+) -> None:
+    """Six callers of one client, one or two slots between them: a caller waiting for a slot is
+    woken as a request of the client ends, whoever sent it (threads on the caller's-thread path
+    and on the I/O thread's, tasks of one loop, loops of their own threads). The polls that
+    were the only way to notice (every 10 ms times the callers per slot, and the sync shell's
+    0.5 s slices) are made an hour here: without the wake-up the calls would never end."""
+    import threading
+
+    from empirio._io import session, sync
+
+    monkeypatch.setattr(session, "SLOT_POLL_S", 3600.0)
+    monkeypatch.setattr(sync, "_WAIT_SLICE_S", 3600.0)
+    url = make_emulator(latency_ms=20)
+    parts: dict[int, Any] = {}
+    with client(url, max_concurrency=slots) as c:
+
+        def call(i: int) -> None:
+            texts = TEXTS[i * 20 : i * 20 + 20]
+            parts[i] = asyncio.run(c.aembed(texts)) if how == "loops" else c.embed(texts)
+
+        if how == "tasks":
+
+            async def tasks() -> None:
+                got = await asyncio.gather(
+                    *(c.aembed(TEXTS[i : i + 20]) for i in range(0, 120, 20))
+                )
+                parts.update(enumerate(got))
+
+            runner = threading.Thread(target=asyncio.run, args=(tasks(),), daemon=True)
+            runners = [runner]
+        else:  # daemon threads: were one to hang, it would not hold the test run at its exit
+            runners = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(6)]
+        for thread in runners:
+            thread.start()
+        for thread in runners:
+            thread.join(timeout=120)
+        assert not any(thread.is_alive() for thread in runners), "a caller never got a slot"
+    assert sorted(parts) == list(range(6))
+    assert [len(p) for p in parts.values()] == [20] * 6
+    assert stats(url)["max_in_flight"] <= slots
+
+
 def test_dense_rows_are_python_floats_and_refused_for_sparse_only(emulator_url: str) -> None:
     with client(emulator_url, dimensions=64) as c:
         rows = c.embed(["a", "b"]).dense_rows()
