@@ -301,7 +301,8 @@ class CallDriver:
             return step
         if self._planning:  # a segment is being planned: look again soon
             soon = now + PLAN_POLL_S
-            return Step(step.sends, soon if step.wake_at is None else min(step.wake_at, soon))
+            wake = soon if step.wake_at is None else min(step.wake_at, soon)
+            return Step(step.sends, wake, for_slot=step.for_slot)
         if step.wake_at is None and not step.sends and not self.engine.has_in_flight:
             raise RuntimeError("empirio: nothing in flight and nothing scheduled")  # a bug
         return step

@@ -57,7 +57,7 @@ __all__ = ["SLOT_POLL_S", "Attempt", "BatchLimit", "Completion", "Engine", "Step
 
 #: How often a call waits for a concurrency slot held by other calls looks again, in seconds: a
 #: fallback, as the shells wake such a call as soon as a request of the client ends
-#: (``Session.waiting``).
+#: (:attr:`Step.for_slot`).
 SLOT_POLL_S = 0.01
 
 
@@ -105,6 +105,10 @@ class Step:
     wake_at: float | None
     ask: int | None = None
     pieces: tuple[int, ...] = ()
+    #: The call waits for a concurrency slot that other calls hold, with nothing of its own
+    #: on the wire: its shell wakes it as any request of the client ends, not only at
+    #: ``wake_at`` (a poll, as fallback).
+    for_slot: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +306,7 @@ class Engine:
         # Work waiting while every slot is held by *other* calls sharing the limit: nothing of
         # ours will complete to wake us, so look again shortly.
         if wake is None and not sends and not self._in_flight and not self.idle:
-            wake = now + poll
+            return Step((), now + poll, for_slot=True)
         return Step(tuple(sends), wake)
 
     def complete(self, attempt: Attempt, outcome: Decoded | EmpirioError, now: float) -> Completion:

@@ -147,10 +147,13 @@ class AsyncShell:
                 step = await self._stored(session.step(driver, blocked, progress))
                 if step is None:
                     return
-                sends, timeout = step
+                sends, timeout, for_slot = step
                 for attempt in sends:
                     pending[self._send(attempt, call)] = attempt
-                ended = [(pending.pop(h), h.result()) for h in await self._wait(pending, timeout)]
+                ended = [
+                    (pending.pop(h), h.result())
+                    for h in await self._wait(pending, timeout, for_slot)
+                ]
                 await self._stored(session.complete(driver, ended, progress))
         finally:
             session.end(driver)
@@ -200,10 +203,15 @@ class AsyncShell:
         handle.add_done_callback(lambda _: session.request_ended())
         return handle
 
-    async def _wait(self, pending: dict[_Handle, Attempt], within: float | None) -> set[_Handle]:
+    async def _wait(
+        self, pending: dict[_Handle, Attempt], within: float | None, for_slot: bool = False
+    ) -> set[_Handle]:
         """The requests that finished within ``within`` seconds (``None``: until one does).
-        With none of its own on the wire, the call is woken as any request of the client ends
-        (it may be waiting for that request's slot)."""
+        A call waiting for a slot that others hold (``for_slot``, none of its own on the wire)
+        is woken as any request of the client ends."""
+        if not pending and not for_slot:
+            await asyncio.sleep(within or 0.0)
+            return set()
         if not pending:
             woken, loop = asyncio.Event(), asyncio.get_running_loop()
             wake = functools.partial(_wake, loop, woken)

@@ -254,9 +254,11 @@ class Session:
 
     def step(
         self, driver: CallDriver, blocked: asyncio.AbstractEventLoop | None, progress: Progress
-    ) -> Stored[tuple[tuple[Attempt, ...], float | None] | None]:
-        """The driver's next step: what to send now, and how long to wait for a completion
-        before asking again (``None``: until one completes). ``None`` when the call is over.
+    ) -> Stored[tuple[tuple[Attempt, ...], float | None, bool] | None]:
+        """The driver's next step: what to send now, how long to wait for a completion before
+        asking again (``None``: until one completes), and whether the call waits for a slot
+        that other calls hold (to be woken as a request of the client ends: :meth:`waiting`).
+        ``None`` when the call is over.
 
         A generator of :data:`StoreJob`: a blocking budget is asked through the shell, outside
         the lock (the shells' ``_store``: in the caller's thread, or off the event loop).
@@ -283,9 +285,9 @@ class Session:
                 self._note_wire(driver)
             sends.extend(step.sends)
         if step.ask is not None:  # asked again as soon as these are sent
-            return tuple(sends), 0.0
+            return tuple(sends), 0.0, False
         timeout = None if step.wake_at is None else max(0.0, step.wake_at - time.monotonic())
-        return tuple(sends), timeout
+        return tuple(sends), timeout, step.for_slot
 
     def complete(
         self,
@@ -381,10 +383,11 @@ class Session:
     @contextlib.contextmanager
     def waiting(self, wake: Callable[[], None]) -> Iterator[None]:
         """While in it, ``wake`` is called (from any thread) as each request of this client
-        ends (:meth:`request_ended`): a call waiting for a slot that another call holds looks
-        again as soon as it is free, not at its next poll (up to ``SLOT_POLL_S`` times the
-        calls per slot later: with 8 threads sharing one slot, 80 ms per hand-over). ``wake``
-        must not block, nor raise."""
+        ends (:meth:`request_ended`): a call waiting for a slot that another call holds
+        (``Step.for_slot``) looks again as soon as it is free, not at its next poll (up to
+        ``SLOT_POLL_S`` times the calls per slot later: with 8 threads sharing one slot, 80 ms
+        per hand-over). Only such calls wait in it: one waiting for its pace is not woken by
+        every answer. ``wake`` must not block, nor raise."""
         token = object()
         self._waiting[token] = wake
         try:

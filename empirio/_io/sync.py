@@ -160,10 +160,12 @@ class SyncShell:
                 step = self._stored(session.step(driver, blocked, progress))
                 if step is None:
                     return
-                sends, timeout = step
+                sends, timeout, for_slot = step
                 for attempt in sends:
                     pending[self._send(attempt, call)] = attempt
-                ended = [(pending.pop(h), h.result()) for h in self._wait(pending, timeout)]
+                ended = [
+                    (pending.pop(h), h.result()) for h in self._wait(pending, timeout, for_slot)
+                ]
                 self._stored(session.complete(driver, ended, progress))
         finally:
             session.end(driver)
@@ -228,7 +230,9 @@ class SyncShell:
         handle.add_done_callback(ended)
         return handle
 
-    def _wait(self, pending: dict[_Handle, Attempt], within: float | None) -> set[_Handle]:
+    def _wait(
+        self, pending: dict[_Handle, Attempt], within: float | None, for_slot: bool = False
+    ) -> set[_Handle]:
         """The requests that finished within ``within`` seconds (``None``: until one does), waited
         for in slices so that Ctrl-C is seen.
 
@@ -244,7 +248,10 @@ class SyncShell:
                 return {handle}
         wait = _WAIT_SLICE_S if within is None else min(within, _WAIT_SLICE_S)
         wakeups = _wakeups()
-        if not pending:  # waiting for a slot, a paced send or a plan: woken as a request ends
+        if not pending and not for_slot:  # a paced send, a plan
+            time.sleep(wait)
+            return set()
+        if not pending:  # a slot others hold: woken as any request of the client ends
             wake = functools.partial(wakeups.put, None)
             with self.session.waiting(wake), contextlib.suppress(queue.Empty):
                 wakeups.get(timeout=wait)

@@ -286,7 +286,26 @@ def test_a_call_blocked_by_other_calls_polls_for_a_slot() -> None:
     step = e.step(0.0, busy_elsewhere=2)
     assert step.sends == ()
     assert step.wake_at == pytest.approx(SLOT_POLL_S)  # not None: nothing of its own to wait on
-    assert [a.request.id for a in e.step(0.01, busy_elsewhere=1).sends] == [2]
+    assert step.for_slot  # so its shell wakes it as a request of another call ends
+    sent = e.step(0.01, busy_elsewhere=1)
+    assert [a.request.id for a in sent.sends] == [2]
+    assert not sent.for_slot
+
+
+def test_a_call_waiting_for_its_pace_is_not_waiting_for_a_slot() -> None:
+    """Only a call held by other calls' slots is woken by their answers; one held by its pace,
+    with nothing of its own in flight, waits for its own time (else it would step at every
+    answer of every call)."""
+    e = engine(rpm=60)
+    e.add([req(1), req(2)])
+    first = e.step(0.0)
+    assert len(first.sends) == 1
+    e.complete(first.sends[0], ok(first.sends[0]), 0.1)
+    held = e.step(0.1)
+    assert held.sends == ()
+    assert held.wake_at is not None
+    assert held.wake_at > 0.5
+    assert not held.for_slot
 
 
 class StoreBudget(LocalBudget):
