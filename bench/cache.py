@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -131,13 +132,23 @@ def side_by_side(
 
 def _raw_sqlite_read(path: Path, keys: Sequence[str], dims: int) -> float:
     """The floor of an all-hits read: plain ``sqlite3`` selecting the same entries by their
-    (already known) keys, 500 per query as the store does, and one ``np.frombuffer`` of the
-    vector bytes (after each entry's 16-byte MAC) in input order. No de-duplication, no key
-    hashing, no MAC or norm checks: what any cache must at least do."""
+    (already known) keys (:func:`_selected`), and one ``np.frombuffer`` of the vector bytes
+    (after each entry's 16-byte MAC) in input order. No de-duplication, no key hashing, no MAC or
+    norm checks."""
     import sqlite3
 
     t0 = time.perf_counter()
     conn = sqlite3.connect(path)
+    found = _selected(conn, keys)
+    rows = np.frombuffer(b"".join(found[k][16:] for k in keys), np.float32).reshape(-1, dims)
+    took = time.perf_counter() - t0
+    conn.close()
+    assert len(rows) == len(keys)
+    return took
+
+
+def _selected(conn: Any, keys: Sequence[str]) -> dict[str, bytes]:
+    """The entries of ``keys`` by plain ``sqlite3``, 500 keys per ``IN (...)`` query."""
     found: dict[str, bytes] = {}
     for i in range(0, len(keys), 500):
         part = list(keys[i : i + 500])
@@ -145,11 +156,7 @@ def _raw_sqlite_read(path: Path, keys: Sequence[str], dims: int) -> float:
         found.update(
             conn.execute(f"SELECT key, value FROM empirio_vectors WHERE key IN ({marks})", part)
         )
-    rows = np.frombuffer(b"".join(found[k][16:] for k in keys), np.float32).reshape(-1, dims)
-    took = time.perf_counter() - t0
-    conn.close()
-    assert len(rows) == len(keys)
-    return took
+    return found
 
 
 #: Texts per segment of the tight floors: our client's own segment.
@@ -166,14 +173,8 @@ def _tight_sqlite_read(path: Path, keys: Sequence[str], dims: int) -> float:
     conn = sqlite3.connect(path)
     out = np.empty((len(keys), dims), np.float32)
     for a in range(0, len(keys), SEGMENT):
-        found: dict[str, bytes] = {}
-        for i in range(a, min(a + SEGMENT, len(keys)), 500):
-            part = list(keys[i : min(i + 500, a + SEGMENT)])
-            marks = ",".join("?" * len(part))
-            found.update(
-                conn.execute(f"SELECT key, value FROM empirio_vectors WHERE key IN ({marks})", part)
-            )
         segment = keys[a : a + SEGMENT]
+        found = _selected(conn, segment)
         joined = b"".join(memoryview(found[k])[16:] for k in segment)
         out[a : a + len(segment)] = np.frombuffer(joined, np.float32).reshape(-1, dims)
     took = time.perf_counter() - t0

@@ -284,7 +284,8 @@ class Checked:
 
     @staticmethod
     def joined(parts: Sequence[Checked]) -> Checked:
-        """Consecutive parts of one view's entries (checked as they were read) as one."""
+        """Consecutive parts of one view's entries (checked as they were read) as one (none:
+        no entries)."""
         if len(parts) == 1:
             return parts[0]
         return Checked([v for p in parts for v in p.values], sum(p.present for p in parts))

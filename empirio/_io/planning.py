@@ -263,7 +263,7 @@ def _read_checked(store: EmbeddingStore, secret: bytes, keys: Sequence[str]) -> 
             close()  # a read given up on (a bad answer, an error): its connection is let go
     if at != len(keys):
         raise CacheError(f"the cache store {store!r} answered the wrong count")
-    return Checked.joined(checked) if checked else Checked([], 0)
+    return Checked.joined(checked)
 
 
 def background_pool(name: str) -> concurrent.futures.ThreadPoolExecutor:

@@ -109,8 +109,8 @@ class Session:
         self.calls: dict[CallDriver, tuple[Mapping[Any, Attempt], asyncio.AbstractEventLoop | None]]
         self.calls = {}
         self.wired: set[CallDriver] = set()
-        # Calls waiting with nothing of their own on the wire (for a slot that other calls hold,
-        # most often): how to wake each as a request of this client ends (``waiting``).
+        # Calls waiting for a slot that other calls hold, with nothing of their own on the wire:
+        # how to wake each as a request of this client ends (``waiting``).
         self._waiting: dict[object, Callable[[], None]] = {}
 
     def after_fork(self) -> None:

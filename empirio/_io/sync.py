@@ -240,23 +240,24 @@ class SyncShell:
         ``concurrent.futures.wait`` would instead install and remove a waiter on every request
         in flight at every wait, 0.2 ms of CPU per answer at one in flight and growing with
         more. A token may be another call's (two streams read in turn on one thread): the
-        requests are looked at again, and the wait goes on until its end."""
+        requests are looked at again, and the wait goes on until its end. A call waiting for a
+        slot that others hold (``for_slot``, none of its own on the wire) is woken as any
+        request of the client ends."""
         for handle in pending:
             if isinstance(handle, _Blocking) and handle.set_running_or_notify_cancel():
                 handle.set_result(handle.send())  # an exception (Ctrl-C) leaves it pending
                 self.session.request_ended()
                 return {handle}
         wait = _WAIT_SLICE_S if within is None else min(within, _WAIT_SLICE_S)
-        wakeups = _wakeups()
         if not pending and not for_slot:  # a paced send, a plan
             time.sleep(wait)
             return set()
+        wakeups, until = _wakeups(), time.monotonic() + wait
         if not pending:  # a slot others hold: woken as any request of the client ends
             wake = functools.partial(wakeups.put, None)
             with self.session.waiting(wake), contextlib.suppress(queue.Empty):
                 wakeups.get(timeout=wait)
             return set()
-        until = time.monotonic() + wait
         while True:
             done = {handle for handle in pending if handle.done()}
             left = until - time.monotonic()
