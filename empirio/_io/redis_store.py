@@ -98,7 +98,7 @@ class RedisStore:
         out must not be read again)."""
         import redis
 
-        parts = [[PREFIX + k for k in keys[i : i + _CHUNK]] for i in range(0, len(keys), _CHUNK)]
+        parts = [keys[i : i + _CHUNK] for i in range(0, len(keys), _CHUNK)]
         done = 0
         cut_off = False
         while done < len(parts):
@@ -154,12 +154,36 @@ def _read_ahead(conn: Any, parts: Sequence[Sequence[str]]) -> Iterator[list[Any]
     checks the connection's health: a health check's ``PING`` with answers due would read one
     of them as its ``PONG``."""
     for i, part in enumerate(parts[:_AHEAD]):
-        conn.send_command("MGET", *part, check_health=i == 0)
+        conn.send_packed_command([_mget(part)], check_health=i == 0)
     for i in range(len(parts)):
         values = conn.read_response()
         if i + _AHEAD < len(parts):
-            conn.send_command("MGET", *parts[i + _AHEAD], check_health=False)
+            conn.send_packed_command([_mget(parts[i + _AHEAD])], check_health=False)
         yield values
+
+
+def _mget(keys: Sequence[str]) -> bytes:
+    """``MGET`` of the cache's ``keys`` (under :data:`PREFIX`), as sent (RESP: an array of bulk
+    strings, each its byte length and its bytes).
+
+    Written here rather than packed by redis-py, whose packer encodes each argument in Python:
+    1.7 us a key against 0.04 for keys of one length (ours are: the cache's keys are hex
+    digests), and 0.5 for any others; in an all-hits read of 4 KB vectors that was a tenth of
+    all the client's work."""
+    size = len(PREFIX) + len(keys[0])
+    body = f"\r\n${size}\r\n{PREFIX}".join(keys)
+    if body.isascii() and all(len(k) + len(PREFIX) == size for k in keys):
+        # ASCII: a character is a byte, so every key's length is ``size``, in bytes too.
+        return b"*%d\r\n$4\r\nMGET\r\n$%d\r\n%s%s\r\n" % (
+            len(keys) + 1,
+            size,
+            PREFIX.encode(),
+            body.encode(),
+        )
+    encoded = [(PREFIX + k).encode() for k in keys]
+    return b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(e), e) for e in encoded
+    )
 
 
 def _restore(url: SealedKey) -> RedisStore:
