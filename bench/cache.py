@@ -39,12 +39,22 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from empirio import EmbeddingClient, SqliteStore
-from empirio._core.cache_keys import CacheScope, cache_secret, encode_dense, endpoint_identity, seal
+from empirio._core.cache_keys import (
+    MAC_BYTES,
+    NONCE_BYTES,
+    CacheScope,
+    cache_secret,
+    encode_dense,
+    endpoint_identity,
+    seal,
+)
 from empirio._core.config import DEFAULT_BASE_URL, DEFAULT_MODEL
 
 from _common import machine_line, markdown_table, redis_server
 
 REQUEST = 10
+#: Bytes before each entry's vector: the format byte, the nonce and the tag.
+HEAD = 1 + NONCE_BYTES + MAC_BYTES
 
 
 def _disk_bytes(path: Path) -> int:
@@ -63,12 +73,8 @@ def ours(texts: Sequence[str], vectors: np.ndarray, where: Path) -> tuple[float,
     for i in range(0, len(texts), REQUEST):  # what the client does as each request finishes
         part = texts[i : i + REQUEST]
         keys = scope.keys("dense", part, [""] * len(part))
-        store.mset(
-            seal(
-                secret,
-                [(k, encode_dense(v)) for k, v in zip(keys, vectors[i : i + REQUEST], strict=True)],
-            )
-        )
+        pairs = [(k, encode_dense(v)) for k, v in zip(keys, vectors[i : i + REQUEST], strict=True)]
+        store.mset(seal(secret, pairs, os.urandom(NONCE_BYTES * len(pairs))))
     write = time.perf_counter() - t0
     store.close()
     all_keys = scope.keys("dense", list(texts), [""] * len(texts))
@@ -133,14 +139,14 @@ def side_by_side(
 def _raw_sqlite_read(path: Path, keys: Sequence[str], dims: int) -> float:
     """The floor of an all-hits read: plain ``sqlite3`` selecting the same entries by their
     (already known) keys (:func:`_selected`), and one ``np.frombuffer`` of the vector bytes
-    (after each entry's 16-byte MAC) in input order. No de-duplication, no key hashing, no MAC or
-    norm checks."""
+    (after each entry's seal, :data:`HEAD` bytes) in input order. No de-duplication, no key
+    hashing, no seal or norm checks."""
     import sqlite3
 
     t0 = time.perf_counter()
     conn = sqlite3.connect(path)
     found = _selected(conn, keys)
-    rows = np.frombuffer(b"".join(found[k][16:] for k in keys), np.float32).reshape(-1, dims)
+    rows = np.frombuffer(b"".join(found[k][HEAD:] for k in keys), np.float32).reshape(-1, dims)
     took = time.perf_counter() - t0
     conn.close()
     assert len(rows) == len(keys)
@@ -175,7 +181,7 @@ def _tight_sqlite_read(path: Path, keys: Sequence[str], dims: int) -> float:
     for a in range(0, len(keys), SEGMENT):
         segment = keys[a : a + SEGMENT]
         found = _selected(conn, segment)
-        joined = b"".join(memoryview(found[k])[16:] for k in segment)
+        joined = b"".join(memoryview(found[k])[HEAD:] for k in segment)
         out[a : a + len(segment)] = np.frombuffer(joined, np.float32).reshape(-1, dims)
     took = time.perf_counter() - t0
     conn.close()
@@ -200,7 +206,8 @@ def redis_read(texts: Sequence[str], vectors: np.ndarray) -> None:
         store = RedisStore(url)
         for i in range(0, len(texts), 1000):
             part = zip(keys[i : i + 1000], vectors[i : i + 1000], strict=True)
-            store.mset(seal(secret, [(k, encode_dense(v)) for k, v in part]))
+            pairs = [(k, encode_dense(v)) for k, v in part]
+            store.mset(seal(secret, pairs, os.urandom(NONCE_BYTES * len(pairs))))
         store.close()
         raw = redis.Redis.from_url(url)
         raw.ping()
@@ -210,7 +217,7 @@ def redis_read(texts: Sequence[str], vectors: np.ndarray) -> None:
             values: list[bytes] = []
             for i in range(0, len(keys), SEGMENT):
                 values.extend(raw.mget([PREFIX + k for k in keys[i : i + SEGMENT]]))
-            rows = np.frombuffer(b"".join(v[16:] for v in values), np.float32).reshape(-1, dims)
+            rows = np.frombuffer(b"".join(v[HEAD:] for v in values), np.float32).reshape(-1, dims)
             took = time.perf_counter() - t0
             assert len(rows) == len(keys)
             return took
@@ -220,7 +227,7 @@ def redis_read(texts: Sequence[str], vectors: np.ndarray) -> None:
             out = np.empty((len(keys), dims), np.float32)
             for a in range(0, len(keys), SEGMENT):
                 values = raw.mget([PREFIX + k for k in keys[a : a + SEGMENT]])
-                joined = b"".join(memoryview(v)[16:] for v in values)
+                joined = b"".join(memoryview(v)[HEAD:] for v in values)
                 out[a : a + len(values)] = np.frombuffer(joined, np.float32).reshape(-1, dims)
             return time.perf_counter() - t0
 

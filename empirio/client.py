@@ -141,10 +141,10 @@ class EmbeddingClient:
             :class:`~empirio.EmbeddingStore` (``mget``/``mset`` of bytes, such as a LangChain
             byte store). Cached texts are never sent; each request's vectors are written as it
             finishes, so an interrupted job resumes where it stopped. See :attr:`cache`.
-            Entries are sealed: their keys are keyed hashes and each carries a MAC, both made
-            with a secret derived from the key (or ``cache_secret``), so a shared cache can be
-            neither read nor poisoned by whoever lacks it; an entry that fails its check is
-            fetched again (``cache.stats().rejected``).
+            Entries are sealed: their keys are keyed hashes and each carries an AES-GCM tag,
+            both made with a secret derived from the key (or ``cache_secret``), so a shared
+            cache can be neither read nor poisoned by whoever lacks it; an entry that fails its
+            check is fetched again (``cache.stats().rejected``).
         cache_secret: the secret the cache is sealed with, when keys of one account share a
             cache (at least 16 characters; kept like the key). Default:
             ``EMPIRIOLABS_CACHE_SECRET``, else one derived from the key (a new key then starts

@@ -136,7 +136,7 @@ class Planner:
         keys: dict[str, tuple[str, ...]] = {
             v: tuple(scope.keys(v, uniq.texts, tags)) for v in views
         }
-        # Every entry is checked (its MAC, its vector): one that fails is a miss, written again.
+        # Every entry is checked (its seal, its vector): one that fails is a miss, written again.
         checked: dict[str, Checked] = {
             view: _read_checked(cache.store, scope.secret, keys[view]) for view in views
         }
@@ -244,7 +244,7 @@ class Planner:
 
 
 def _read_checked(store: EmbeddingStore, secret: bytes, keys: Sequence[str]) -> Checked:
-    """The entries of ``keys``, each checked against its MAC: part by part as a store that
+    """The entries of ``keys``, each checked against its seal: part by part as a store that
     reads in parts (``iter_mget``: ours do) hands them out, while the next part is read and
     this one is still in the CPU's cache; else from one ``mget``."""
     in_parts = getattr(store, "iter_mget", None)

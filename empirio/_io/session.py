@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 
 import httpx
 
-from .._core.cache_keys import cache_secret, seal
+from .._core.cache_keys import NONCE_BYTES, cache_secret, seal
 from .._core.concurrency import AUTO_CEILING, Concurrency
 from .._core.decode import Decoded, advertised_limits, decode_error, decode_success
 from .._core.driver import Call, CallDriver
@@ -489,7 +489,7 @@ def _store(
     failure: Exception | None = None
     if pairs and cache is not None:
         try:
-            cache.store.mset(seal(secret, pairs))
+            cache.store.mset(seal(secret, pairs, os.urandom(NONCE_BYTES * len(pairs))))
         except Exception as exc:  # any store's failure; the vectors themselves are safe
             failure = exc
     for note in notes:

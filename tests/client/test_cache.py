@@ -26,8 +26,11 @@ from empirio import (
     SqliteStore,
     get_tokenizer,
 )
+from empirio._core.cache_keys import MAC_BYTES, NONCE_BYTES
 
 from ..conftest import stats
+
+HEAD = 1 + NONCE_BYTES + MAC_BYTES  # what comes before an entry's vector
 
 KEY = "sk-cache-test-key-0123456789"
 TEXTS = [f"cached passage {i} about topic {i % 7}" for i in range(40)]
@@ -129,7 +132,7 @@ def test_a_poisoned_cache_is_never_served_and_heals(url: str, tmp_path: Path) ->
         rows[1][0]: np.zeros(dims, "<f4").tobytes(),
         rows[2][0]: np.full(dims, 1000.0, "<f4").tobytes(),  # norm 32,000
         rows[3][0]: rows[4][1],  # a sealed entry moved under another key
-        rows[5][0]: rows[5][1][16:],  # the vector without its MAC (the layout before)
+        rows[5][0]: rows[5][1][HEAD:],  # the vector without its seal (the layout before)
         rows[6][0]: rows[6][1][:-1] + bytes([rows[6][1][-1] ^ 1]),  # one bit flipped
     }
     _overwrite(path, bad)

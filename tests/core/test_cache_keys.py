@@ -4,13 +4,16 @@ miss."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import os
 
 import numpy as np
 import pytest
 
 from empirio._core.cache_keys import (
     MAC_BYTES,
+    NONCE_BYTES,
     CacheScope,
     cache_secret,
     decode_dense_rows,
@@ -21,11 +24,18 @@ from empirio._core.cache_keys import (
     open_dense,
     open_found,
     open_sparse,
-    seal,
 )
+from empirio._core.cache_keys import seal as seal_with
+
+HEAD = 1 + NONCE_BYTES + MAC_BYTES  # the format byte, the nonce, the tag
 
 KEY = "sk-test-0123456789abcdef"
 SECRET = cache_secret(KEY)
+
+
+def seal(secret: bytes, pairs: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """Sealed as the client seals: random nonces."""
+    return seal_with(secret, pairs, os.urandom(NONCE_BYTES * len(pairs)))
 
 
 def _scope(*fields: object, secret: bytes = SECRET) -> CacheScope:
@@ -61,14 +71,53 @@ def test_the_secret_is_not_shown_and_not_the_key() -> None:
     assert "secret" not in repr(_scope())
 
 
-@pytest.mark.parametrize("secret", [SECRET, b"", b"s" * 64, b"long" * 40], ids=len)
-def test_the_mac_is_hmac_sha256_over_label_key_and_value(secret: bytes) -> None:
-    """The MAC is written out over hashlib (for speed, see ``_keyed``): its bytes are those of
-    the standard library's HMAC-SHA-256, so entries written before it stay valid."""
+def test_the_seal_is_aes_gcm_over_key_and_value() -> None:
+    """An entry is its format byte, its nonce, then the tag of AES-256-GCM (under a key derived
+    from the secret) over the key and the value, then the value, as pyca's AESGCM makes it."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     value = encode_dense(_unit(1, 1024)[0])
-    ((key, sealed),) = seal(secret, [("k" * 32, value)])
-    expected = hmac.digest(secret, b"empirio-cachemac\0" + key.encode() + b"\0" + value, "sha256")
-    assert sealed == expected[:MAC_BYTES] + value
+    nonce = bytes(range(NONCE_BYTES))
+    ((key, sealed),) = seal_with(SECRET, [("k" * 32, value)], nonce)
+    aes_key = hashlib.blake2b(SECRET, digest_size=32, person=b"empirio-cacheaes").digest()
+    tag = AESGCM(aes_key).encrypt(nonce, b"", key.encode() + b"\0" + value)
+    assert sealed == b"\x02" + nonce + tag + value
+    assert len(tag) == MAC_BYTES
+
+
+def test_each_entry_gets_its_own_nonce_and_too_few_are_refused() -> None:
+    pairs = [("k" * 32, b"v" * 8)] * 2
+    nonces = os.urandom(2 * NONCE_BYTES)
+    first, second = (v for _, v in seal_with(SECRET, pairs, nonces))
+    assert first[1 : 1 + NONCE_BYTES] == nonces[:NONCE_BYTES]
+    assert second[1 : 1 + NONCE_BYTES] == nonces[NONCE_BYTES:]
+    assert first != second  # the same vector, two tags
+    with pytest.raises(ValueError, match="12 bytes of nonce per pair, got 12"):
+        seal_with(SECRET, pairs, nonces[:NONCE_BYTES])
+
+
+def _legacy(secret: bytes, key: str, value: bytes) -> bytes:
+    """An entry of the format before: HMAC-SHA-256 over a label, the key and the value, in
+    front (16 bytes)."""
+    label = b"empirio-cachemac\0"
+    return hmac.digest(secret, label + key.encode() + b"\0" + value, "sha256")[:16] + value
+
+
+def test_entries_of_the_format_before_still_open() -> None:
+    """A cache an earlier version wrote is not paid for again: its entries open, even one whose
+    MAC starts with the new format's byte; a forged or moved one is refused as before."""
+    rows = _unit(300, 8)
+    keys = _scope().keys("dense", [str(i) for i in range(300)], [""] * 300)
+    legacy = [_legacy(SECRET, k, encode_dense(r)) for k, r in zip(keys, rows, strict=True)]
+    assert any(e[:1] == b"\x02" for e in legacy)  # one in 256 starts with the format byte
+    hits, got, rejected = open_dense(SECRET, keys, legacy, 8)
+    assert hits == list(range(300))
+    assert rejected == 0
+    np.testing.assert_array_equal(got, rows)
+    other = _legacy(cache_secret("someone else's secret!"), keys[0], encode_dense(rows[0]))
+    hits, _, rejected = open_dense(SECRET, keys[:3], [other, legacy[0], legacy[2]], 8)
+    assert hits == [2]
+    assert rejected == 2
 
 
 def test_sealed_dense_entries_open_and_any_change_is_a_miss() -> None:
@@ -77,7 +126,7 @@ def test_sealed_dense_entries_open_and_any_change_is_a_miss() -> None:
     sealed = [
         v for _, v in seal(SECRET, [(k, encode_dense(r)) for k, r in zip(keys, rows, strict=True)])
     ]
-    assert all(len(v) == MAC_BYTES + 32 for v in sealed)
+    assert all(len(v) == HEAD + 32 for v in sealed)
     hits, got, rejected = open_dense(SECRET, keys, sealed, 8)
     assert hits == [0, 1, 2, 3, 4]
     assert rejected == 0
@@ -96,6 +145,19 @@ def test_sealed_dense_entries_open_and_any_change_is_a_miss() -> None:
     assert hits == [1]
     assert rejected == 3
     np.testing.assert_array_equal(got, rows[[1]])
+
+
+@pytest.mark.parametrize(
+    "at", [0, 1, NONCE_BYTES, 1 + NONCE_BYTES, HEAD - 1, HEAD, -1], ids=lambda at: f"byte{at}"
+)
+def test_one_bit_anywhere_in_an_entry_is_a_miss(at: int) -> None:
+    """The format byte, the nonce, the tag, the vector: one bit flipped anywhere fails."""
+    (key,) = _scope().keys("dense", ["a"], [""])
+    ((_, sealed),) = seal(SECRET, [(key, encode_dense(_unit(1, 8)[0]))])
+    flipped = bytearray(sealed)
+    flipped[at] ^= 1
+    assert open_dense(SECRET, [key], [sealed], 8)[0] == [0]
+    assert open_dense(SECRET, [key], [bytes(flipped)], 8)[0::2] == ([], 1)
 
 
 @pytest.mark.parametrize(
