@@ -91,7 +91,8 @@ __all__ = [
 #: The response header with which a local server says which vectors it serves (the emulator:
 #: ``emulator-hashed-<vector seed>``); read from ``GET {base_url}/models``.
 IDENTITY_HEADER = "x-empirio-vectors"
-#: Bumped whenever the key material or the value format changes: old entries then miss.
+#: Bumped whenever the key material changes: old entries then miss. (A value's format is told
+#: by its first byte, :data:`_SEALED`: entries of the format before are still read.)
 _FORMAT = b"empirio-cache-3"
 _SPARSE_ENTRY = 12  # bytes per non-zero: int32 id + float64 weight
 #: Bytes of each entry's tag (AES-GCM's; the HMAC's of the format before, truncated).
