@@ -243,6 +243,24 @@ class Planner:
                 return
 
 
+def _not_bytes(store: EmbeddingStore, values: Sequence[object]) -> CacheError | None:
+    """What to raise for a store whose ``mget`` gave back something other than bytes (such as a
+    Redis client that decodes answers to ``str``): a :class:`CacheError` naming the type found,
+    before anything is sent; ``None`` if every value was bytes. Looked for only once
+    :meth:`Checked.of` has failed, so that a good read pays nothing for it."""
+    found = next(
+        (v for v in values if v is not None and not isinstance(v, bytes | bytearray | memoryview)),
+        None,
+    )
+    if found is None:
+        return None
+    return CacheError(
+        f"the cache store {store!r} gave back a {type(found).__name__} where bytes (or None) "
+        "were due: its mget must return the bytes its mset was given (a Redis client made with "
+        "decode_responses=True, for one, returns str)"
+    )
+
+
 def _read_checked(store: EmbeddingStore, secret: bytes, keys: Sequence[str]) -> Checked:
     """The entries of ``keys``, each checked against its seal: part by part as a store that
     reads in parts (``iter_mget``: ours do) hands them out, while the next part is read and
@@ -255,7 +273,13 @@ def _read_checked(store: EmbeddingStore, secret: bytes, keys: Sequence[str]) -> 
         for values in parts:
             if at + len(values) > len(keys):
                 break
-            checked.append(Checked.of(secret, keys[at : at + len(values)], values))
+            try:
+                checked.append(Checked.of(secret, keys[at : at + len(values)], values))
+            except TypeError:
+                wrong = _not_bytes(store, values)
+                if wrong is None:  # not the store's doing: raised as it is
+                    raise
+                raise wrong from None
             at += len(values)
     finally:
         close = getattr(parts, "close", None)

@@ -336,6 +336,32 @@ def test_any_mget_mset_store_plugs_in(url: str) -> None:
     assert requests(url) == before
 
 
+def test_a_store_that_gives_back_str_is_a_clear_error_before_anything_is_sent(url: str) -> None:
+    """A store whose ``mget`` answers ``str`` (a Redis client with ``decode_responses=True``)
+    is named, with the type it gave, before a request is paid for; not a ``TypeError`` from
+    deep inside."""
+
+    class Decoding:
+        def __init__(self) -> None:
+            self.data: dict[str, str] = {}
+
+        def mget(self, keys: Any) -> list[str | None]:
+            return [self.data.get(k) for k in keys]
+
+        def mset(self, pairs: Any) -> None:
+            self.data.update((k, v.decode("latin-1")) for k, v in pairs)
+
+        def __repr__(self) -> str:
+            return "Decoding()"
+
+    store = Decoding()
+    client(url, store).embed(TEXTS[:3])  # written: nothing was read back yet
+    before = requests(url)
+    with pytest.raises(CacheError, match=r"store Decoding\(\) gave back a str where bytes"):
+        client(url, store).embed(TEXTS[:5])
+    assert requests(url) == before
+
+
 def test_a_langchain_byte_store_plugs_in(url: str) -> None:
     from langchain_core.stores import InMemoryByteStore
 
