@@ -130,7 +130,7 @@ class CacheStats:
         hits: distinct texts served from the cache.
         misses: distinct texts looked up and not found (then fetched and written); entries
             that failed their check count here too.
-        rejected: entries found but refused (their MAC failed, or their vector was not one
+        rejected: entries found but refused (their seal failed, or their vector was not one
             the service sends), and so fetched again; see the module docstring.
         entries: vectors stored (a text cached for both views counts twice), or ``None`` if
             the store cannot tell.
@@ -326,7 +326,7 @@ def open_dense(
 
     Returns:
         ``(hits, rows, rejected)``: the positions whose entry holds, their vectors as one
-        ``(len(hits), dimensions)`` array, and how many entries were found but refused (MAC,
+        ``(len(hits), dimensions)`` array, and how many entries were found but refused (seal,
         size, non-finite or non-unit vector); those and the missing ones are misses.
     """
     return _dense(Checked.of(secret, keys, entries), dimensions)
@@ -347,7 +347,7 @@ def open_sparse(
     secret: bytes, keys: Sequence[str], entries: Sequence[bytes | None]
 ) -> tuple[list[dict[int, float] | None], int]:
     """The sparse vectors found, checked: ``(vectors, rejected)``, ``None`` for each miss (an
-    entry refused by its MAC, its layout, a negative id or a weight not finite is one)."""
+    entry refused by its seal, its layout, a negative id or a weight not finite is one)."""
     return _sparse(Checked.of(secret, keys, entries))
 
 
@@ -379,7 +379,7 @@ def open_found(
 
 
 def open_checked(checked: Mapping[str, Checked], dimensions: int) -> Found:
-    """What :func:`open_found` finds, from entries already checked against their MACs (a
+    """What :func:`open_found` finds, from entries already checked against their seals (a
     store read in parts has each part checked while it reads the next)."""
     n = len(next(iter(checked.values())).values) if checked else 0
     ok = np.ones(n, bool)

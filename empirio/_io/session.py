@@ -69,7 +69,7 @@ class Session:
     def __init__(self, config: ClientConfig, cache: EmbeddingCache | None) -> None:
         self.config = config
         self.cache = cache
-        #: What the cache's keys and MACs are made with (see :mod:`empirio._core.cache_keys`).
+        #: What the cache's keys and seals are made with (see :mod:`empirio._core.cache_keys`).
         self.cache_secret = cache_secret(config.cache_material().get_secret_value())
         self.lock = threading.Lock()
         #: The limits pacing now and where each came from (they follow what a server
