@@ -6,7 +6,8 @@ httpx's timeouts bound each read. The async shell bounds the whole exchange with
 no such thing, and a server trickling its response headers a byte at a time would hold it for a
 read timeout per byte. httpcore reads and writes through a network backend; ours wraps the
 default one (:func:`bound`) and shortens each operation's timeout to what is left before the
-deadline that :func:`until` sets for the thread's request. Written by hand because neither httpx
+deadline that :func:`until` sets for the thread's request; a user's ``httpx.Client`` has the
+transport it uses for the endpoint bound too. Written by hand because neither httpx
 nor httpcore bounds a whole exchange in sync code.
 """
 
@@ -47,11 +48,13 @@ def bound(transport: httpx.HTTPTransport) -> httpx.HTTPTransport:
     httpx does not take a network backend; its pool keeps one as ``_network_backend``, used for
     every connection it makes. Where a later version moves it, the transport is returned as it
     is (each read then bounded by the read timeout alone); ``tests/faults/test_trust.py`` holds
-    the bound.
+    the bound. Bounding a transport twice (a user's client given to two of ours) is bounding
+    it once. Outside :func:`until` a bound transport behaves as before: a user's client bound
+    for our calls is unchanged for theirs.
     """
     pool = getattr(transport, "_pool", None)
     backend = getattr(pool, "_network_backend", None)
-    if isinstance(backend, httpcore.NetworkBackend):
+    if isinstance(backend, httpcore.NetworkBackend) and not isinstance(backend, _Backend):
         pool._network_backend = _Backend(backend)  # type: ignore[union-attr]
     return transport
 

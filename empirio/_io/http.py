@@ -6,6 +6,7 @@ exchange, and transport failures classified for :func:`empirio._core.retry.trans
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import importlib
 import socket
@@ -68,6 +69,8 @@ class Transport:
         #: httpx's per-read timeouts of each request sent on our own transports
         self.read_timeouts = httpx.Timeout(timeout, connect=min(10.0, timeout)).as_dict()
         self.user_http = http_client
+        if http_client is not None:
+            _bound_user_client(http_client, self.wire_url)
         self.user_async_http = async_http_client
         self.clients: list[tuple[_Loop, _Sender, AsyncGenerator[None, None]]] = []
         #: keepers of clients made on a loop that must close them at its shutdown even if this
@@ -172,8 +175,16 @@ class Transport:
         note_sent(self.session, attempt)
         try:
             if sync and self.user_http is not None:
+                # The worker thread goes on past wait_for's timeout: bounded by the same deadline,
+                # it lets go of the user's connection then too.
                 post = functools.partial(
-                    _post_capped_sync, self.user_http, self.url, body, self.headers, cap, None
+                    _post_capped_sync,
+                    self.user_http,
+                    self.url,
+                    body,
+                    self.headers,
+                    cap,
+                    time.monotonic() + cfg.timeout,
                 )
                 got = await asyncio.wait_for(
                     asyncio.get_running_loop().run_in_executor(None, post), cfg.timeout
@@ -196,8 +207,9 @@ class Transport:
         back, and no event loop, for each request (about 0.6 ms of CPU a request, 40 % of the
         floor's, ``bench/client_cpu.py``). The whole exchange is bounded by ``timeout`` too:
         each socket operation of our transports waits at most what is left of it
-        (:mod:`empirio._io.deadline`); a user's ``http_client`` is checked as each piece of the
-        body arrives, and each of its reads bounded by its own timeout."""
+        (:mod:`empirio._io.deadline`), a user's ``http_client``'s too where its transport for
+        the endpoint is httpx's own (else each of its reads is bounded by its own timeout, and
+        the body is checked as each piece arrives)."""
         cfg = self.config
         body, cap = self._request(attempt, call)
         hold = attempt.slot - time.monotonic()
@@ -423,9 +435,25 @@ def _post_capped_sync(
     cap: int,
     deadline: float | None,
 ) -> tuple[int, bytes, httpx.Headers]:
-    """:func:`_post_capped` for a user's ``httpx.Client`` (a twin)."""
-    with http.stream("POST", url, content=body, headers=headers) as r:
+    """:func:`_post_capped` for a user's ``httpx.Client`` (a twin); ``deadline``: see
+    :func:`_read_capped_sync`, and :func:`_bound_user_client` for the headers."""
+    with (
+        contextlib.nullcontext() if deadline is None else until(deadline),
+        http.stream("POST", url, content=body, headers=headers) as r,
+    ):
         return _read_capped_sync(r, cap, deadline)
+
+
+def _bound_user_client(http: httpx.Client, url: httpx.URL) -> None:
+    """Bound the exchanges of a user's ``http`` with the endpoint at ``url`` by our deadline
+    (:func:`~empirio._io.deadline.bound`): its connections made from now on, where the transport
+    it picks for ``url`` (its mounts, its proxy) is httpx's own; other transports, and calls of
+    theirs outside ours, are left as they are."""
+    # httpx has no public way to ask which transport a URL goes through.
+    pick = getattr(http, "_transport_for_url", None)
+    transport = pick(url) if callable(pick) else None
+    if isinstance(transport, httpx.HTTPTransport):
+        bound(transport)
 
 
 def _read_capped_sync(

@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -217,6 +218,27 @@ def test_timeout_bounds_a_trickling_response(
     with pytest.raises(APITimeoutError):
         c.embed(["slow"])
     assert time.monotonic() - start < 30  # the trickle alone would take minutes
+
+
+@pytest.mark.parametrize("flight", ["auto", 1], ids=["io-thread", "caller-thread"])
+def test_timeout_bounds_trickling_headers_through_a_users_own_client(
+    lying_server: Any, flight: int | str
+) -> None:
+    """The same with the user's own ``httpx.Client`` (its per-read timeout far longer than the
+    trickle's pace): the headers are cut off at ``timeout`` too, and the user's client still
+    works for their own requests afterwards, under its own timeouts alone."""
+    url, state = lying_server(
+        lambda body, n: (200, {}, vectors(body, lambda i: unit(64))), trickle="headers"
+    )
+    with httpx.Client(timeout=60) as own:
+        c = client(url, timeout=3, max_retries=0, max_concurrency=flight, http_client=own)
+        start = time.monotonic()
+        with pytest.raises(APITimeoutError):
+            c.embed(["slow"])
+        assert time.monotonic() - start < 30  # the trickle alone would take minutes
+        state.trickle = False
+        r = own.post(f"{url}/embeddings", json={"input": ["mine"], "dimensions": 64})
+        assert r.status_code == 200
 
 
 def test_retry_after_zero_is_no_request_loop(lying_server: Any) -> None:
