@@ -289,7 +289,7 @@ class Checked:
         tag covers the key, so that an entry moved under another key fails too."""
         from cryptography.exceptions import InvalidTag  # imported late, as in _aead
 
-        aead = _aead(secret)
+        decrypt = _aead(secret).decrypt
         out: list[memoryview | bytes] = []
         present = 0
         for key, entry in zip(keys, entries, strict=True):
@@ -300,9 +300,14 @@ class Checked:
             view = memoryview(entry)
             if entry[:1] == _SEALED and len(entry) >= _HEAD:
                 value = view[_HEAD:]
-                nonce, tag = view[1 : 1 + NONCE_BYTES], view[1 + NONCE_BYTES : _HEAD]
                 try:
-                    aead.decrypt(nonce, tag, key.encode() + b"\0" + value)
+                    # The nonce and the tag as slices of the entry (28 bytes copied): pyca takes
+                    # bytes faster than views, a sixth of each check (0.5 of 3 us).
+                    decrypt(
+                        entry[1 : 1 + NONCE_BYTES],
+                        entry[1 + NONCE_BYTES : _HEAD],
+                        key.encode() + b"\0" + value,
+                    )
                     out.append(value)
                     continue
                 except InvalidTag:
