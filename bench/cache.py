@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -117,23 +118,44 @@ def side_by_side(
     second on the same client. The first round's new client is also kept apart: for the first
     store measured (SQLite) it is the process's very first read, whose result's fresh memory is
     touched for the first time, which on a VM that backs its memory lazily (numpy asks for huge
-    pages for a large array) can cost as much as the read."""
+    pages for a large array) can cost as much as the read.
+
+    The CPU time of the floors and of the new client's read goes to :data:`CPU`: on a VM the
+    time to first touch fresh memory swings from run to run, and it moves the floors' speed (their
+    joins are fresh memory each round) far more than ours; the work each does moves less."""
     times: dict[str, list[float]] = {"floor": [], "tight": [], "new": [], "again": []}
+    cpu: dict[str, list[float]] = {"floor": [], "tight": [], "new": []}
     for _ in range(ROUNDS[0]):
-        times["floor"].append(floor())
-        times["tight"].append(tight())
+        for name, fn in (("floor", floor), ("tight", tight)):
+            c0 = _cpu()
+            times[name].append(fn())
+            cpu[name].append(_cpu() - c0)
         with client() as c:
             for name in ("new", "again"):
-                t0 = time.perf_counter()
+                c0, t0 = _cpu(), time.perf_counter()
                 got = c.embed(list(texts))
                 times[name].append(time.perf_counter() - t0)
+                if name == "new":
+                    cpu[name].append(_cpu() - c0)
                 assert got.dense is not None
                 assert c.usage.requests == 0
                 np.testing.assert_array_equal(got.dense, vectors)
                 del got
     SIDE_BY_SIDE[store] = {k: statistics.median(v) for k, v in times.items()}
     SIDE_BY_SIDE[store]["first"] = times["new"][0]
+    CPU[store] = {k: statistics.median(v) for k, v in cpu.items()}
     return SIDE_BY_SIDE[store]["new"]
+
+
+#: Per store, in seconds: medians of the CPU time this process spent (all its threads, user and
+#: system) in the raw floor, the tight floor and a new client's read; see :func:`side_by_side`.
+CPU: dict[str, dict[str, float]] = {}
+
+
+def _cpu() -> float:
+    """This process's CPU time so far (every thread, user and system), in seconds."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _raw_sqlite_read(path: Path, keys: Sequence[str], dims: int) -> float:
@@ -337,6 +359,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         ],
         floors,
     )
+    cpu_table = markdown_table(
+        [
+            "CPU time of this process, us per vector",
+            "raw floor",
+            "tight floor",
+            "ours, a new client",
+            "ours / raw floor",
+        ],
+        [
+            [
+                store,
+                *(f"{c[k] / args.n * 1e6:.1f}" for k in ("floor", "tight", "new")),
+                f"{c['new'] / c['floor']:.2f}",
+            ]
+            for store, c in CPU.items()
+        ],
+    )
     mine = results["empirio SqliteStore"]
     for name, (write, read, size) in results.items():
         rows.append(
@@ -361,7 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = (
         f"{args.n:,} vectors of {args.dimensions} dimensions, written 10 at a time; "
         f"{machine_line()}\n\n{table}\n\nAgainst the floors, medians of {args.rounds} "
-        f"alternating rounds:\n\n{floor_table}\n"
+        f"alternating rounds:\n\n{floor_table}\n\nThe CPU time each took (every thread of "
+        f"this process, user and system; redis-server's own is not counted), medians of the "
+        f"same rounds:\n\n{cpu_table}\n"
     )
     print(text)
     if args.out:
