@@ -150,10 +150,8 @@ class AsyncShell:
                 sends, timeout, for_slot = step
                 for attempt in sends:
                     pending[self._send(attempt, call)] = attempt
-                ended = [
-                    (pending.pop(h), h.result())
-                    for h in await self._wait(pending, timeout, for_slot)
-                ]
+                finished = await self._wait(pending, timeout, for_slot)
+                ended = [(pending[h], h.result()) for h in finished]
                 await self._stored(session.complete(driver, ended, progress))
         finally:
             session.end(driver)
@@ -204,18 +202,18 @@ class AsyncShell:
         return handle
 
     async def _wait(
-        self, pending: dict[_Handle, Attempt], within: float | None, for_slot: bool = False
+        self, pending: dict[_Handle, Attempt], within: float | None, for_slot: int | None = None
     ) -> set[_Handle]:
         """The requests that finished within ``within`` seconds (``None``: until one does).
         A call waiting for a slot that others hold (``for_slot``, none of its own on the wire)
         is woken as any request of the client ends."""
-        if not pending and not for_slot:
+        if not pending and for_slot is None:
             await asyncio.sleep(within or 0.0)
             return set()
         if not pending:
             woken, loop = asyncio.Event(), asyncio.get_running_loop()
             wake = functools.partial(_wake, loop, woken)
-            with self.session.waiting(wake), contextlib.suppress(TimeoutError):
+            with self.session.waiting(wake, for_slot), contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(within or 0.0):
                     await woken.wait()
             return set()

@@ -18,7 +18,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 import httpx
@@ -27,7 +27,7 @@ from .._core.cache_keys import NONCE_BYTES, cache_secret, seal
 from .._core.concurrency import AUTO_CEILING, Concurrency
 from .._core.decode import Decoded, advertised_limits, decode_error, decode_success
 from .._core.driver import Call, CallDriver
-from .._core.engine import SLOT_POLL_S, Attempt, BatchLimit, Engine
+from .._core.engine import SLOT_POLL_S, Attempt, BatchLimit, Engine, Step
 from .._core.errors import (
     APIStatusError,
     CacheWarning,
@@ -54,6 +54,9 @@ from .telemetry import Telemetry
 __all__ = ["Session", "StoreJob", "Stored", "note_sent", "store_pool"]
 
 _T = TypeVar("_T")
+#: How long past two polls a call refused a slot keeps its place without looking again, in
+#: seconds: a thread or task woken late on a busy machine is still served in turn.
+_QUEUE_GRACE_S = 0.05
 
 logger = logging.getLogger("empirio")
 
@@ -106,12 +109,18 @@ class Session:
         # are refused from then on, and dense calls stop asking for both views.
         self.no_sparse = False
         # Calls under way: driver -> (its requests on the wire, the loop it runs on or None)
-        self.calls: dict[CallDriver, tuple[Mapping[Any, Attempt], asyncio.AbstractEventLoop | None]]
+        self.calls: dict[CallDriver, tuple[dict[Any, Attempt], asyncio.AbstractEventLoop | None]]
         self.calls = {}
         self.wired: set[CallDriver] = set()
         # Calls waiting for a slot that other calls hold, with nothing of their own on the wire:
         # how to wake each as a request of this client ends (``waiting``).
         self._waiting: dict[object, Callable[[], None]] = {}
+        # Calls refused a slot that others hold, in the order they were first refused, each
+        # with when it was last refused (monotonic seconds): a slot that frees is theirs first.
+        self._queued: dict[CallDriver, float] = {}
+        # Requests of this client ended so far (``request_ended``): a call refused a slot is
+        # woken at once if one ended between its refusal and its wait (``waiting``).
+        self._ended = 0
 
     def after_fork(self) -> None:
         """A forked child's session: a new lock, no calls (the parent's threads are gone) and
@@ -121,6 +130,7 @@ class Session:
         self.calls = {}
         self.wired = set()
         self._waiting = {}
+        self._queued = {}
         # A listener is the parent's (a socket, an actor handle): the child's spending is its
         # own, and two processes writing one socket would interleave their lines.
         self.listeners = []
@@ -199,7 +209,7 @@ class Session:
         plans: Iterator[SegmentPlan | None],
         call: Call,
         ahead: int,
-        pending: Mapping[Any, Attempt],
+        pending: dict[Any, Attempt],
         loop: asyncio.AbstractEventLoop | None,
         record: CallRecord,
     ) -> CallDriver:
@@ -252,13 +262,47 @@ class Session:
             busy += max(0, driver.engine.n_in_flight - finished)
         return busy
 
+    def _taken(
+        self, me: CallDriver, blocked: asyncio.AbstractEventLoop | None, now: float, poll: float
+    ) -> int:
+        """Slots ``me`` may not take: those other calls hold (:meth:`_busy_elsewhere`), and one
+        for each call refused a slot before ``me`` that still looks for one (first refused, first
+        served). Without the queue a freed slot went to whichever call asked first: tasks of one
+        loop, 3 on 2 slots, saw one of them wait 200-700 ms for calls of 25 ms while the other
+        two went on (``bench/shared_client.py``). A queued call counts while it can progress
+        and has been refused within two polls: one that stopped looking (a stream whose reader
+        paused, a caller gone) holds no slot back for longer. Must hold :attr:`lock`."""
+        ahead = 0
+        for driver, refused_at in list(self._queued.items()):
+            if driver is me:
+                break
+            entry = self.calls.get(driver)
+            if entry is None:  # ended (its call's end() normally takes it out)
+                del self._queued[driver]
+                continue
+            loop = entry[1]
+            if loop is not None and (loop.is_closed() or loop is blocked or not loop.is_running()):
+                continue
+            if now - refused_at <= 2 * poll + _QUEUE_GRACE_S:
+                ahead += 1
+        return self._busy_elsewhere(me, blocked) + ahead
+
+    def _queue(self, driver: CallDriver, step: Step | None, now: float) -> None:
+        """Keep :attr:`_queued` after ``driver``'s step: in it (at its first place) while it is
+        refused a slot, out once it sends, waits for something else, or ends. Must hold
+        :attr:`lock`."""
+        if step is not None and step.for_slot:
+            self._queued[driver] = now  # a call already queued keeps its place
+        elif step is None or step.ask is None or step.sends:
+            self._queued.pop(driver, None)
+
     def step(
         self, driver: CallDriver, blocked: asyncio.AbstractEventLoop | None, progress: Progress
-    ) -> Stored[tuple[tuple[Attempt, ...], float | None, bool] | None]:
+    ) -> Stored[tuple[tuple[Attempt, ...], float | None, int | None] | None]:
         """The driver's next step: what to send now, how long to wait for a completion before
-        asking again (``None``: until one completes), and whether the call waits for a slot
-        that other calls hold (to be woken as a request of the client ends: :meth:`waiting`).
-        ``None`` when the call is over.
+        asking again (``None``: until one completes), and, where the call waits for a slot
+        that other calls hold, how many of the client's requests had ended when it was refused
+        (for :meth:`waiting`; ``None``: it does not). ``None`` when the call is over.
 
         A generator of :data:`StoreJob`: a blocking budget is asked through the shell, outside
         the lock (the shells' ``_store``: in the caller's thread, or off the event loop).
@@ -266,7 +310,9 @@ class Session:
         with self.lock:
             # Calls waiting for a slot look again every SLOT_POLL_S, less often when many wait.
             poll = SLOT_POLL_S * max(1.0, len(self.calls) / self.concurrency.maximum)
-            step = driver.step(time.monotonic(), self._busy_elsewhere(driver, blocked), poll)
+            now, ended = time.monotonic(), self._ended  # read before the slots are looked at
+            step = driver.step(now, self._taken(driver, blocked, now, poll), poll)
+            self._queue(driver, step, now)
             self._note_wire(driver)
             known, driver.known_done = driver.known_done, 0
         progress.update(known)
@@ -280,14 +326,15 @@ class Session:
             ask = functools.partial(self.budget.reserve, limits, step.ask, step.pieces)
             grant = yield ask
             with self.lock:
-                busy = self._busy_elsewhere(driver, blocked)
-                step = driver.answer(time.monotonic(), grant, busy, poll)
+                now, ended = time.monotonic(), self._ended
+                step = driver.answer(now, grant, self._taken(driver, blocked, now, poll), poll)
+                self._queue(driver, step, now)
                 self._note_wire(driver)
             sends.extend(step.sends)
         if step.ask is not None:  # asked again as soon as these are sent
             return tuple(sends), 0.0, False
         timeout = None if step.wake_at is None else max(0.0, step.wake_at - time.monotonic())
-        return tuple(sends), timeout, step.for_slot
+        return tuple(sends), timeout, ended if step.for_slot else None
 
     def complete(
         self,
@@ -309,6 +356,13 @@ class Session:
                 taken.append((attempt, outcome, finished, driver.retry_in))
                 if driver.budget_note is not None:
                     notes.append(driver.budget_note)
+            # Their handles leave the shell's map of requests on the wire here, under the lock
+            # and with the driver's count: a call that looks in between (woken as they ended)
+            # must see their slots free, neither held nor freed twice (_busy_elsewhere).
+            pending = self.calls.get(driver, ({}, None))[0]
+            gone = {id(attempt) for attempt, _ in ended}
+            for handle in [h for h, attempt in pending.items() if id(attempt) in gone]:
+                del pending[handle]
             pairs = driver.take_cache_pairs()
             self._note_wire(driver)
         if notes or pairs:
@@ -381,15 +435,21 @@ class Session:
             self.wired.discard(driver)
 
     @contextlib.contextmanager
-    def waiting(self, wake: Callable[[], None]) -> Iterator[None]:
+    def waiting(self, wake: Callable[[], None], ended: int | None) -> Iterator[None]:
         """While in it, ``wake`` is called (from any thread) as each request of this client
         ends (:meth:`request_ended`): a call waiting for a slot that another call holds
         (``Step.for_slot``) looks again as soon as it is free, not at its next poll (up to
         ``SLOT_POLL_S`` times the calls per slot later: with 8 threads sharing one slot, 80 ms
         per hand-over). Only such calls wait in it: one waiting for its pace is not woken by
-        every answer. ``wake`` must not block, nor raise."""
+        every answer. ``ended``: the count :meth:`step` gave with the refusal: a request that
+        ended since (before ``wake`` was in place) wakes it at once, so that no end is missed
+        (the first call refused holds its place: were it to sleep through its turn, every call
+        behind it would wait too). ``wake`` must not block, nor raise."""
         token = object()
         self._waiting[token] = wake
+        # Read once wake is in place; request_ended counts before it reads the waiters.
+        if ended is not None and self._ended != ended:
+            wake()
         try:
             yield
         finally:
@@ -398,7 +458,9 @@ class Session:
     def request_ended(self) -> None:
         """A request of this client ended (its slot is free): wake the calls that wait. Called
         from the thread that saw it end (a caller's, the I/O thread, a loop's); no lock: a dict's
-        copy and updates are atomic, and the I/O thread must never wait for a caller."""
+        copy and updates are atomic, and the I/O thread must never wait for a caller (two ends
+        at once may count one: the count only has to change)."""
+        self._ended += 1  # before the waiters are read: see ``waiting``
         for wake in list(self._waiting.values()):
             wake()
 
@@ -406,7 +468,10 @@ class Session:
         with self.lock:
             self.calls.pop(driver, None)
             self.wired.discard(driver)
+            queued = self._queued.pop(driver, None) is not None
             gone = driver.close()
+        if queued:  # calls refused a slot behind it look again now, not at their next poll
+            self.request_ended()
         self.tell_usage()
         if gone:
             logger.warning(

@@ -163,9 +163,8 @@ class SyncShell:
                 sends, timeout, for_slot = step
                 for attempt in sends:
                     pending[self._send(attempt, call)] = attempt
-                ended = [
-                    (pending.pop(h), h.result()) for h in self._wait(pending, timeout, for_slot)
-                ]
+                finished = self._wait(pending, timeout, for_slot)
+                ended = [(pending[h], h.result()) for h in finished]
                 self._stored(session.complete(driver, ended, progress))
         finally:
             session.end(driver)
@@ -231,7 +230,7 @@ class SyncShell:
         return handle
 
     def _wait(
-        self, pending: dict[_Handle, Attempt], within: float | None, for_slot: bool = False
+        self, pending: dict[_Handle, Attempt], within: float | None, for_slot: int | None = None
     ) -> set[_Handle]:
         """The requests that finished within ``within`` seconds (``None``: until one does), waited
         for in slices so that Ctrl-C is seen.
@@ -249,13 +248,13 @@ class SyncShell:
                 self.session.request_ended()
                 return {handle}
         wait = _WAIT_SLICE_S if within is None else min(within, _WAIT_SLICE_S)
-        if not pending and not for_slot:  # a paced send, a plan
+        if not pending and for_slot is None:  # a paced send, a plan
             time.sleep(wait)
             return set()
         wakeups, until = _wakeups(), time.monotonic() + wait
         if not pending:  # a slot others hold: woken as any request of the client ends
             wake = functools.partial(wakeups.put, None)
-            with self.session.waiting(wake), contextlib.suppress(queue.Empty):
+            with self.session.waiting(wake, for_slot), contextlib.suppress(queue.Empty):
                 wakeups.get(timeout=wait)
             return set()
         while True:

@@ -329,6 +329,35 @@ def test_calls_waiting_for_a_slot_take_it_as_soon_as_it_is_free(
     assert stats(url)["max_in_flight"] <= slots
 
 
+def test_callers_sharing_slots_are_served_in_turn(make_emulator: Any) -> None:
+    """Three tasks of one loop on two slots, each making its calls one after another: a freed
+    slot goes to the call refused one first, not to the task whose call just ended (which asks
+    first, being the one running). Until one of them is done, no task is more than a few calls
+    behind another; before, one task waited while the other two went on for up to 20 calls."""
+    url = make_emulator(latency_ms=20)
+    done: list[int] = []
+    with client(url, max_concurrency=2) as c:
+
+        async def work(who: int) -> None:
+            for k in range(15):
+                await c.aembed([f"turn {who} {k} {j}" for j in range(10)])
+                done.append(who)
+
+        async def everyone() -> None:
+            await asyncio.gather(*(work(who) for who in range(3)))
+
+        asyncio.run(everyone())
+    counts = [0, 0, 0]
+    spreads = []
+    for who in done:
+        counts[who] += 1
+        if max(counts) == 15:
+            break
+        spreads.append(max(counts) - min(counts))
+    assert max(spreads) <= 3, (max(spreads), done)
+    assert stats(url)["max_in_flight"] <= 2
+
+
 def test_dense_rows_are_python_floats_and_refused_for_sparse_only(emulator_url: str) -> None:
     with client(emulator_url, dimensions=64) as c:
         rows = c.embed(["a", "b"]).dense_rows()
