@@ -332,7 +332,7 @@ class Session:
                 self._note_wire(driver)
             sends.extend(step.sends)
         if step.ask is not None:  # asked again as soon as these are sent
-            return tuple(sends), 0.0, False
+            return tuple(sends), 0.0, None
         timeout = None if step.wake_at is None else max(0.0, step.wake_at - time.monotonic())
         return tuple(sends), timeout, ended if step.for_slot else None
 
