@@ -239,9 +239,7 @@ class Session:
         """Requests other calls of this client have on the wire and can still finish.
 
         Derived afresh each time rather than kept as a count, so nothing can strand a slot:
-        calls whose loop has closed or is not running (they cannot progress) are not counted,
-        nor those on ``blocked``, the loop a sync call is blocking by running in its thread.
-        Must hold :attr:`lock`.
+        calls that cannot progress (:func:`_stalled`) are not counted. Must hold :attr:`lock`.
         """
         busy = 0
         for driver in list(self.wired):  # calls with requests out: few, whatever the calls
@@ -254,7 +252,7 @@ class Session:
                 del self.calls[driver]  # died with its loop; its finally never ran
                 self.wired.discard(driver)
                 continue
-            if driver is me or (loop is not None and (loop is blocked or not loop.is_running())):
+            if driver is me or _stalled(loop, blocked):
                 continue
             # Sent by the driver (some perhaps not yet handed to a task), less those finished
             # on the wire and waiting for their call to read them.
@@ -280,17 +278,15 @@ class Session:
             if entry is None:  # ended (its call's end() normally takes it out)
                 del self._queued[driver]
                 continue
-            loop = entry[1]
-            if loop is not None and (loop.is_closed() or loop is blocked or not loop.is_running()):
+            if _stalled(entry[1], blocked):
                 continue
             if now - refused_at <= 2 * poll + _QUEUE_GRACE_S:
                 ahead += 1
         return self._busy_elsewhere(me, blocked) + ahead
 
     def _queue(self, driver: CallDriver, step: Step | None, now: float) -> None:
-        """Keep :attr:`_queued` after ``driver``'s step: in it (at its first place) while it is
-        refused a slot, out once it sends, waits for something else, or ends. Must hold
-        :attr:`lock`."""
+        """``driver`` in :attr:`_queued` (at its first place) while refused a slot; out once it
+        sends, waits for something else, or ends. Must hold :attr:`lock`."""
         if step is not None and step.for_slot:
             self._queued[driver] = now  # a call already queued keeps its place
         elif step is None or step.ask is None or step.sends:
@@ -560,6 +556,14 @@ def _store(
     for note in notes:
         note()
     return failure
+
+
+def _stalled(
+    loop: asyncio.AbstractEventLoop | None, blocked: asyncio.AbstractEventLoop | None
+) -> bool:
+    """Whether a call on ``loop`` cannot progress: it is closed, not running, or ``blocked`` (a
+    sync call is blocking it by running in its thread)."""
+    return loop is not None and (loop.is_closed() or loop is blocked or not loop.is_running())
 
 
 #: One piece of store I/O (a budget transaction, a cache write), for a shell to run: in the
