@@ -356,6 +356,17 @@ class _Lanes(Generic[_Lane]):
         with self._lock:
             self._idle.append((time.monotonic(), lane))
 
+    def drop(self, lane: _Lane) -> _Lane:
+        """Forget ``lane``, for the caller to close: an exchange on it did not end cleanly (an
+        error; a request cancelled because its call stopped early). Its pool may then still
+        hold that request, its one connection ACTIVE: given back, the lane held the next
+        request sent on it until that request's timeout (a stream stopped early, then
+        ``embed``, 1 run in 20-60)."""
+        with self._lock:
+            if lane in self._all:
+                self._all.remove(lane)
+        return lane
+
     def drain(self) -> list[_Lane]:
         """Every lane, forgotten here, for the caller to close."""
         with self._lock:
@@ -386,14 +397,31 @@ async def _post_direct(
     lane, cold = lanes.take()
     for idle in cold:
         await idle.aclose()
+    clean = False
     try:
         r = await lane.handle_async_request(request)
         try:
-            return await _read_capped(r, cap)
+            got = await _read_capped(r, cap)
         finally:
             await r.aclose()
+        clean = True
+        return got
     finally:
-        lanes.give(lane)  # its connection closed or idle again, either way reusable
+        if clean:
+            lanes.give(lane)  # its connection idle again (or closed by the server): reusable
+        else:
+            _close_soon(lanes.drop(lane))
+
+
+#: lanes being closed after an exchange that did not end cleanly (a task must be referenced)
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _close_soon(lane: httpx.AsyncHTTPTransport) -> None:
+    """Close ``lane`` in a task of its own: the request that used it may be being cancelled."""
+    task = asyncio.get_running_loop().create_task(lane.aclose())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
 
 
 def _environment_proxy(url: str) -> str | None:
@@ -416,15 +444,21 @@ def _post_direct_sync(
     lane, cold = lanes.take()
     for idle in cold:
         idle.close()
+    clean = False
     try:
         with until(deadline):  # every socket operation of the exchange, headers included
             r = lane.handle_request(request)
             try:
-                return _read_capped_sync(r, cap, deadline)
+                got = _read_capped_sync(r, cap, deadline)
             finally:
                 r.close()
+        clean = True
+        return got
     finally:
-        lanes.give(lane)  # its connection closed or idle again, either way reusable
+        if clean:
+            lanes.give(lane)  # its connection idle again (or closed by the server): reusable
+        else:
+            lanes.drop(lane).close()
 
 
 def _post_capped_sync(

@@ -189,3 +189,32 @@ def test_one_request_at_a_time_is_sent_from_the_callers_thread(emulator_url: str
 
 def _thread_name() -> str:
     return threading.current_thread().name
+
+
+async def test_a_lane_left_by_a_cancelled_request_is_closed_not_reused() -> None:
+    """A request cancelled mid-exchange (its call stopped early: a stream left after its first
+    part) may leave its lane's pool holding it, the one connection ACTIVE. Given back, that lane
+    held the next request sent on it until its timeout (a stream stopped early, then ``embed``,
+    1 run in 20-60 of ``test_stopping_early_leaves_the_client_usable``): it is closed instead."""
+    import asyncio
+    import socket
+    from types import SimpleNamespace
+
+    from empirio._io.http import _ONE_CONNECTION, _Lanes, _post_direct
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1/embeddings"
+        lanes = _Lanes(lambda: httpx.AsyncHTTPTransport(limits=_ONE_CONNECTION))
+        (lane,) = lanes._all
+        sends = SimpleNamespace(wire_request=lambda body: httpx.Request("POST", url, content=body))
+        task = asyncio.create_task(_post_direct(lanes, sends, b"{}", 1 << 20))  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)  # sent; its answer never comes
+        assert lanes._idle == []  # the lane is in use
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.1)  # its closing task runs
+        assert lane not in lanes._all
+        assert lane not in [idle for _, idle in lanes._idle]
+        assert lanes.take()[0] is not lane  # the next request gets a lane of its own
+        await lanes.aclose()
